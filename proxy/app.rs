@@ -1,0 +1,174 @@
+//! Wiring: config -> registry -> snapshot; listeners, reloader, watcher, admin; shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::admin::{self, AdminCtx};
+use crate::config::{ConfigError, ConfigErrors};
+use crate::reload::{ConfigSource, ReloadHandle, Reloader, watcher};
+use crate::server::conn::ServeCtx;
+use crate::server::listener::{self, ListenerSet};
+use crate::server::shutdown::{StopTrigger, Tracker, stop_pair};
+use crate::shared::Shared;
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub source: ConfigSource,
+    /// Reload when the config file changes (only for [`ConfigSource::File`]).
+    pub watch: bool,
+}
+
+/// A running switchyard.
+pub struct Running {
+    pub shared: Arc<Shared>,
+    pub reload: ReloadHandle,
+    pub admin_addr: SocketAddr,
+    drain_timeout: Duration,
+    tracker: Tracker,
+    stop_reloader: StopTrigger,
+    stop_admin: StopTrigger,
+    reloader: JoinHandle<()>,
+    admin: JoinHandle<()>,
+    _watch: Option<watcher::WatchGuard>,
+}
+
+/// Loads the config, binds every listener and the admin API, and starts serving.
+pub async fn start(opts: Options) -> Result<Running, ConfigErrors> {
+    let (mut reloader, reload) = Reloader::load(opts.source.clone())?;
+    let config = Arc::clone(reloader.config());
+    let shared = Arc::clone(reloader.shared());
+    let tracker = Tracker::default();
+
+    let admin_std = listener::bind(config.admin.bind).map_err(|e| {
+        ConfigErrors(vec![listener::bind_error(
+            "admin.bind",
+            config.admin.bind,
+            &e,
+        )])
+    })?;
+    let admin_listener = TcpListener::from_std(admin_std).map_err(|e| {
+        ConfigErrors(vec![listener::bind_error(
+            "admin.bind",
+            config.admin.bind,
+            &e,
+        )])
+    })?;
+    let admin_addr = admin_listener.local_addr().unwrap_or(config.admin.bind);
+    if !config.admin.bind.ip().is_loopback() {
+        tracing::warn!(addr = %admin_addr, "the admin API listens beyond loopback; anyone who can reach it can reload the config");
+    }
+
+    let serve_ctx = Arc::new(ServeCtx::new(Arc::clone(&shared), tracker.clone()));
+    reloader.bind_listeners(ListenerSet::new(serve_ctx))?;
+
+    let watch = match (&opts.source, opts.watch) {
+        (ConfigSource::File(path), true) => {
+            match watcher::watch(std::slice::from_ref(path), reload.clone()) {
+                Ok(guard) => Some(guard),
+                Err(e) => {
+                    return Err(ConfigErrors(vec![ConfigError::new(
+                        path.display().to_string(),
+                        format!("cannot watch the config file for changes: {e}"),
+                    )]));
+                }
+            }
+        }
+        _ => None,
+    };
+
+    let (stop_reloader, reloader_signal) = stop_pair();
+    let reloader_task = tokio::spawn(reloader.run(reloader_signal));
+
+    let (stop_admin, admin_signal) = stop_pair();
+    let admin_ctx = Arc::new(AdminCtx {
+        shared: Arc::clone(&shared),
+        reload: reload.clone(),
+        tracker: tracker.clone(),
+        started: Instant::now(),
+    });
+    let admin_task = tokio::spawn(admin::serve(admin_listener, admin_ctx, admin_signal));
+    tracing::info!(admin = %admin_addr, generation = 1, "switchyard started");
+
+    Ok(Running {
+        shared,
+        reload,
+        admin_addr,
+        drain_timeout: config.drain_timeout,
+        tracker,
+        stop_reloader,
+        stop_admin,
+        reloader: reloader_task,
+        admin: admin_task,
+        _watch: watch,
+    })
+}
+
+impl Running {
+    /// (name, address) of every proxy listener.
+    pub fn listeners(&self) -> Vec<(String, SocketAddr)> {
+        self.shared.listener_addrs()
+    }
+
+    /// The address of the first proxy listener.
+    pub fn proxy_addr(&self) -> SocketAddr {
+        self.listeners()
+            .first()
+            .map(|(_, a)| *a)
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// Open connections and upgraded tunnels right now.
+    pub fn connections(&self) -> usize {
+        self.tracker.live()
+    }
+
+    /// Graceful shutdown: not ready, stop accepting, let in-flight requests finish (up to the
+    /// drain timeout), then stop the admin API. Returns whether everything finished in time.
+    pub async fn shutdown(self) -> bool {
+        self.shared.start_draining();
+        tracing::info!(connections = self.tracker.live(), timeout = ?self.drain_timeout, "draining");
+        self.stop_reloader.fire();
+        let _ = self.reloader.await;
+        let drained = tokio::time::timeout(self.drain_timeout, self.tracker.wait_idle())
+            .await
+            .is_ok();
+        if drained {
+            tracing::info!("drained; exiting");
+        } else {
+            tracing::warn!(
+                left = self.tracker.live(),
+                "drain timeout; closing what is left"
+            );
+        }
+        self.stop_admin.fire();
+        let _ = self.admin.await;
+        drained
+    }
+}
+
+/// Runs until `shutdown` resolves, then drains. SIGHUP reloads.
+pub async fn run(
+    opts: Options,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), ConfigErrors> {
+    let running = start(opts).await?;
+    let reload = running.reload.clone();
+    let hup = tokio::spawn(async move {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading");
+            reload.trigger();
+        }
+    });
+    shutdown.await;
+    hup.abort();
+    running.shutdown().await;
+    Ok(())
+}

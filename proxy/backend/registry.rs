@@ -1,0 +1,138 @@
+//! Every backend's state, keyed by (upstream, address), reconciled against each new config.
+//!
+//! Only the reloader owns the registry. A reload keeps the state of every backend that stays
+//! (breaker, statistics, warm connections), creates state for new ones, and forgets removed ones;
+//! snapshots still serving in-flight requests hold their own `Arc`s, so nothing is torn down
+//! under a request.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::state::BackendState;
+use super::transport::{self, HttpClient};
+use crate::config::Config;
+use crate::config::model::{BackendAddr, Transport};
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BackendKey {
+    pub upstream: Arc<str>,
+    pub addr: BackendAddr,
+}
+
+/// A backend as a snapshot sees it: its lasting state and its connection pool.
+#[derive(Clone)]
+pub struct Backend {
+    pub state: Arc<BackendState>,
+    pub client: HttpClient,
+}
+
+struct Entry {
+    backend: Backend,
+    transport: Transport,
+}
+
+#[derive(Default)]
+pub struct Registry {
+    entries: HashMap<BackendKey, Entry>,
+}
+
+/// What a reconcile changed, for the parts that start or stop per-backend work.
+#[derive(Debug, Default)]
+pub struct Changes {
+    pub added: Vec<BackendKey>,
+    pub removed: Vec<BackendKey>,
+}
+
+impl Registry {
+    /// Brings the registry in line with `config`; returns each upstream's backends in config
+    /// order.
+    pub fn reconcile(&mut self, config: &Config) -> (HashMap<Arc<str>, Vec<Backend>>, Changes) {
+        let mut changes = Changes::default();
+        let mut pools = HashMap::new();
+        let mut next = HashMap::new();
+        for up in &config.upstreams {
+            let mut backends = Vec::with_capacity(up.backends.len());
+            for addr in &up.backends {
+                let key = BackendKey {
+                    upstream: Arc::clone(&up.name),
+                    addr: addr.clone(),
+                };
+                let entry = match self.entries.remove(&key) {
+                    Some(e) if e.transport == up.transport => e,
+                    // Same backend, new connection settings: fresh pool, same state.
+                    Some(e) => Entry {
+                        backend: Backend {
+                            state: e.backend.state,
+                            client: transport::client(&up.transport),
+                        },
+                        transport: up.transport.clone(),
+                    },
+                    None => {
+                        changes.added.push(key.clone());
+                        Entry {
+                            backend: Backend {
+                                state: Arc::new(BackendState::new(
+                                    Arc::clone(&up.name),
+                                    addr.clone(),
+                                )),
+                                client: transport::client(&up.transport),
+                            },
+                            transport: up.transport.clone(),
+                        }
+                    }
+                };
+                backends.push(entry.backend.clone());
+                next.insert(key, entry);
+            }
+            pools.insert(Arc::clone(&up.name), backends);
+        }
+        changes.removed = self.entries.drain().map(|(k, _)| k).collect();
+        self.entries = next;
+        (pools, changes)
+    }
+
+    pub fn get(&self, key: &BackendKey) -> Option<&Arc<BackendState>> {
+        self.entries.get(key).map(|e| &e.backend.state)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse_str;
+
+    fn config(backends: &str, connect_timeout: &str) -> Config {
+        parse_str(&format!(
+            "listeners: [{{bind: '127.0.0.1:0'}}]\n\
+             upstreams: {{ a: {{ backends: [{backends}], connect_timeout: {connect_timeout} }} }}\n\
+             routes: [{{ name: r, split: [{{upstream: a, weight: 1}}] }}]\n"
+        ))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn state_survives_for_backends_that_stay() {
+        let mut reg = Registry::default();
+        let (pools, changes) = reg.reconcile(&config("'h:1', 'h:2'", "1s"));
+        assert_eq!(changes.added.len(), 2);
+        let kept = Arc::clone(&pools["a"][1].state);
+
+        let (pools, changes) = reg.reconcile(&config("'h:2', 'h:3'", "2s"));
+        assert!(
+            Arc::ptr_eq(&pools["a"][0].state, &kept),
+            "h:2 keeps its state"
+        );
+        assert_eq!(changes.added.len(), 1);
+        assert_eq!(changes.removed.len(), 1);
+        assert_eq!(changes.removed[0].addr.as_str(), "h:1");
+        assert_eq!(reg.len(), 2);
+    }
+}

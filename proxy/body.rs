@@ -1,0 +1,167 @@
+//! The two body types of a proxied exchange, streamed frame by frame, never buffered whole.
+//!
+//! [`ReqBody`] is what goes upstream: the client's body as it arrives, or bytes already read
+//! (for a replayable retry or a mirrored copy). [`RespBody`] is what goes back to the client:
+//! the backend's body with a guard that learns how the stream ended, or a short local answer.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use crate::error::BoxError;
+
+/// The client's body failed while it was being forwarded: the client's fault, not the
+/// backend's. The forwarder finds it in an upstream error's source chain.
+#[derive(Debug, thiserror::Error)]
+#[error("reading the client's request body failed")]
+pub struct ClientBodyError(#[source] pub hyper::Error);
+
+/// A request body on its way to a backend.
+#[derive(Debug)]
+pub enum ReqBody {
+    Streaming(Incoming),
+    Full(Option<Bytes>),
+}
+
+impl ReqBody {
+    pub fn empty() -> Self {
+        ReqBody::Full(None)
+    }
+
+    pub fn full(bytes: Bytes) -> Self {
+        ReqBody::Full((!bytes.is_empty()).then_some(bytes))
+    }
+}
+
+impl Body for ReqBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ReqBody::Streaming(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map_err(|e| Box::new(ClientBodyError(e)) as BoxError),
+            ReqBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ReqBody::Streaming(b) => b.is_end_stream(),
+            ReqBody::Full(b) => b.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ReqBody::Streaming(b) => b.size_hint(),
+            ReqBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+        }
+    }
+}
+
+/// How a response stream ended, as far as the proxy could see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyEnd {
+    /// Every byte (and trailers) reached the client's connection.
+    Complete,
+    /// The backend's stream broke off mid-body.
+    UpstreamError,
+    /// The client went away (the body was dropped before its end).
+    Dropped,
+}
+
+/// Told once, when a streamed response ends, however it ends.
+pub trait BodyGuard: Send + Unpin + 'static {
+    fn finish(self, end: BodyEnd);
+}
+
+/// A response body on its way to the client.
+pub enum RespBody<G: BodyGuard> {
+    Upstream { body: Incoming, guard: Option<G> },
+    Full(Option<Bytes>),
+}
+
+impl<G: BodyGuard> RespBody<G> {
+    pub fn upstream(body: Incoming, guard: G) -> Self {
+        let mut b = RespBody::Upstream {
+            body,
+            guard: Some(guard),
+        };
+        // A bodiless response (204, HEAD, empty) is already complete: hyper may never poll it.
+        if let RespBody::Upstream { body, guard } = &mut b
+            && body.is_end_stream()
+            && let Some(g) = guard.take()
+        {
+            g.finish(BodyEnd::Complete);
+        }
+        b
+    }
+
+    pub fn full(bytes: impl Into<Bytes>) -> Self {
+        let bytes = bytes.into();
+        RespBody::Full((!bytes.is_empty()).then_some(bytes))
+    }
+
+    pub fn empty() -> Self {
+        RespBody::Full(None)
+    }
+}
+
+impl<G: BodyGuard> Body for RespBody<G> {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            RespBody::Upstream { body, guard } => {
+                let polled = Pin::new(&mut *body).poll_frame(cx);
+                let end = match &polled {
+                    Poll::Ready(None) => Some(BodyEnd::Complete),
+                    Poll::Ready(Some(Err(_))) => Some(BodyEnd::UpstreamError),
+                    Poll::Ready(Some(Ok(_))) if body.is_end_stream() => Some(BodyEnd::Complete),
+                    _ => None,
+                };
+                if let (Some(end), Some(g)) = (end, guard.take()) {
+                    g.finish(end);
+                }
+                polled
+            }
+            RespBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RespBody::Upstream { body, .. } => body.is_end_stream(),
+            RespBody::Full(b) => b.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RespBody::Upstream { body, .. } => body.size_hint(),
+            RespBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+        }
+    }
+}
+
+impl<G: BodyGuard> Drop for RespBody<G> {
+    fn drop(&mut self) {
+        if let RespBody::Upstream { guard, .. } = self
+            && let Some(g) = guard.take()
+        {
+            g.finish(BodyEnd::Dropped);
+        }
+    }
+}

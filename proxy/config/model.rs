@@ -1,0 +1,118 @@
+//! The validated config: every name resolved, every default filled in, immutable once built.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::uri::Authority;
+use http::{HeaderName, HeaderValue};
+
+pub const DEFAULT_ADMIN_BIND: &str = "127.0.0.1:9901";
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Envoy's default route timeout: time allowed until the response headers arrive.
+pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub listeners: Vec<Listener>,
+    pub admin: Admin,
+    pub state_dir: Option<PathBuf>,
+    pub drain_timeout: Duration,
+    pub upstreams: Vec<Arc<Upstream>>,
+    pub routes: Vec<Arc<Route>>,
+}
+
+impl Config {
+    pub fn upstream(&self, name: &str) -> Option<&Arc<Upstream>> {
+        self.upstreams.iter().find(|u| &*u.name == name)
+    }
+
+    pub fn route(&self, name: &str) -> Option<&Arc<Route>> {
+        self.routes.iter().find(|r| &*r.name == name)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    pub name: String,
+    pub bind: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admin {
+    pub bind: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    pub name: Arc<str>,
+    pub backends: Vec<BackendAddr>,
+    pub transport: Transport,
+}
+
+/// What shapes an upstream's connections; when it changes, its connection pools are rebuilt
+/// (while breakers and statistics carry over).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transport {
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+/// A backend as written in the config (`host:port`); names are resolved at connect time.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BackendAddr {
+    pub authority: Authority,
+}
+
+impl BackendAddr {
+    pub fn as_str(&self) -> &str {
+        self.authority.as_str()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Route {
+    pub name: Arc<str>,
+    pub matcher: RouteMatch,
+    pub timeout: Duration,
+    pub split: Vec<SplitTarget>,
+    pub sticky: Option<StickyKey>,
+    pub override_header: Option<HeaderName>,
+}
+
+impl Route {
+    pub fn weights(&self) -> Vec<u32> {
+        self.split.iter().map(|s| s.weight).collect()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteMatch {
+    pub host: HostMatch,
+    pub path_prefix: String,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostMatch {
+    Any,
+    /// Lowercase, without a port.
+    Exact(String),
+    /// `*.example.com` stored as `.example.com`: any host ending with it.
+    Suffix(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SplitTarget {
+    pub upstream: Arc<str>,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StickyKey {
+    Header(HeaderName),
+    Cookie(String),
+}

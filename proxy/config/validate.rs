@@ -1,0 +1,379 @@
+//! From the file as written to the validated model, collecting every error with its YAML path.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use http::uri::Authority;
+use http::{HeaderName, HeaderValue};
+
+use super::ConfigError;
+use super::file::{self, did_you_mean};
+use super::model::*;
+
+/// Collects errors while the model is built, so that one pass reports all of them.
+#[derive(Default)]
+struct Errors(Vec<ConfigError>);
+
+impl Errors {
+    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(ConfigError::new(path, message));
+    }
+}
+
+pub fn validate(f: file::FileConfig) -> Result<Config, Vec<ConfigError>> {
+    let mut errs = Errors::default();
+
+    let listeners = listeners(&f.listeners, &mut errs);
+    let admin_bind = f
+        .admin
+        .as_ref()
+        .and_then(|a| a.bind.as_deref())
+        .unwrap_or(DEFAULT_ADMIN_BIND);
+    let admin = socket_addr(admin_bind, "admin.bind", &mut errs).map(|bind| Admin { bind });
+    if let Some(admin) = &admin
+        && let Some(i) = listeners.iter().position(|l| l.bind == admin.bind)
+    {
+        errs.push(
+            "admin.bind",
+            format!(
+                "{} is also the bind address of listeners[{i}]; give the admin API its own port",
+                admin.bind
+            ),
+        );
+    }
+
+    let upstreams: Vec<Arc<Upstream>> = f
+        .upstreams
+        .iter()
+        .filter_map(|(name, u)| upstream(name, u, &mut errs).map(Arc::new))
+        .collect();
+    let upstream_names: Vec<&str> = f.upstreams.iter().map(|(n, _)| n.as_str()).collect();
+
+    let mut route_names = HashMap::new();
+    let mut routes = Vec::new();
+    for (i, r) in f.routes.iter().enumerate() {
+        let path = format!("routes[{i}]");
+        if let Some(first) = route_names.insert(r.name.clone(), i) {
+            errs.push(
+                format!("{path}.name"),
+                format!(
+                    "route name `{}` is already used by routes[{first}]; route names must be unique",
+                    r.name
+                ),
+            );
+        }
+        if let Some(route) = route(&path, r, &upstream_names, &mut errs) {
+            routes.push(Arc::new(route));
+        }
+    }
+    if f.routes.is_empty() {
+        errs.push("routes", "no routes: add at least one route with a `split`");
+    }
+
+    let drain_timeout = f
+        .drain_timeout
+        .map(|d| d.0)
+        .unwrap_or(DEFAULT_DRAIN_TIMEOUT);
+
+    match (errs.0.is_empty(), admin) {
+        (true, Some(admin)) => Ok(Config {
+            listeners,
+            admin,
+            state_dir: f.state_dir.map(PathBuf::from),
+            drain_timeout,
+            upstreams,
+            routes,
+        }),
+        _ => Err(errs.0),
+    }
+}
+
+fn listeners(list: &[file::Listener], errs: &mut Errors) -> Vec<Listener> {
+    if list.is_empty() {
+        errs.push(
+            "listeners",
+            "no listeners: add one, e.g. `listeners: [{ name: public, bind: 0.0.0.0:8080 }]`",
+        );
+    }
+    let mut seen_names = HashSet::new();
+    let mut seen_binds = HashMap::new();
+    let mut out = Vec::new();
+    for (i, l) in list.iter().enumerate() {
+        let path = format!("listeners[{i}]");
+        let name = l.name.clone().unwrap_or_else(|| format!("listener-{i}"));
+        if !seen_names.insert(name.clone()) {
+            errs.push(
+                format!("{path}.name"),
+                format!("listener name `{name}` is used twice"),
+            );
+        }
+        let Some(bind) = socket_addr(&l.bind, &format!("{path}.bind"), errs) else {
+            continue;
+        };
+        if bind.port() != 0
+            && let Some(first) = seen_binds.insert(bind, i)
+        {
+            errs.push(
+                format!("{path}.bind"),
+                format!("{bind} is already the bind address of listeners[{first}]"),
+            );
+        }
+        out.push(Listener { name, bind });
+    }
+    out
+}
+
+fn socket_addr(s: &str, path: &str, errs: &mut Errors) -> Option<SocketAddr> {
+    match s.parse() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            errs.push(
+                path,
+                format!(
+                    "`{s}` is not an IP:port address; write e.g. 0.0.0.0:8080, 127.0.0.1:9901 or [::]:8080"
+                ),
+            );
+            None
+        }
+    }
+}
+
+fn upstream(name: &str, u: &file::Upstream, errs: &mut Errors) -> Option<Upstream> {
+    let path = format!("upstreams.{name}");
+    let before = errs.0.len();
+    if name.is_empty() {
+        errs.push(&path, "upstream names must not be empty");
+    }
+    if u.backends.is_empty() {
+        errs.push(
+            format!("{path}.backends"),
+            "no backends: list at least one as host:port, e.g. [\"10.0.0.11:8080\"]",
+        );
+    }
+    let mut backends = Vec::new();
+    let mut seen = HashSet::new();
+    for (i, b) in u.backends.iter().enumerate() {
+        let bpath = format!("{path}.backends[{i}]");
+        match backend_addr(b) {
+            Ok(addr) => {
+                if !seen.insert(addr.clone()) {
+                    errs.push(bpath, format!("backend `{b}` is listed twice"));
+                } else {
+                    backends.push(addr);
+                }
+            }
+            Err(why) => errs.push(bpath, why),
+        }
+    }
+    let transport = Transport {
+        connect_timeout: positive(
+            u.connect_timeout,
+            DEFAULT_CONNECT_TIMEOUT,
+            &path,
+            "connect_timeout",
+            errs,
+        ),
+        idle_timeout: positive(
+            u.idle_timeout,
+            DEFAULT_IDLE_TIMEOUT,
+            &path,
+            "idle_timeout",
+            errs,
+        ),
+    };
+    (errs.0.len() == before).then(|| Upstream {
+        name: name.into(),
+        backends,
+        transport,
+    })
+}
+
+fn positive(
+    value: Option<super::duration::DurationStr>,
+    default: std::time::Duration,
+    path: &str,
+    key: &str,
+    errs: &mut Errors,
+) -> std::time::Duration {
+    match value {
+        Some(d) if d.0.is_zero() => {
+            errs.push(format!("{path}.{key}"), "must be longer than zero");
+            default
+        }
+        Some(d) => d.0,
+        None => default,
+    }
+}
+
+/// `host:port`, with a port, and nothing else (no scheme, no path).
+pub fn backend_addr(s: &str) -> Result<BackendAddr, String> {
+    let fix = "write it as host:port, e.g. 10.0.0.11:8080 or checkout.svc:8080";
+    if s.contains("://") {
+        return Err(format!("`{s}` has a scheme; {fix}"));
+    }
+    let authority: Authority = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a valid host:port; {fix}"))?;
+    if authority.as_str().contains('@') || s.contains('/') {
+        return Err(format!("`{s}` is not a plain host:port; {fix}"));
+    }
+    match authority.port_u16() {
+        Some(0) => Err(format!("`{s}` has port 0; {fix}")),
+        Some(_) if !authority.host().is_empty() => Ok(BackendAddr { authority }),
+        _ => Err(format!("`{s}` has no port; {fix}")),
+    }
+}
+
+fn route(path: &str, r: &file::Route, upstreams: &[&str], errs: &mut Errors) -> Option<Route> {
+    let before = errs.0.len();
+    if r.name.is_empty() {
+        errs.push(format!("{path}.name"), "route names must not be empty");
+    }
+    let matcher = route_match(path, &r.matcher, errs);
+
+    if r.split.is_empty() {
+        errs.push(
+            format!("{path}.split"),
+            "empty split: list at least one `{ upstream: NAME, weight: N }`",
+        );
+    }
+    let mut split = Vec::new();
+    let mut seen = HashSet::new();
+    for (i, s) in r.split.iter().enumerate() {
+        let spath = format!("{path}.split[{i}].upstream");
+        if !upstreams.contains(&s.upstream.as_str()) {
+            errs.push(spath, unknown_upstream(&s.upstream, upstreams));
+        } else if !seen.insert(s.upstream.as_str()) {
+            errs.push(
+                spath,
+                format!("upstream `{}` appears twice in this split", s.upstream),
+            );
+        }
+        split.push(SplitTarget {
+            upstream: s.upstream.as_str().into(),
+            weight: s.weight,
+        });
+    }
+    if !r.split.is_empty() && r.split.iter().all(|s| s.weight == 0) {
+        errs.push(
+            format!("{path}.split"),
+            "every weight is 0, so no request could be sent anywhere; give at least one upstream a positive weight",
+        );
+    }
+    if r.split.iter().map(|s| u64::from(s.weight)).sum::<u64>() > 1_000_000 {
+        errs.push(
+            format!("{path}.split"),
+            "weights add up to more than 1,000,000; weights are relative, so scale them down",
+        );
+    }
+
+    let sticky = r
+        .sticky
+        .as_ref()
+        .and_then(|s| match (&s.header, &s.cookie) {
+            (Some(h), None) => {
+                header_name(h, &format!("{path}.sticky.header"), errs).map(StickyKey::Header)
+            }
+            (None, Some(c)) if !c.is_empty() => Some(StickyKey::Cookie(c.clone())),
+            _ => {
+                errs.push(
+                    format!("{path}.sticky"),
+                    "set exactly one of `header` or `cookie`, e.g. `sticky: { header: x-user-id }`",
+                );
+                None
+            }
+        });
+    let override_header = r
+        .override_header
+        .as_ref()
+        .and_then(|h| header_name(h, &format!("{path}.override_header"), errs));
+    let timeout = positive(r.timeout, DEFAULT_ROUTE_TIMEOUT, path, "timeout", errs);
+
+    (errs.0.len() == before).then(|| Route {
+        name: r.name.as_str().into(),
+        matcher,
+        timeout,
+        split,
+        sticky,
+        override_header,
+    })
+}
+
+fn unknown_upstream(name: &str, upstreams: &[&str]) -> String {
+    let known = if upstreams.is_empty() {
+        "no upstreams are defined; add one under `upstreams:`".to_owned()
+    } else {
+        format!("defined upstreams: {}", upstreams.join(", "))
+    };
+    format!(
+        "unknown upstream `{name}`{}; {known}",
+        did_you_mean(name, upstreams)
+    )
+}
+
+fn route_match(path: &str, m: &file::Match, errs: &mut Errors) -> RouteMatch {
+    let host = match m.host.as_deref() {
+        None | Some("*") => HostMatch::Any,
+        Some(h) => {
+            let lower = h.to_ascii_lowercase();
+            if let Some(suffix) = lower.strip_prefix("*.") {
+                check_host(suffix, h, path, errs);
+                HostMatch::Suffix(format!(".{suffix}"))
+            } else {
+                check_host(&lower, h, path, errs);
+                HostMatch::Exact(lower)
+            }
+        }
+    };
+    let path_prefix = m.path_prefix.clone().unwrap_or_else(|| "/".to_owned());
+    if !path_prefix.starts_with('/') {
+        errs.push(
+            format!("{path}.match.path_prefix"),
+            format!("`{path_prefix}` must start with `/`"),
+        );
+    }
+    let mut headers = Vec::new();
+    for (name, value) in &m.headers {
+        let hpath = format!("{path}.match.headers.{name}");
+        let Some(name) = header_name(name, &hpath, errs) else {
+            continue;
+        };
+        match HeaderValue::from_str(value) {
+            Ok(v) => headers.push((name, v)),
+            Err(_) => errs.push(hpath, format!("`{value}` is not a valid header value")),
+        }
+    }
+    RouteMatch {
+        host,
+        path_prefix,
+        headers,
+    }
+}
+
+fn check_host(host: &str, written: &str, path: &str, errs: &mut Errors) {
+    let ok = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        && !host.starts_with('.');
+    if !ok {
+        errs.push(
+            format!("{path}.match.host"),
+            format!(
+                "`{written}` is not a host name; write e.g. shop.example.com or *.example.com (no port, no scheme)"
+            ),
+        );
+    }
+}
+
+fn header_name(name: &str, path: &str, errs: &mut Errors) -> Option<HeaderName> {
+    match HeaderName::from_bytes(name.as_bytes()) {
+        Ok(h) => Some(h),
+        Err(_) => {
+            errs.push(path, format!("`{name}` is not a valid HTTP header name"));
+            None
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! Header rewriting between client and backend: hop-by-hop removal, `X-Forwarded-*`, sticky
+//! keys. Pure functions over a `HeaderMap`.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+pub static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Headers that describe one connection, never the message (RFC 9110 7.6.1), plus the
+/// non-standard ones clients still send.
+fn fixed_hop_by_hop() -> [&'static HeaderName; 7] {
+    [
+        &header::CONNECTION,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &header::TE,
+        &header::TRAILER,
+        &header::TRANSFER_ENCODING,
+        &header::UPGRADE,
+    ]
+}
+
+/// True for an HTTP/1.1 request asking to switch protocols (WebSocket and the like). `h2c` is
+/// never passed on: a backend must not be talked into HTTP/2 behind the proxy's back.
+pub fn is_upgrade_request(version: http::Version, headers: &HeaderMap) -> bool {
+    version == http::Version::HTTP_11
+        && has_token(headers, &header::CONNECTION, "upgrade")
+        && headers
+            .get(header::UPGRADE)
+            .is_some_and(|u| !u.as_bytes().eq_ignore_ascii_case(b"h2c"))
+}
+
+/// True if any value of `name` lists `token` (comma-separated, case-insensitive).
+pub fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.as_bytes()
+            .split(|&b| b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    })
+}
+
+/// Removes hop-by-hop headers, including any the `Connection` header names. With
+/// `keep_upgrade`, `Upgrade` survives and `Connection: upgrade` is set again.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    if let Some(conn) = headers.get(header::CONNECTION)
+        && (conn.as_bytes().contains(&b',')
+            || headers.get_all(header::CONNECTION).iter().count() > 1
+            || !is_fixed_token(conn.as_bytes()))
+    {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
+            .collect();
+        for name in named {
+            let kept = is_end_to_end(&name) || (keep_upgrade && name == header::UPGRADE);
+            if !kept {
+                headers.remove(&name);
+            }
+        }
+    }
+    for name in fixed_hop_by_hop() {
+        if !(keep_upgrade && *name == header::UPGRADE) {
+            headers.remove(name);
+        }
+    }
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// `Connection: close` or `keep-alive` name no extra header; skip the token walk for them.
+fn is_fixed_token(v: &[u8]) -> bool {
+    v.eq_ignore_ascii_case(b"close") || v.eq_ignore_ascii_case(b"keep-alive")
+}
+
+/// Headers a client may not strip by naming them in `Connection`: that would let it hide the
+/// proxy's own forwarding headers from the backend.
+fn is_end_to_end(name: &HeaderName) -> bool {
+    name == header::HOST
+        || name == X_FORWARDED_FOR
+        || name == X_FORWARDED_PROTO
+        || name == X_FORWARDED_HOST
+}
+
+/// Sets `X-Forwarded-For` (appending the peer to what the client sent, so the last entry is
+/// always the real peer), `X-Forwarded-Proto` and `X-Forwarded-Host`.
+pub fn add_forwarded(
+    headers: &mut HeaderMap,
+    peer: IpAddr,
+    proto: &'static str,
+    host: Option<HeaderValue>,
+) {
+    let peer = peer.to_canonical().to_string();
+    let mut prior = headers.get_all(&X_FORWARDED_FOR).iter().peekable();
+    let xff = if prior.peek().is_none() {
+        HeaderValue::from_str(&peer)
+    } else {
+        let mut joined = Vec::with_capacity(64);
+        for v in prior {
+            joined.extend_from_slice(v.as_bytes());
+            joined.extend_from_slice(b", ");
+        }
+        joined.extend_from_slice(peer.as_bytes());
+        HeaderValue::from_bytes(&joined)
+    };
+    if let Ok(xff) = xff {
+        headers.insert(X_FORWARDED_FOR.clone(), xff);
+    }
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+    match host {
+        Some(h) => headers.insert(X_FORWARDED_HOST.clone(), h),
+        None => headers.remove(&X_FORWARDED_HOST),
+    };
+}
+
+/// The value of cookie `name` in the request's `Cookie` headers.
+pub fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h [u8]> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
+        .find_map(|pair| {
+            let pair = pair.trim_ascii();
+            let eq = pair.iter().position(|&b| b == b'=')?;
+            (pair[..eq].trim_ascii() == name.as_bytes()).then(|| pair[eq + 1..].trim_ascii())
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_go() {
+        let mut h = map(&[
+            ("connection", "keep-alive, x-secret"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("x-keep", "yes"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["x-keep"]);
+    }
+
+    #[test]
+    fn connection_cannot_strip_forwarding_headers() {
+        let mut h = map(&[
+            ("connection", "x-forwarded-for, host"),
+            ("host", "a"),
+            ("x-forwarded-for", "1.2.3.4"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.contains_key("host") && h.contains_key("x-forwarded-for"));
+    }
+
+    #[test]
+    fn upgrades_keep_their_two_headers() {
+        let mut h = map(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
+        assert!(is_upgrade_request(http::Version::HTTP_11, &h));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h["connection"], "upgrade");
+        assert_eq!(h["upgrade"], "websocket");
+        let h2c = map(&[
+            ("connection", "upgrade, http2-settings"),
+            ("upgrade", "h2c"),
+        ]);
+        assert!(!is_upgrade_request(http::Version::HTTP_11, &h2c));
+    }
+
+    #[test]
+    fn forwarded_for_always_ends_with_the_peer() {
+        let mut h = map(&[
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-forwarded-for", "10.0.0.2"),
+        ]);
+        add_forwarded(
+            &mut h,
+            "192.0.2.7".parse().unwrap(),
+            "http",
+            Some(HeaderValue::from_static("shop")),
+        );
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 10.0.0.2, 192.0.2.7");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "shop");
+        let mut h = HeaderMap::new();
+        add_forwarded(&mut h, "::ffff:10.1.2.3".parse().unwrap(), "https", None);
+        assert_eq!(h["x-forwarded-for"], "10.1.2.3");
+    }
+
+    #[test]
+    fn cookies_are_found_by_name() {
+        let h = map(&[("cookie", "a=1; session=abc ; b=2"), ("cookie", "z=9")]);
+        assert_eq!(cookie(&h, "session"), Some(&b"abc"[..]));
+        assert_eq!(cookie(&h, "z"), Some(&b"9"[..]));
+        assert_eq!(cookie(&h, "sess"), None);
+    }
+}

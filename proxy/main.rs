@@ -1,0 +1,199 @@
+//! The `switchyard` command line.
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use http::Method;
+use switchyard::app::{self, Options};
+use switchyard::reload::ConfigSource;
+use switchyard::{admin, config, demo, server};
+
+#[derive(Parser)]
+#[command(
+    name = "switchyard",
+    version,
+    about = "A traffic-splitting reverse proxy: weighted, sticky and canary pools with hot reload."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy with a config file; it reloads when the file changes, on SIGHUP and on
+    /// POST /reload.
+    Run {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// Do not watch the config file (reload only on SIGHUP or POST /reload).
+        #[arg(long)]
+        no_watch: bool,
+    },
+    /// Validate a config file: print every error with its YAML path, exit 1 on any.
+    Check {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// Skip trying to bind the listener and admin addresses (for example while the
+        /// running switchyard holds them).
+        #[arg(long)]
+        skip_bind: bool,
+    },
+    /// Start built-in blue and green backends and a proxy splitting 90/10 between them.
+    Demo {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: SocketAddr,
+    },
+    /// Show what a running switchyard is doing (its /status).
+    Status {
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: SocketAddr,
+    },
+}
+
+fn main() -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("switchyard: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("switchyard: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run { config, no_watch } => {
+            let opts = Options {
+                source: ConfigSource::File(config.clone()),
+                watch: !no_watch,
+            };
+            serve(opts, &config.display().to_string()).await
+        }
+        Command::Check { config, skip_bind } => Ok(check(&config, skip_bind)),
+        Command::Demo { listen, admin } => run_demo(listen, admin).await,
+        Command::Status { admin } => {
+            let (status, body) = admin::client::call(admin, Method::GET, "/status")
+                .await
+                .map_err(anyhow::Error::msg)?;
+            println!("{body}");
+            Ok(if status == 200 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
+}
+
+async fn serve(opts: Options, what: &str) -> anyhow::Result<ExitCode> {
+    match app::run(opts, terminated()).await {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(errors) => {
+            eprintln!("switchyard: cannot start with {what}: {errors}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn check(path: &std::path::Path, skip_bind: bool) -> ExitCode {
+    let mut errors = match config::load_file(path) {
+        Ok((c, _)) if skip_bind => {
+            print_ok(path, &c);
+            return ExitCode::SUCCESS;
+        }
+        Ok((c, _)) => {
+            let errors = server::listener::check_bindable(&c);
+            if errors.is_empty() {
+                print_ok(path, &c);
+                return ExitCode::SUCCESS;
+            }
+            errors
+        }
+        Err(e) => e.0,
+    };
+    errors.sort_by(|a, b| a.path.cmp(&b.path));
+    eprintln!("{}: {}", path.display(), config::ConfigErrors(errors));
+    ExitCode::FAILURE
+}
+
+fn print_ok(path: &std::path::Path, c: &config::Config) {
+    let backends: usize = c.upstreams.iter().map(|u| u.backends.len()).sum();
+    println!(
+        "{}: OK ({} listeners, {} routes, {} upstreams, {} backends)",
+        path.display(),
+        c.listeners.len(),
+        c.routes.len(),
+        c.upstreams.len(),
+        backends
+    );
+}
+
+async fn run_demo(listen: SocketAddr, admin_addr: SocketAddr) -> anyhow::Result<ExitCode> {
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    let blue = demo::color_backend("blue", any)
+        .await
+        .context("starting the blue backend")?;
+    let green = demo::color_backend("green", any)
+        .await
+        .context("starting the green backend")?;
+    let path = demo::config_path().context("creating the demo config directory")?;
+    std::fs::write(&path, demo::config_text(listen, admin_addr, blue, green))
+        .with_context(|| format!("writing {}", path.display()))?;
+    println!(
+        "\nswitchyard demo\n\
+         \x20 proxy     http://{listen}/   (90% blue, 10% green)\n\
+         \x20 admin     http://{admin_addr}/status   /metrics\n\
+         \x20 backends  blue {blue}, green {green}\n\
+         \x20 config    {}   (edit the weights and save: it reloads live)\n\n\
+         Try:\n\
+         \x20 for i in $(seq 20); do curl -s http://{listen}/; done | sort | uniq -c\n\
+         \x20 curl -s -H 'x-user-id: alice' http://{listen}/        # the same user keeps one color\n\
+         \x20 curl -s -H 'x-switchyard-upstream: green' http://{listen}/\n",
+        path.display()
+    );
+    let opts = Options {
+        source: ConfigSource::File(path.clone()),
+        watch: true,
+    };
+    serve(opts, &path.display().to_string()).await
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn terminated() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = term => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}

@@ -1,0 +1,249 @@
+//! The one writer of the snapshot. Every change to what the request path sees (a config file
+//! edit, SIGHUP, `POST /reload`) is a command to this task, applied whole or not at all.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::snapshot::{self, Snapshot};
+use crate::backend::Registry;
+use crate::config::{self, Config, ConfigError, ConfigErrors};
+use crate::server::listener::{ListenerSet, Prepared};
+use crate::server::shutdown::Stop;
+use crate::shared::Shared;
+use crate::stats::CounterRegistry;
+
+/// Where the config comes from.
+#[derive(Debug, Clone)]
+pub enum ConfigSource {
+    File(PathBuf),
+    /// Fixed text (tests, the demo): reloads re-read it and find it unchanged.
+    Text(String),
+}
+
+impl ConfigSource {
+    fn read(&self) -> Result<String, ConfigErrors> {
+        match self {
+            ConfigSource::File(path) => std::fs::read_to_string(path).map_err(|e| {
+                ConfigErrors(vec![ConfigError::new(
+                    path.display().to_string(),
+                    format!("cannot read the config file: {e}"),
+                )])
+            }),
+            ConfigSource::Text(t) => Ok(t.clone()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    Applied {
+        generation: u64,
+    },
+    /// The text is the one in force; nothing was rebuilt.
+    Unchanged {
+        generation: u64,
+    },
+}
+
+pub type ReloadResult = Result<ReloadOutcome, ConfigErrors>;
+
+enum Command {
+    Reload {
+        reply: Option<oneshot::Sender<ReloadResult>>,
+    },
+}
+
+/// Asks the reloader for work; cheap to clone.
+#[derive(Clone)]
+pub struct ReloadHandle {
+    tx: mpsc::Sender<Command>,
+}
+
+impl ReloadHandle {
+    /// Reloads and waits for the outcome.
+    pub async fn reload(&self) -> ReloadResult {
+        let (reply, rx) = oneshot::channel();
+        let gone = || ConfigErrors(vec![ConfigError::new("", "switchyard is shutting down")]);
+        self.tx
+            .send(Command::Reload { reply: Some(reply) })
+            .await
+            .map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
+
+    /// Asks for a reload without waiting (file watcher, SIGHUP). A reload already queued
+    /// covers this one, so a full queue drops it.
+    pub fn trigger(&self) {
+        let _ = self.tx.try_send(Command::Reload { reply: None });
+    }
+}
+
+pub struct Reloader {
+    source: ConfigSource,
+    text: String,
+    config: Arc<Config>,
+    generation: u64,
+    registry: Registry,
+    counters: CounterRegistry,
+    /// Weights set at run time (rollouts), by route; they win over the config's.
+    weights: HashMap<Arc<str>, Vec<u32>>,
+    shared: Arc<Shared>,
+    listeners: Option<ListenerSet>,
+    rx: mpsc::Receiver<Command>,
+}
+
+impl Reloader {
+    /// Loads and validates the first config and publishes generation 1. Listeners are bound
+    /// by [`Reloader::bind_listeners`], once the caller has made the serving context.
+    pub fn load(source: ConfigSource) -> Result<(Reloader, ReloadHandle), ConfigErrors> {
+        let text = source.read()?;
+        let config = Arc::new(config::parse_str(&text)?);
+        let mut registry = Registry::default();
+        let mut counters = CounterRegistry::default();
+        let (pools, _) = registry.reconcile(&config);
+        let weights = HashMap::new();
+        let first = snapshot::build(1, Arc::clone(&config), &pools, &weights, &mut counters);
+        let (tx, rx) = mpsc::channel(8);
+        let reloader = Reloader {
+            source,
+            text,
+            config,
+            generation: 1,
+            registry,
+            counters,
+            weights,
+            shared: Arc::new(Shared::new(first)),
+            listeners: None,
+            rx,
+        };
+        Ok((reloader, ReloadHandle { tx }))
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    pub fn config(&self) -> &Arc<Config> {
+        &self.config
+    }
+
+    /// Binds and starts the first config's listeners.
+    pub fn bind_listeners(&mut self, mut set: ListenerSet) -> Result<(), ConfigErrors> {
+        let prepared = set.prepare(&self.config).map_err(ConfigErrors)?;
+        set.commit(prepared);
+        self.shared.set_listener_addrs(set.addrs());
+        self.listeners = Some(set);
+        Ok(())
+    }
+
+    /// Serves commands until `stop` fires, then stops every listener.
+    pub async fn run(mut self, mut stop: Stop) {
+        loop {
+            let cmd = tokio::select! {
+                () = stop.wait() => break,
+                cmd = self.rx.recv() => cmd,
+            };
+            let Some(Command::Reload { reply }) = cmd else {
+                break;
+            };
+            let result = self.reload();
+            if let Some(reply) = reply {
+                let _ = reply.send(result);
+            }
+        }
+        if let Some(mut set) = self.listeners.take() {
+            set.stop_all();
+        }
+    }
+
+    fn reload(&mut self) -> ReloadResult {
+        let result = self.try_reload();
+        let counters = &self.shared.counters;
+        use std::sync::atomic::Ordering::Relaxed;
+        match &result {
+            Ok(ReloadOutcome::Applied { generation }) => {
+                counters.reloads_applied.fetch_add(1, Relaxed);
+                tracing::info!(generation, "config applied");
+            }
+            Ok(ReloadOutcome::Unchanged { .. }) => {
+                counters.reloads_unchanged.fetch_add(1, Relaxed);
+                tracing::debug!("config unchanged; nothing to do");
+            }
+            Err(errors) => {
+                counters.reloads_rejected.fetch_add(1, Relaxed);
+                for e in &errors.0 {
+                    tracing::warn!(path = %e.path, "config rejected: {}", e.message);
+                }
+                tracing::warn!(
+                    generation = self.generation,
+                    errors = errors.0.len(),
+                    "config rejected; the previous config keeps serving"
+                );
+            }
+        }
+        self.shared.note_reload(result.is_err());
+        result
+    }
+
+    fn try_reload(&mut self) -> ReloadResult {
+        let text = self.source.read()?;
+        if text == self.text {
+            return Ok(ReloadOutcome::Unchanged {
+                generation: self.generation,
+            });
+        }
+        let config = Arc::new(config::parse_str(&text)?);
+        let prepared: Option<Prepared> = match &self.listeners {
+            Some(set) => Some(set.prepare(&config).map_err(ConfigErrors)?),
+            None => None,
+        };
+        if config.admin != self.config.admin {
+            tracing::warn!("admin.bind changed; the admin listener moves only on restart");
+        }
+
+        let (pools, changes) = self.registry.reconcile(&config);
+        self.weights.retain(|route, w| {
+            // Run-time weights survive only while the route's split has the same shape.
+            config
+                .route(route)
+                .zip(self.config.route(route))
+                .is_some_and(|(new, old)| {
+                    new.split.len() == w.len()
+                        && new
+                            .split
+                            .iter()
+                            .map(|s| &s.upstream)
+                            .eq(old.split.iter().map(|s| &s.upstream))
+                })
+        });
+        self.generation += 1;
+        let next: Snapshot = snapshot::build(
+            self.generation,
+            Arc::clone(&config),
+            &pools,
+            &self.weights,
+            &mut self.counters,
+        );
+        self.shared.publish(next);
+        if let (Some(set), Some(prepared)) = (self.listeners.as_mut(), prepared) {
+            set.commit(prepared);
+            self.shared.set_listener_addrs(set.addrs());
+        }
+        tracing::info!(
+            routes = config.routes.len(),
+            upstreams = config.upstreams.len(),
+            backends = self.registry.len(),
+            added = changes.added.len(),
+            removed = changes.removed.len(),
+            "backends reconciled"
+        );
+        self.config = config;
+        self.text = text;
+        Ok(ReloadOutcome::Applied {
+            generation: self.generation,
+        })
+    }
+}

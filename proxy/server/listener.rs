@@ -1,0 +1,190 @@
+//! Listening sockets: bound with socket2, reconciled on reload (new binds are bound before the
+//! new config is accepted, so a port in use rejects the reload instead of half-applying it).
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::TcpListener;
+
+use super::conn::{self, ServeCtx};
+use super::shutdown::{Stop, StopTrigger, stop_pair};
+use crate::config::model::Listener;
+use crate::config::{Config, ConfigError};
+
+const BACKLOG: i32 = 4096;
+
+/// Binds a listening socket: SO_REUSEADDR (restarts do not wait out TIME_WAIT), TCP_NODELAY
+/// (inherited by accepted sockets), a deep backlog.
+pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        // `[::]` takes IPv4 too, as users expect from "all addresses".
+        let _ = socket.set_only_v6(false);
+    }
+    socket.set_tcp_nodelay(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+/// A bind failure as a config error a user can act on.
+pub fn bind_error(path: &str, addr: SocketAddr, e: &io::Error) -> ConfigError {
+    let why = match e.kind() {
+        io::ErrorKind::AddrInUse => {
+            format!("{addr} is already in use by another process; stop it or choose another port")
+        }
+        io::ErrorKind::PermissionDenied => format!(
+            "binding {addr} needs privileges (ports below 1024 need root or CAP_NET_BIND_SERVICE); choose a port above 1023"
+        ),
+        io::ErrorKind::AddrNotAvailable => format!(
+            "no local interface has the address {}; use 0.0.0.0 or an address of this host",
+            addr.ip()
+        ),
+        _ => format!("cannot bind {addr}: {e}"),
+    };
+    ConfigError::new(path, why)
+}
+
+/// Tries every bind address of `config` (listeners and admin); for `check`.
+pub fn check_bindable(config: &Config) -> Vec<ConfigError> {
+    let mut errors = Vec::new();
+    let admin = ("admin.bind".to_owned(), config.admin.bind);
+    let listeners = config
+        .listeners
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (format!("listeners[{i}].bind"), l.bind));
+    for (path, addr) in listeners.chain(std::iter::once(admin)) {
+        if let Err(e) = bind(addr) {
+            errors.push(bind_error(&path, addr, &e));
+        }
+    }
+    errors
+}
+
+struct Running {
+    spec: Listener,
+    local: SocketAddr,
+    stop: StopTrigger,
+}
+
+/// Listeners bound for a config but not yet serving.
+pub struct Prepared {
+    bound: Vec<(Listener, std::net::TcpListener)>,
+    wanted: Vec<Listener>,
+}
+
+/// The running listeners; only the reloader changes them.
+pub struct ListenerSet {
+    ctx: Arc<ServeCtx>,
+    running: Vec<Running>,
+}
+
+impl ListenerSet {
+    pub fn new(ctx: Arc<ServeCtx>) -> Self {
+        ListenerSet {
+            ctx,
+            running: Vec::new(),
+        }
+    }
+
+    /// Binds the listeners `config` adds; fails, binding nothing, if any bind fails.
+    pub fn prepare(&self, config: &Config) -> Result<Prepared, Vec<ConfigError>> {
+        let mut bound = Vec::new();
+        let mut errors = Vec::new();
+        for (i, l) in config.listeners.iter().enumerate() {
+            if self.running.iter().any(|r| r.spec.bind == l.bind) {
+                continue;
+            }
+            match bind(l.bind) {
+                Ok(s) => bound.push((l.clone(), s)),
+                Err(e) => errors.push(bind_error(&format!("listeners[{i}].bind"), l.bind, &e)),
+            }
+        }
+        if errors.is_empty() {
+            Ok(Prepared {
+                bound,
+                wanted: config.listeners.clone(),
+            })
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// Starts what `prepare` bound and stops listeners the config no longer has. Their open
+    /// connections finish their requests first.
+    pub fn commit(&mut self, p: Prepared) {
+        self.running
+            .retain_mut(|r| match p.wanted.iter().find(|w| w.bind == r.spec.bind) {
+                Some(w) => {
+                    r.spec.name.clone_from(&w.name);
+                    true
+                }
+                None => {
+                    tracing::info!(listener = %r.spec.name, addr = %r.local, "listener removed");
+                    r.stop.fire();
+                    false
+                }
+            });
+        for (spec, std_listener) in p.bound {
+            let listener = match TcpListener::from_std(std_listener) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(listener = %spec.name, error = %e, "cannot register listener");
+                    continue;
+                }
+            };
+            let local = listener.local_addr().unwrap_or(spec.bind);
+            let (stop, signal) = stop_pair();
+            tracing::info!(listener = %spec.name, addr = %local, "listening");
+            tokio::spawn(accept_loop(listener, Arc::clone(&self.ctx), signal));
+            self.running.push(Running { spec, local, stop });
+        }
+    }
+
+    /// (name, local address) of every running listener, in start order.
+    pub fn addrs(&self) -> Vec<(String, SocketAddr)> {
+        self.running
+            .iter()
+            .map(|r| (r.spec.name.clone(), r.local))
+            .collect()
+    }
+
+    /// Stops accepting everywhere and tells every connection to finish.
+    pub fn stop_all(&mut self) {
+        for r in self.running.drain(..) {
+            r.stop.fire();
+        }
+    }
+}
+
+async fn accept_loop(listener: TcpListener, ctx: Arc<ServeCtx>, mut stop: Stop) {
+    loop {
+        let accepted = tokio::select! {
+            () = stop.wait() => break,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(conn::serve(
+                    stream,
+                    peer,
+                    "http",
+                    Arc::clone(&ctx),
+                    stop.clone(),
+                ));
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}

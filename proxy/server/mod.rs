@@ -1,0 +1,5 @@
+//! Sockets: binding, accepting, serving connections, and draining them.
+
+pub mod conn;
+pub mod listener;
+pub mod shutdown;
