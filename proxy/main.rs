@@ -63,6 +63,8 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -120,7 +122,7 @@ async fn serve(opts: Options, what: &str) -> anyhow::Result<ExitCode> {
 }
 
 fn check(path: &std::path::Path, skip_bind: bool) -> ExitCode {
-    let mut errors = match config::load_file(path) {
+    let errors = match config::load_file(path) {
         Ok((c, _)) if skip_bind => {
             print_ok(path, &c);
             return ExitCode::SUCCESS;
@@ -135,7 +137,6 @@ fn check(path: &std::path::Path, skip_bind: bool) -> ExitCode {
         }
         Err(e) => e.0,
     };
-    errors.sort_by(|a, b| a.path.cmp(&b.path));
     eprintln!("{}: {}", path.display(), config::ConfigErrors(errors));
     ExitCode::FAILURE
 }

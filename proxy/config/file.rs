@@ -4,7 +4,7 @@
 //! in one route does not hide a typo in the next: every piece's first error is collected, with
 //! its full YAML path.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -22,6 +22,16 @@ pub struct FileConfig {
     /// In declaration order: `upstreams` is a mapping, and its order is the user's.
     pub upstreams: Vec<(String, Upstream)>,
     pub routes: Vec<Route>,
+    /// Pieces that did not parse, by path (`upstreams.blue`), and sections with such a piece
+    /// (`routes`): validation skips what would only repeat their errors.
+    pub broken: HashSet<String>,
+}
+
+/// What could be read: the pieces that parsed, and the first error of each that did not.
+#[derive(Debug)]
+pub struct Parsed {
+    pub file: FileConfig,
+    pub errors: Vec<ConfigError>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -90,9 +100,10 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "routes",
 ];
 
-/// Parses the document, collecting the first error of every piece.
-pub fn parse(text: &str) -> Result<FileConfig, Vec<ConfigError>> {
-    let doc: Value = serde_yaml::from_str(text).map_err(|e| vec![yaml_syntax_error(&e)])?;
+/// Parses the document, collecting the first error of every piece. Fails outright only when
+/// nothing can be read (a YAML syntax error, a document that is not a mapping).
+pub fn parse(text: &str) -> Result<Parsed, Vec<ConfigError>> {
+    let doc: Value = serde_yaml::from_str(text).map_err(|e| vec![yaml_syntax_error(&e, text)])?;
     let top = match doc {
         Value::Mapping(m) => m,
         Value::Null => {
@@ -111,21 +122,16 @@ pub fn parse(text: &str) -> Result<FileConfig, Vec<ConfigError>> {
 
     let mut out = FileConfig::default();
     let mut errors = Vec::new();
+    let mut broken = HashSet::new();
     for (key, value) in top {
         let Some(key) = key.as_str().map(str::to_owned) else {
             errors.push(ConfigError::new("", "top-level keys must be strings"));
             continue;
         };
         match key.as_str() {
-            "listeners" => {
-                out.listeners = piece_list(value, "listeners", &mut errors);
-            }
-            "routes" => {
-                out.routes = piece_list(value, "routes", &mut errors);
-            }
-            "upstreams" => {
-                out.upstreams = piece_map(value, "upstreams", &mut errors);
-            }
+            "listeners" => out.listeners = piece_list(value, "listeners", &mut errors, &mut broken),
+            "routes" => out.routes = piece_list(value, "routes", &mut errors, &mut broken),
+            "upstreams" => out.upstreams = piece_map(value, "upstreams", &mut errors, &mut broken),
             "admin" => out.admin = piece(value, "admin", &mut errors),
             "state_dir" => out.state_dir = piece(value, "state_dir", &mut errors),
             "drain_timeout" => out.drain_timeout = piece(value, "drain_timeout", &mut errors),
@@ -139,11 +145,8 @@ pub fn parse(text: &str) -> Result<FileConfig, Vec<ConfigError>> {
             )),
         }
     }
-    if errors.is_empty() {
-        Ok(out)
-    } else {
-        Err(errors)
-    }
+    out.broken = broken;
+    Ok(Parsed { file: out, errors })
 }
 
 fn piece<T: DeserializeOwned>(
@@ -170,14 +173,23 @@ fn piece_list<T: DeserializeOwned>(
     value: Value,
     path: &str,
     errors: &mut Vec<ConfigError>,
+    broken: &mut HashSet<String>,
 ) -> Vec<T> {
-    match value {
+    let before = errors.len();
+    let out = match value {
         Value::Sequence(items) => items
             .into_iter()
             .enumerate()
             .filter_map(|(i, v)| piece(v, &format!("{path}[{i}]"), errors))
             .collect(),
         Value::Null => Vec::new(),
+        Value::Mapping(_) => {
+            errors.push(ConfigError::new(
+                path,
+                "is a mapping but must be a list: start each item with `- `, e.g. `- name: checkout` with its keys indented under it",
+            ));
+            Vec::new()
+        }
         _ => {
             errors.push(ConfigError::new(
                 path,
@@ -185,13 +197,18 @@ fn piece_list<T: DeserializeOwned>(
             ));
             Vec::new()
         }
+    };
+    if errors.len() > before {
+        broken.insert(path.to_owned());
     }
+    out
 }
 
 fn piece_map<T: DeserializeOwned>(
     value: Value,
     path: &str,
     errors: &mut Vec<ConfigError>,
+    broken: &mut HashSet<String>,
 ) -> Vec<(String, T)> {
     match value {
         Value::Mapping(m) => m
@@ -201,33 +218,62 @@ fn piece_map<T: DeserializeOwned>(
                     errors.push(ConfigError::new(path, "names must be strings"));
                     return None;
                 };
-                piece(v, &format!("{path}.{name}"), errors).map(|p| (name, p))
+                let piece_path = format!("{path}.{name}");
+                let parsed = piece(v, &piece_path, errors);
+                if parsed.is_none() {
+                    broken.insert(piece_path);
+                }
+                parsed.map(|p| (name, p))
             })
             .collect(),
         Value::Null => Vec::new(),
         _ => {
             errors.push(ConfigError::new(
                 path,
-                "must be a mapping of name -> settings",
+                "must be a mapping of name -> settings, e.g. `checkout-blue: { backends: [\"10.0.0.11:8080\"] }`",
             ));
+            broken.insert(path.to_owned());
             Vec::new()
         }
     }
 }
 
-fn yaml_syntax_error(e: &serde_yaml::Error) -> ConfigError {
-    let at = e
-        .location()
-        .map(|l| format!("line {} column {}", l.line(), l.column()))
-        .unwrap_or_default();
-    ConfigError::new(at, format!("not valid YAML: {e}"))
+fn yaml_syntax_error(e: &serde_yaml::Error, text: &str) -> ConfigError {
+    let mut msg = e.to_string();
+    let at = match e.location() {
+        Some(l) => {
+            let at = format!("line {} column {}", l.line(), l.column());
+            // serde_yaml repeats the location in its message; the path already says it.
+            msg = msg.replacen(&format!(" at {at}"), "", 1);
+            at
+        }
+        None => String::new(),
+    };
+    let hint = if text.contains('\t') && msg.contains("cannot start any token") {
+        "YAML indentation must use spaces, not tabs"
+    } else {
+        "check the indentation (keys of one mapping start in the same column) and that every `[` and `{` is closed"
+    };
+    ConfigError::new(at, format!("not valid YAML: {msg}; {hint}"))
 }
 
-/// Serde's messages are right but terse; add the closest known key to "unknown field" errors.
+/// Serde's messages are right but terse: add the closest known key to "unknown field" errors,
+/// and say "whole number" and "list" where serde says "u32" and "sequence".
 fn explain_serde(e: &serde_yaml::Error) -> String {
     let msg = e.to_string();
+    if let Some(field) = msg.strip_prefix("missing field `") {
+        let field = field.trim_end_matches('`');
+        return format!("missing required key `{field}`");
+    }
     let Some(rest) = msg.strip_prefix("unknown field `") else {
-        return msg;
+        return msg
+            .replace("expected u32", "expected a whole number")
+            .replace("expected u64", "expected a whole number")
+            .replace(
+                "expected a sequence",
+                "expected a list, even of one item, e.g. [\"10.0.0.11:8080\"]",
+            )
+            .replace("invalid type: ", "wrong type: found ");
     };
     let Some((field, expected)) = rest.split_once('`') else {
         return msg;
@@ -286,7 +332,7 @@ routes:
   - { name: r, split: [{ upstream: a, weight: "ten" }] }
 bogus: 1
 "#;
-        let errors = parse(text).unwrap_err();
+        let errors = parse(text).unwrap().errors;
         let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(
             paths,
@@ -319,7 +365,9 @@ bogus: 1
 
     #[test]
     fn upstream_order_is_declaration_order() {
-        let f = parse("upstreams:\n  zeta: {backends: []}\n  alpha: {backends: []}\n").unwrap();
+        let f = parse("upstreams:\n  zeta: {backends: []}\n  alpha: {backends: []}\n")
+            .unwrap()
+            .file;
         let names: Vec<&str> = f.upstreams.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["zeta", "alpha"]);
     }

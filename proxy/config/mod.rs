@@ -57,9 +57,16 @@ impl fmt::Display for ConfigErrors {
 
 /// Parses and validates a whole config document.
 pub fn parse_str(text: &str) -> Result<Config, ConfigErrors> {
-    file::parse(text)
-        .and_then(validate::validate)
-        .map_err(ConfigErrors)
+    let parsed = file::parse(text).map_err(ConfigErrors)?;
+    let mut errors = parsed.errors;
+    match validate::validate(parsed.file) {
+        Ok(config) if errors.is_empty() => Ok(config),
+        Ok(_) => Err(ConfigErrors(errors)),
+        Err(more) => {
+            errors.extend(more);
+            Err(ConfigErrors(errors))
+        }
+    }
 }
 
 /// Reads and validates a config file; the text is returned too, so a reload can skip an

@@ -25,14 +25,14 @@ impl Errors {
 pub fn validate(f: file::FileConfig) -> Result<Config, Vec<ConfigError>> {
     let mut errs = Errors::default();
 
-    let listeners = listeners(&f.listeners, &mut errs);
+    let listeners = listeners(&f.listeners, f.broken.contains("listeners"), &mut errs);
     let admin_bind = f
         .admin
         .as_ref()
         .and_then(|a| a.bind.as_deref())
         .unwrap_or(DEFAULT_ADMIN_BIND);
     let admin = socket_addr(admin_bind, "admin.bind", &mut errs).map(|bind| Admin { bind });
-    if let Some(admin) = &admin
+    if let Some(admin) = admin.as_ref().filter(|a| a.bind.port() != 0)
         && let Some(i) = listeners.iter().position(|l| l.bind == admin.bind)
     {
         errs.push(
@@ -50,6 +50,12 @@ pub fn validate(f: file::FileConfig) -> Result<Config, Vec<ConfigError>> {
         .filter_map(|(name, u)| upstream(name, u, &mut errs).map(Arc::new))
         .collect();
     let upstream_names: Vec<&str> = f.upstreams.iter().map(|(n, _)| n.as_str()).collect();
+    // An upstream whose piece did not parse exists; naming it is not another error.
+    let broken_upstreams: Vec<&str> = f
+        .broken
+        .iter()
+        .filter_map(|p| p.strip_prefix("upstreams."))
+        .collect();
 
     let mut route_names = HashMap::new();
     let mut routes = Vec::new();
@@ -64,11 +70,11 @@ pub fn validate(f: file::FileConfig) -> Result<Config, Vec<ConfigError>> {
                 ),
             );
         }
-        if let Some(route) = route(&path, r, &upstream_names, &mut errs) {
+        if let Some(route) = route(&path, r, &upstream_names, &broken_upstreams, &mut errs) {
             routes.push(Arc::new(route));
         }
     }
-    if f.routes.is_empty() {
+    if f.routes.is_empty() && !f.broken.contains("routes") {
         errs.push("routes", "no routes: add at least one route with a `split`");
     }
 
@@ -90,8 +96,8 @@ pub fn validate(f: file::FileConfig) -> Result<Config, Vec<ConfigError>> {
     }
 }
 
-fn listeners(list: &[file::Listener], errs: &mut Errors) -> Vec<Listener> {
-    if list.is_empty() {
+fn listeners(list: &[file::Listener], broken: bool, errs: &mut Errors) -> Vec<Listener> {
+    if list.is_empty() && !broken {
         errs.push(
             "listeners",
             "no listeners: add one, e.g. `listeners: [{ name: public, bind: 0.0.0.0:8080 }]`",
@@ -128,6 +134,18 @@ fn listeners(list: &[file::Listener], errs: &mut Errors) -> Vec<Listener> {
 fn socket_addr(s: &str, path: &str, errs: &mut Errors) -> Option<SocketAddr> {
     match s.parse() {
         Ok(a) => Some(a),
+        Err(_)
+            if s.rsplit_once(':')
+                .and_then(|(_, p)| p.parse::<u64>().ok())
+                .is_some_and(|p| p > 65535) =>
+        {
+            let port = s.rsplit_once(':').map_or("", |(_, p)| p);
+            errs.push(
+                path,
+                format!("port {port} is out of range; ports are 1 to 65535, e.g. 0.0.0.0:8080"),
+            );
+            None
+        }
         Err(_) => {
             errs.push(
                 path,
@@ -226,7 +244,13 @@ pub fn backend_addr(s: &str) -> Result<BackendAddr, String> {
     }
 }
 
-fn route(path: &str, r: &file::Route, upstreams: &[&str], errs: &mut Errors) -> Option<Route> {
+fn route(
+    path: &str,
+    r: &file::Route,
+    upstreams: &[&str],
+    broken_upstreams: &[&str],
+    errs: &mut Errors,
+) -> Option<Route> {
     let before = errs.0.len();
     if r.name.is_empty() {
         errs.push(format!("{path}.name"), "route names must not be empty");
@@ -243,7 +267,9 @@ fn route(path: &str, r: &file::Route, upstreams: &[&str], errs: &mut Errors) -> 
     let mut seen = HashSet::new();
     for (i, s) in r.split.iter().enumerate() {
         let spath = format!("{path}.split[{i}].upstream");
-        if !upstreams.contains(&s.upstream.as_str()) {
+        if broken_upstreams.contains(&s.upstream.as_str()) {
+            // Reported where it is broken; nothing to add here.
+        } else if !upstreams.contains(&s.upstream.as_str()) {
             errs.push(spath, unknown_upstream(&s.upstream, upstreams));
         } else if !seen.insert(s.upstream.as_str()) {
             errs.push(
@@ -277,10 +303,17 @@ fn route(path: &str, r: &file::Route, upstreams: &[&str], errs: &mut Errors) -> 
                 header_name(h, &format!("{path}.sticky.header"), errs).map(StickyKey::Header)
             }
             (None, Some(c)) if !c.is_empty() => Some(StickyKey::Cookie(c.clone())),
+            (Some(_), Some(_)) => {
+                errs.push(
+                    format!("{path}.sticky"),
+                    "both `header` and `cookie` are set; keep one, e.g. `sticky: { header: x-user-id }`",
+                );
+                None
+            }
             _ => {
                 errs.push(
                     format!("{path}.sticky"),
-                    "set exactly one of `header` or `cookie`, e.g. `sticky: { header: x-user-id }`",
+                    "set one of `header` or `cookie`, e.g. `sticky: { header: x-user-id }` or `sticky: { cookie: session }`",
                 );
                 None
             }
@@ -331,7 +364,7 @@ fn route_match(path: &str, m: &file::Match, errs: &mut Errors) -> RouteMatch {
     if !path_prefix.starts_with('/') {
         errs.push(
             format!("{path}.match.path_prefix"),
-            format!("`{path_prefix}` must start with `/`"),
+            format!("`{path_prefix}` must start with `/`; write `/{path_prefix}`"),
         );
     }
     let mut headers = Vec::new();

@@ -1,9 +1,11 @@
 //! Which upstream of a route's split takes a request: pure functions over a table compiled once
 //! per snapshot.
 //!
-//! - Without a sticky key, the n-th request of a route lands at point `n * phi (mod 1)` of the
-//!   weight line (a Weyl sequence). Any run of requests then matches the weights to within a
-//!   fraction of a request per upstream, with no lock and no per-route state but one counter.
+//! - Without a sticky key, the n-th request of a route takes slot `n` of a smooth weighted
+//!   round-robin cycle (NGINX's algorithm, computed once per snapshot): every full cycle matches
+//!   the weights exactly and the upstreams interleave within it, with no lock and no per-route
+//!   state but one counter. Weights whose cycle would be too long to precompute use the
+//!   golden-ratio (Weyl) sequence instead, which is within a few requests of exact over any run.
 //! - With a sticky key, the key hashes into a fixed space of [`STICKY_BUCKETS`] buckets, and each
 //!   bucket goes to the upstream with the highest weighted rendezvous score. Raising one
 //!   upstream's weight only raises its own scores, so the only users who move are those moving
@@ -11,6 +13,9 @@
 
 /// The fixed space sticky keys hash into.
 pub const STICKY_BUCKETS: u32 = 10_000;
+
+/// The longest round-robin cycle precomputed (after dividing the weights by their GCD).
+const MAX_CYCLE: u64 = 10_000;
 
 const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
 
@@ -23,6 +28,8 @@ pub struct Split {
     seeds: Vec<u64>,
     /// Bucket -> target index; only for sticky routes.
     sticky: Option<Box<[u16]>>,
+    /// One smooth round-robin cycle of target indexes, when short enough.
+    cycle: Option<Box<[u16]>>,
 }
 
 impl Split {
@@ -43,6 +50,7 @@ impl Split {
                 .collect()
         });
         Split {
+            cycle: smooth_cycle(weights),
             weights: weights.to_vec(),
             cumulative,
             seeds,
@@ -60,8 +68,13 @@ impl Split {
 
     /// The target for the `seq`-th request of the route.
     pub fn pick(&self, seq: u64) -> usize {
-        let x = weyl(seq, self.total());
-        self.cumulative.partition_point(|&c| c <= x)
+        match &self.cycle {
+            Some(cycle) => usize::from(cycle[(seq % cycle.len() as u64) as usize]),
+            None => {
+                let x = weyl(seq, self.total());
+                self.cumulative.partition_point(|&c| c <= x)
+            }
+        }
     }
 
     /// The target for a sticky key.
@@ -100,6 +113,36 @@ impl Split {
         }
         None
     }
+}
+
+/// Smooth weighted round robin over one cycle: each step every target gains its weight, the
+/// richest is picked and pays the total. `None` when the cycle would be longer than
+/// [`MAX_CYCLE`].
+fn smooth_cycle(weights: &[u32]) -> Option<Box<[u16]>> {
+    let g = weights.iter().fold(0u64, |g, &w| gcd(g, u64::from(w)));
+    if g == 0 || weights.len() > usize::from(u16::MAX) {
+        return None;
+    }
+    let w: Vec<i64> = weights.iter().map(|&w| (u64::from(w) / g) as i64).collect();
+    let total: i64 = w.iter().sum();
+    if total as u64 > MAX_CYCLE {
+        return None;
+    }
+    let mut current = vec![0i64; w.len()];
+    let mut cycle = Vec::with_capacity(total as usize);
+    for _ in 0..total {
+        for (c, w) in current.iter_mut().zip(&w) {
+            *c += w;
+        }
+        let best = (0..w.len()).max_by_key(|&i| (current[i], std::cmp::Reverse(i)))?;
+        current[best] -= total;
+        cycle.push(best as u16);
+    }
+    Some(cycle.into_boxed_slice())
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 { a } else { gcd(b, a % b) }
 }
 
 /// Where the `seq`-th point of the golden-ratio sequence falls on a line of length `total`.
@@ -178,6 +221,29 @@ mod tests {
     }
 
     #[test]
+    fn every_full_cycle_is_exact_and_interleaved() {
+        let s = Split::new(&["blue", "green"], &[3, 1], false);
+        let picks: Vec<usize> = (0..8).map(|i| s.pick(i)).collect();
+        assert_eq!(picks, [0, 0, 1, 0, 0, 0, 1, 0]);
+        let s = Split::new(&["a", "b"], &[95, 5], false);
+        let canary: Vec<u64> = (0..100).filter(|&i| s.pick(i) == 1).collect();
+        assert_eq!(canary.len(), 5);
+        assert!(
+            canary.windows(2).all(|w| w[1] - w[0] >= 15),
+            "spread out: {canary:?}"
+        );
+    }
+
+    #[test]
+    fn long_cycles_fall_back_to_the_weyl_sequence() {
+        let s = Split::new(&["a", "b"], &[9_999, 2], false);
+        assert!(s.cycle.is_none());
+        let n = 100_000;
+        let b = (0..n).filter(|&i| s.pick(i) == 1).count();
+        assert!((b as i64 - 20).abs() <= 2, "{b}");
+    }
+
+    #[test]
     fn zero_weight_targets_never_get_picked() {
         let s = Split::new(&["a", "b"], &[0, 3], false);
         assert!((0..1000).all(|i| s.pick(i) == 1));
@@ -241,7 +307,8 @@ mod tests {
     #[test]
     fn buckets_are_stable_values() {
         // Users keep their upstream across versions only if this never changes.
-        assert_eq!(sticky_bucket(b"user-42"), sticky_bucket(b"user-42"));
+        assert_eq!(sticky_bucket(b"user-42"), 8355);
+        assert_eq!(sticky_bucket(b"alice"), sticky_bucket(b"alice"));
         assert!(sticky_bucket(b"") < STICKY_BUCKETS);
     }
 }

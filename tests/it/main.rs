@@ -1,0 +1,11 @@
+//! Integration tests: the real switchyard and real backends on loopback.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod admin;
+mod cli;
+mod forward;
+mod lifecycle;
+mod reload;
+mod split;

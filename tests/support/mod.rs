@@ -1,0 +1,11 @@
+//! Real parts on real sockets: test backends, switchyard in-process, a client.
+#![allow(dead_code)]
+
+pub mod backend;
+pub mod bin;
+pub mod client;
+pub mod proxy;
+
+pub use backend::TestBackend;
+pub use client::{client, get, get_with, send};
+pub use proxy::{HEAD, Proxy, addrs};

@@ -1,0 +1,128 @@
+//! switchyard in-process, on 127.0.0.1:0, from a config file in a private temp directory.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use switchyard::app::{self, Options, Running};
+use switchyard::reload::ConfigSource;
+use switchyard::shared::ReloadEvent;
+
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new() -> TempDir {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "switchyard-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub struct Proxy {
+    pub running: Option<Running>,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub config_path: PathBuf,
+    pub dir: TempDir,
+}
+
+/// Writes `text` to `path` the way editors and tools do: a temp file, then a rename.
+pub fn write_atomic(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp~");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+impl Proxy {
+    /// Starts switchyard watching its config file.
+    pub async fn start(yaml: &str) -> Proxy {
+        Self::start_with(yaml, true).await
+    }
+
+    pub async fn start_with(yaml: &str, watch: bool) -> Proxy {
+        let dir = TempDir::new();
+        let config_path = dir.0.join("switchyard.yaml");
+        std::fs::write(&config_path, yaml).unwrap();
+        Self::start_at(dir, config_path, watch).await
+    }
+
+    /// Starts from a config at `path` inside `dir` (which may be a symlink).
+    pub async fn start_at(dir: TempDir, config_path: PathBuf, watch: bool) -> Proxy {
+        let running = app::start(Options {
+            source: ConfigSource::File(config_path.clone()),
+            watch,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("switchyard did not start: {e}"));
+        Proxy {
+            addr: running.proxy_addr(),
+            admin: running.admin_addr,
+            running: Some(running),
+            config_path,
+            dir,
+        }
+    }
+
+    pub fn running(&self) -> &Running {
+        self.running.as_ref().unwrap()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    pub fn reload_event(&self) -> ReloadEvent {
+        *self.running().shared.reload_events().borrow()
+    }
+
+    /// Rewrites the config file and waits until switchyard has tried to load it.
+    pub async fn rewrite(&self, yaml: &str) -> ReloadEvent {
+        let before = self.reload_event();
+        write_atomic(&self.config_path, yaml);
+        self.wait_reload_after(before).await
+    }
+
+    /// Waits for the first reload attempt after `before`.
+    pub async fn wait_reload_after(&self, before: ReloadEvent) -> ReloadEvent {
+        let mut rx = self.running().shared.reload_events();
+        let ev = tokio::time::timeout(
+            Duration::from_secs(20),
+            rx.wait_for(|e| e.attempts > before.attempts),
+        )
+        .await
+        .expect("no reload attempt within 20 s")
+        .expect("reloader gone");
+        *ev
+    }
+
+    pub async fn shutdown(mut self) -> bool {
+        self.running.take().unwrap().shutdown().await
+    }
+}
+
+/// The YAML list of backend addresses.
+pub fn addrs(backends: &[&super::backend::TestBackend]) -> String {
+    let list: Vec<String> = backends.iter().map(|b| format!("\"{}\"", b.addr)).collect();
+    format!("[{}]", list.join(", "))
+}
+
+/// Listener and admin on port 0: the common head of every test config.
+pub const HEAD: &str =
+    "listeners: [{ name: public, bind: \"127.0.0.1:0\" }]\nadmin: { bind: \"127.0.0.1:0\" }\n";
