@@ -132,7 +132,10 @@ impl<G: BodyGuard> Body for RespBody<G> {
                     Poll::Ready(Some(Ok(_))) if body.is_end_stream() => Some(BodyEnd::Complete),
                     _ => None,
                 };
-                if let (Some(end), Some(g)) = (end, guard.take()) {
+                // Only take the guard once the end is seen: a taken guard is a finished one.
+                if let Some(end) = end
+                    && let Some(g) = guard.take()
+                {
                     g.finish(end);
                 }
                 polled

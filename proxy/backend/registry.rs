@@ -8,8 +8,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use super::pool::ConnPool;
 use super::state::BackendState;
-use super::transport::{self, HttpClient};
 use crate::config::Config;
 use crate::config::model::{BackendAddr, Transport};
 
@@ -23,12 +23,23 @@ pub struct BackendKey {
 #[derive(Clone)]
 pub struct Backend {
     pub state: Arc<BackendState>,
-    pub client: HttpClient,
+    pub pool: Arc<ConnPool>,
 }
 
 struct Entry {
     backend: Backend,
-    transport: Transport,
+}
+
+impl Entry {
+    fn new(state: Arc<BackendState>, transport: &Transport) -> Entry {
+        let pool = ConnPool::new(state.addr.clone(), transport.clone());
+        Entry {
+            backend: Backend {
+                state,
+                pool: Arc::new(pool),
+            },
+        }
+    }
 }
 
 #[derive(Default)]
@@ -58,27 +69,13 @@ impl Registry {
                     addr: addr.clone(),
                 };
                 let entry = match self.entries.remove(&key) {
-                    Some(e) if e.transport == up.transport => e,
+                    Some(e) if *e.backend.pool.transport() == up.transport => e,
                     // Same backend, new connection settings: fresh pool, same state.
-                    Some(e) => Entry {
-                        backend: Backend {
-                            state: e.backend.state,
-                            client: transport::client(&up.transport),
-                        },
-                        transport: up.transport.clone(),
-                    },
+                    Some(e) => Entry::new(e.backend.state, &up.transport),
                     None => {
                         changes.added.push(key.clone());
-                        Entry {
-                            backend: Backend {
-                                state: Arc::new(BackendState::new(
-                                    Arc::clone(&up.name),
-                                    addr.clone(),
-                                )),
-                                client: transport::client(&up.transport),
-                            },
-                            transport: up.transport.clone(),
-                        }
+                        let state = BackendState::new(Arc::clone(&up.name), addr.clone());
+                        Entry::new(Arc::new(state), &up.transport)
                     }
                 };
                 backends.push(entry.backend.clone());

@@ -4,26 +4,35 @@ use std::error::Error as StdError;
 
 use http::header::{self, HeaderValue};
 use http::request::Parts;
-use http::uri::{self, PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use super::handler::{ConnInfo, ProxyBody};
 use super::headers;
+use std::sync::Arc;
+
+use crate::backend::pool::{Conn, ConnPool, SendError};
 use crate::backend::{Backend, InFlight};
 use crate::body::{BodyEnd, BodyGuard, ClientBodyError, ReqBody, RespBody};
 use crate::config::model::Route;
 use crate::error::{ErrorKind, ProxyError};
 
 /// Lives as long as the response streams: the request counts as in flight to its backend until
-/// the client has the last byte or goes away.
+/// the client has the last byte or goes away, and the connection goes back to the pool only
+/// once the response was read to its end.
 pub struct Exchange {
     _in_flight: InFlight,
+    conn: Option<(Arc<ConnPool>, Conn)>,
 }
 
 impl BodyGuard for Exchange {
-    fn finish(self, _end: BodyEnd) {}
+    fn finish(self, end: BodyEnd) {
+        if let (BodyEnd::Complete, Some((pool, conn))) = (end, self.conn) {
+            pool.checkin(conn);
+        }
+    }
 }
 
 pub async fn forward(
@@ -39,9 +48,9 @@ pub async fn forward(
     let upstream_req = Request::from_parts(parts, ReqBody::Streaming(body));
 
     let in_flight = InFlight::start(&backend.state);
-    let sent = tokio::time::timeout(route.timeout, backend.client.request(upstream_req)).await;
-    let mut resp = match sent {
-        Ok(Ok(resp)) => resp,
+    let sent = tokio::time::timeout(route.timeout, backend.pool.send(upstream_req)).await;
+    let (mut resp, upstream_conn) = match sent {
+        Ok(Ok(exchange)) => exchange,
         Ok(Err(e)) => return Err(classify(e, backend)),
         Err(_) => {
             return Err(ProxyError::timeout(&backend.state.upstream, route.timeout)
@@ -57,6 +66,8 @@ pub async fn forward(
         tokio::spawn(async move {
             let _drain = token;
             let _in_flight = in_flight;
+            // Hold the connection's handle until the upgrade is through.
+            let _upstream_conn = upstream_conn;
             match tokio::try_join!(client_upgrade, upstream_upgrade) {
                 Ok((client, upstream)) => {
                     let (mut c, mut u) = (TokioIo::new(client), TokioIo::new(upstream));
@@ -74,6 +85,7 @@ pub async fn forward(
             b,
             Exchange {
                 _in_flight: in_flight,
+                conn: Some((Arc::clone(&backend.pool), upstream_conn)),
             },
         )
     }))
@@ -103,19 +115,13 @@ fn prepare(parts: &mut Parts, backend: &Backend, conn: &ConnInfo, upgrade: bool)
         join_cookies(&mut parts.headers);
     }
 
-    let mut uri = uri::Parts::default();
-    uri.scheme = Some(Scheme::HTTP);
-    uri.authority = Some(backend.state.addr.authority.clone());
-    uri.path_and_query = Some(
-        parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/")),
-    );
-    if let Ok(u) = Uri::from_parts(uri) {
-        parts.uri = u;
-    }
+    // Origin-form (`/path?query`), as a backend expects from a client.
+    let pq = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    parts.uri = Uri::from(pq);
     parts.version = Version::HTTP_11;
 }
 
@@ -136,11 +142,11 @@ fn join_cookies(h: &mut http::HeaderMap) {
     }
 }
 
-/// Whose fault a failed exchange was, from the client library's error.
-fn classify(e: hyper_util::client::legacy::Error, backend: &Backend) -> ProxyError {
+/// Whose fault a failed exchange was.
+fn classify(e: SendError, backend: &Backend) -> ProxyError {
     let upstream = &backend.state.upstream;
     let addr = backend.state.addr.as_str();
-    if let Some(client) = find_in_chain::<ClientBodyError>(&e) {
+    if let Some(client) = e.hyper().and_then(|h| find_in_chain::<ClientBodyError>(h)) {
         let framing = !client.0.is_incomplete_message()
             && find_in_chain::<std::io::Error>(&client.0).is_none_or(|io| {
                 matches!(
@@ -148,15 +154,13 @@ fn classify(e: hyper_util::client::legacy::Error, backend: &Backend) -> ProxyErr
                     std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput
                 )
             });
-        let kind = if framing {
-            ErrorKind::BadRequest
+        let (kind, why) = if framing {
+            (ErrorKind::BadRequest, "the request body is malformed")
         } else {
-            ErrorKind::ClientGone
-        };
-        let why = if framing {
-            "the request body is malformed"
-        } else {
-            "the client stopped sending the request body"
+            (
+                ErrorKind::ClientGone,
+                "the client stopped sending the request body",
+            )
         };
         return ProxyError::new(kind, why).with_source(e);
     }

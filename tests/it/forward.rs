@@ -192,3 +192,42 @@ async fn upstream_connections_are_pooled() {
         app.connections()
     );
 }
+
+/// In-flight requests over every backend, as `/metrics` reports them.
+async fn in_flight(proxy: &Proxy, c: &crate::support::client::TestClient) -> u64 {
+    let m = get(c, &proxy.admin_url("/metrics")).await;
+    m.text()
+        .lines()
+        .filter(|l| l.starts_with("switchyard_backend_in_flight{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_is_in_flight_until_its_last_byte() {
+    let app = TestBackend::start("app").await;
+    let proxy = Proxy::start(&one_route(&app, "")).await;
+    let c = client();
+    let resp = c
+        .request(
+            Request::get(proxy.url("/stream/k"))
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let mut body = resp.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(&first[..], b"first\n");
+    assert_eq!(
+        in_flight(&proxy, &c).await,
+        1,
+        "headers sent, body still streaming"
+    );
+    app.release("k");
+    assert_eq!(&body.collect().await.unwrap().to_bytes()[..], b"rest\n");
+    assert_eq!(in_flight(&proxy, &c).await, 0);
+    // The finished connection went back to the pool and is reused.
+    assert_eq!(get(&c, &proxy.url("/")).await.status, 200);
+    assert_eq!(app.connections(), 1);
+}
