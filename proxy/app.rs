@@ -13,6 +13,7 @@ use crate::reload::{ConfigSource, ReloadHandle, Reloader, watcher};
 use crate::server::conn::ServeCtx;
 use crate::server::listener::{self, ListenerSet};
 use crate::server::shutdown::{StopTrigger, Tracker, stop_pair};
+use crate::server::workers::Workers;
 use crate::shared::Shared;
 
 #[derive(Debug, Clone)]
@@ -20,6 +21,20 @@ pub struct Options {
     pub source: ConfigSource,
     /// Reload when the config file changes (only for [`ConfigSource::File`]).
     pub watch: bool,
+    /// Worker threads serving traffic, the calling runtime being the first (see
+    /// [`crate::server::workers`]).
+    pub workers: usize,
+}
+
+impl Options {
+    /// One worker, watching the file: what tests and embedders usually want.
+    pub fn file(path: impl Into<std::path::PathBuf>) -> Self {
+        Options {
+            source: ConfigSource::File(path.into()),
+            watch: true,
+            workers: 1,
+        }
+    }
 }
 
 /// A running switchyard.
@@ -33,12 +48,19 @@ pub struct Running {
     stop_admin: StopTrigger,
     reloader: JoinHandle<()>,
     admin: JoinHandle<()>,
+    workers: Workers,
     _watch: Option<watcher::WatchGuard>,
 }
 
 /// Loads the config, binds every listener and the admin API, and starts serving.
 pub async fn start(opts: Options) -> Result<Running, ConfigErrors> {
-    let (mut reloader, reload) = Reloader::load(opts.source.clone())?;
+    let workers = Workers::start(opts.workers.max(1)).map_err(|e| {
+        ConfigErrors(vec![ConfigError::new(
+            "",
+            format!("cannot start worker threads: {e}"),
+        )])
+    })?;
+    let (mut reloader, reload) = Reloader::load(opts.source.clone(), workers.len())?;
     let config = Arc::clone(reloader.config());
     let shared = Arc::clone(reloader.shared());
     let tracker = Tracker::default();
@@ -63,7 +85,7 @@ pub async fn start(opts: Options) -> Result<Running, ConfigErrors> {
     }
 
     let serve_ctx = Arc::new(ServeCtx::new(Arc::clone(&shared), tracker.clone()));
-    reloader.bind_listeners(ListenerSet::new(serve_ctx))?;
+    reloader.bind_listeners(ListenerSet::new(serve_ctx, workers.handles().to_vec()))?;
 
     let watch = match (&opts.source, opts.watch) {
         (ConfigSource::File(path), true) => {
@@ -91,7 +113,7 @@ pub async fn start(opts: Options) -> Result<Running, ConfigErrors> {
         started: Instant::now(),
     });
     let admin_task = tokio::spawn(admin::serve(admin_listener, admin_ctx, admin_signal));
-    tracing::info!(admin = %admin_addr, generation = 1, "switchyard started");
+    tracing::info!(admin = %admin_addr, workers = workers.len(), generation = 1, "switchyard started");
 
     Ok(Running {
         shared,
@@ -103,6 +125,7 @@ pub async fn start(opts: Options) -> Result<Running, ConfigErrors> {
         stop_admin,
         reloader: reloader_task,
         admin: admin_task,
+        workers,
         _watch: watch,
     })
 }
@@ -146,6 +169,8 @@ impl Running {
         }
         self.stop_admin.fire();
         let _ = self.admin.await;
+        let workers = self.workers;
+        let _ = tokio::task::spawn_blocking(move || workers.stop()).await;
         drained
     }
 }

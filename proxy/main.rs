@@ -33,6 +33,9 @@ enum Command {
         /// Do not watch the config file (reload only on SIGHUP or POST /reload).
         #[arg(long)]
         no_watch: bool,
+        /// Worker threads (default: TOKIO_WORKER_THREADS, else one per CPU).
+        #[arg(long)]
+        workers: Option<usize>,
     },
     /// Validate a config file: print every error with its YAML path, exit 1 on any.
     Check {
@@ -49,6 +52,9 @@ enum Command {
         listen: SocketAddr,
         #[arg(long, default_value = "127.0.0.1:9901")]
         admin: SocketAddr,
+        /// Worker threads (default: TOKIO_WORKER_THREADS, else one per CPU).
+        #[arg(long)]
+        workers: Option<usize>,
     },
     /// Show what a running switchyard is doing (its /status).
     Status {
@@ -67,7 +73,8 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // Worker 0: the control plane and a share of the traffic (see server::workers).
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
@@ -88,15 +95,31 @@ fn main() -> ExitCode {
 
 async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Run { config, no_watch } => {
+        Command::Run {
+            config,
+            no_watch,
+            workers,
+        } => {
             let opts = Options {
                 source: ConfigSource::File(config.clone()),
                 watch: !no_watch,
+                workers: workers.unwrap_or_else(server::workers::default_count),
             };
             serve(opts, &config.display().to_string()).await
         }
         Command::Check { config, skip_bind } => Ok(check(&config, skip_bind)),
-        Command::Demo { listen, admin } => run_demo(listen, admin).await,
+        Command::Demo {
+            listen,
+            admin,
+            workers,
+        } => {
+            run_demo(
+                listen,
+                admin,
+                workers.unwrap_or_else(server::workers::default_count),
+            )
+            .await
+        }
         Command::Status { admin } => {
             let (status, body) = admin::client::call(admin, Method::GET, "/status")
                 .await
@@ -153,7 +176,11 @@ fn print_ok(path: &std::path::Path, c: &config::Config) {
     );
 }
 
-async fn run_demo(listen: SocketAddr, admin_addr: SocketAddr) -> anyhow::Result<ExitCode> {
+async fn run_demo(
+    listen: SocketAddr,
+    admin_addr: SocketAddr,
+    workers: usize,
+) -> anyhow::Result<ExitCode> {
     let any = SocketAddr::from(([127, 0, 0, 1], 0));
     let blue = demo::color_backend("blue", any)
         .await
@@ -179,8 +206,13 @@ async fn run_demo(listen: SocketAddr, admin_addr: SocketAddr) -> anyhow::Result<
     let opts = Options {
         source: ConfigSource::File(path.clone()),
         watch: true,
+        workers,
     };
-    serve(opts, &path.display().to_string()).await
+    let code = serve(opts, &path.display().to_string()).await;
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    code
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -23,6 +23,7 @@ use tokio::net::TcpStream;
 
 use crate::body::ReqBody;
 use crate::config::model::{BackendAddr, Transport};
+use crate::server::workers;
 
 /// Idle connections kept per backend; past this, finished connections are closed.
 const MAX_IDLE: usize = 256;
@@ -61,7 +62,9 @@ struct Idle {
 pub struct ConnPool {
     addr: BackendAddr,
     transport: Transport,
-    idle: Mutex<Vec<Idle>>,
+    /// One stack of idle connections per worker: a connection's task runs on the worker that
+    /// opened it, so only that worker reuses it.
+    idle: Box<[Mutex<Vec<Idle>>]>,
 }
 
 /// A connection checked out for one exchange; give it back with [`ConnPool::checkin`] once the
@@ -71,21 +74,28 @@ pub struct Conn {
 }
 
 impl ConnPool {
-    pub fn new(addr: BackendAddr, transport: Transport) -> Self {
+    pub fn new(addr: BackendAddr, transport: Transport, workers: usize) -> Self {
         ConnPool {
             addr,
             transport,
-            idle: Mutex::new(Vec::new()),
+            idle: (0..workers.max(1)).map(|_| Mutex::default()).collect(),
         }
+    }
+
+    fn shard(&self) -> &Mutex<Vec<Idle>> {
+        &self.idle[workers::current() % self.idle.len()]
     }
 
     pub fn transport(&self) -> &Transport {
         &self.transport
     }
 
-    /// Idle connections right now.
+    /// Idle connections right now, over all workers.
     pub fn idle(&self) -> usize {
-        self.idle.lock().map_or(0, |i| i.len())
+        self.idle
+            .iter()
+            .map(|s| s.lock().map_or(0, |i| i.len()))
+            .sum()
     }
 
     /// Sends `req` on a pooled or new connection. A request that never left (the pooled
@@ -128,19 +138,21 @@ impl ConnPool {
     }
 
     fn put(&self, sender: Sender) {
-        let Ok(mut idle) = self.idle.lock() else {
+        let Ok(mut idle) = self.shard().lock() else {
             return;
         };
         let now = Instant::now();
-        let max_age = self.transport.idle_timeout;
-        idle.retain(|i| now.duration_since(i.since) < max_age);
+        // Oldest first, since every connection is pushed with the time it came back.
+        let stale =
+            idle.partition_point(|i| now.duration_since(i.since) >= self.transport.idle_timeout);
+        idle.drain(..stale);
         if idle.len() < MAX_IDLE {
             idle.push(Idle { sender, since: now });
         }
     }
 
     fn checkout(&self) -> Option<Sender> {
-        let mut idle = self.idle.lock().ok()?;
+        let mut idle = self.shard().lock().ok()?;
         while let Some(candidate) = idle.pop() {
             if candidate.since.elapsed() < self.transport.idle_timeout
                 && candidate.sender.is_ready()

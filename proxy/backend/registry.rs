@@ -31,8 +31,8 @@ struct Entry {
 }
 
 impl Entry {
-    fn new(state: Arc<BackendState>, transport: &Transport) -> Entry {
-        let pool = ConnPool::new(state.addr.clone(), transport.clone());
+    fn new(state: Arc<BackendState>, transport: &Transport, workers: usize) -> Entry {
+        let pool = ConnPool::new(state.addr.clone(), transport.clone(), workers);
         Entry {
             backend: Backend {
                 state,
@@ -42,9 +42,10 @@ impl Entry {
     }
 }
 
-#[derive(Default)]
 pub struct Registry {
     entries: HashMap<BackendKey, Entry>,
+    /// Worker threads: connection pools keep one idle stack per worker.
+    workers: usize,
 }
 
 /// What a reconcile changed, for the parts that start or stop per-backend work.
@@ -55,6 +56,13 @@ pub struct Changes {
 }
 
 impl Registry {
+    pub fn new(workers: usize) -> Self {
+        Registry {
+            entries: HashMap::new(),
+            workers,
+        }
+    }
+
     /// Brings the registry in line with `config`; returns each upstream's backends in config
     /// order.
     pub fn reconcile(&mut self, config: &Config) -> (HashMap<Arc<str>, Vec<Backend>>, Changes) {
@@ -71,11 +79,11 @@ impl Registry {
                 let entry = match self.entries.remove(&key) {
                     Some(e) if *e.backend.pool.transport() == up.transport => e,
                     // Same backend, new connection settings: fresh pool, same state.
-                    Some(e) => Entry::new(e.backend.state, &up.transport),
+                    Some(e) => Entry::new(e.backend.state, &up.transport, self.workers),
                     None => {
                         changes.added.push(key.clone());
                         let state = BackendState::new(Arc::clone(&up.name), addr.clone());
-                        Entry::new(Arc::new(state), &up.transport)
+                        Entry::new(Arc::new(state), &up.transport, self.workers)
                     }
                 };
                 backends.push(entry.backend.clone());
@@ -117,7 +125,7 @@ mod tests {
 
     #[tokio::test]
     async fn state_survives_for_backends_that_stay() {
-        let mut reg = Registry::default();
+        let mut reg = Registry::new(1);
         let (pools, changes) = reg.reconcile(&config("'h:1', 'h:2'", "1s"));
         assert_eq!(changes.added.len(), 2);
         let kept = Arc::clone(&pools["a"][1].state);

@@ -1,6 +1,8 @@
 //! Sends a routed request to its backend and streams the answer back.
 
 use std::error::Error as StdError;
+use std::task::Poll;
+use std::time::Duration;
 
 use http::header::{self, HeaderValue};
 use http::request::Parts;
@@ -43,16 +45,23 @@ pub async fn forward(
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let upgrade = headers::is_upgrade_request(req.version(), req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let from_h2 = req.version() == Version::HTTP_2;
     let (mut parts, body) = req.into_parts();
     prepare(&mut parts, backend, conn, upgrade);
     let upstream_req = Request::from_parts(parts, ReqBody::Streaming(body));
 
     let in_flight = InFlight::start(&backend.state);
-    let sent = tokio::time::timeout(route.timeout, backend.pool.send(upstream_req)).await;
+    let sent = within(
+        route.timeout,
+        from_h2,
+        conn,
+        backend.pool.send(upstream_req),
+    )
+    .await;
     let (mut resp, upstream_conn) = match sent {
-        Ok(Ok(exchange)) => exchange,
-        Ok(Err(e)) => return Err(classify(e, backend)),
-        Err(_) => {
+        Some(Ok(exchange)) => exchange,
+        Some(Err(e)) => return Err(classify(e, backend)),
+        None => {
             return Err(ProxyError::timeout(&backend.state.upstream, route.timeout)
                 .with_detail(backend.state.addr.as_str()));
         }
@@ -91,6 +100,31 @@ pub async fn forward(
     }))
 }
 
+/// Runs `fut` for at most `limit`; `None` if time ran out. HTTP/1.1 requests come one at a time
+/// per connection and share the connection's lazily re-armed timer; HTTP/2 streams run side by
+/// side, so each gets a timer of its own.
+async fn within<F: Future>(
+    limit: Duration,
+    h2: bool,
+    conn: &ConnInfo,
+    fut: F,
+) -> Option<F::Output> {
+    if h2 {
+        return tokio::time::timeout(limit, fut).await.ok();
+    }
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut fut = std::pin::pin!(fut);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        // Poisoning cannot leave the timer inconsistent: use it anyway.
+        let mut timer = conn.route_timer.lock().unwrap_or_else(|p| p.into_inner());
+        timer.poll_deadline(deadline, cx).map(|()| None)
+    })
+    .await
+}
+
 /// Rewrites the client's request head for the backend.
 fn prepare(parts: &mut Parts, backend: &Backend, conn: &ConnInfo, upgrade: bool) {
     let from_h2 = parts.version == Version::HTTP_2;
@@ -102,7 +136,12 @@ fn prepare(parts: &mut Parts, backend: &Backend, conn: &ConnInfo, upgrade: bool)
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
     };
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
-    headers::add_forwarded(&mut parts.headers, conn.peer.ip(), conn.proto, host.clone());
+    headers::add_forwarded(
+        &mut parts.headers,
+        &conn.peer_value,
+        conn.proto,
+        host.clone(),
+    );
     if !parts.headers.contains_key(header::HOST) {
         // HTTP/2 carries the host in `:authority`; HTTP/1.0 may carry none at all.
         let host = host.unwrap_or_else(|| {

@@ -1,6 +1,7 @@
 //! One request, start to end: load the snapshot once, route, split, pick, forward, count.
 
 use std::net::SocketAddr;
+use std::sync::Mutex;
 use std::sync::atomic::Ordering;
 
 use http::header::{self, HeaderValue};
@@ -12,19 +13,23 @@ use super::{headers, pick};
 use crate::body::RespBody;
 use crate::error::{ErrorKind, ProxyError};
 use crate::reload::snapshot::RouteRuntime;
+use crate::server::clock::LazyTimer;
 use crate::server::shutdown::Tracker;
 use crate::shared::Shared;
 
 pub type ProxyBody = RespBody<Exchange>;
 
 /// What the handler knows about the connection a request came on.
-#[derive(Debug, Clone)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
+    /// The peer's address as `X-Forwarded-For` shows it.
+    pub peer_value: HeaderValue,
     /// `X-Forwarded-Proto` for requests on this connection.
     pub proto: &'static str,
     /// Upgraded tunnels register here so a drain waits for them.
     pub tracker: Tracker,
+    /// Times the route timeout of HTTP/1.1 requests, one at a time on this connection.
+    pub route_timer: Mutex<LazyTimer>,
 }
 
 pub async fn handle(

@@ -47,27 +47,47 @@ pub fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
 /// Removes hop-by-hop headers, including any the `Connection` header names. With
 /// `keep_upgrade`, `Upgrade` survives and `Connection: upgrade` is set again.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    if let Some(conn) = headers.get(header::CONNECTION)
-        && (conn.as_bytes().contains(&b',')
-            || headers.get_all(header::CONNECTION).iter().count() > 1
-            || !is_fixed_token(conn.as_bytes()))
-    {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
-            .collect();
-        for name in named {
-            let kept = is_end_to_end(&name) || (keep_upgrade && name == header::UPGRADE);
-            if !kept {
-                headers.remove(&name);
-            }
+    // One pass over the names present is far cheaper than a removal per candidate name, and
+    // most messages carry one hop-by-hop header or none.
+    let hop = fixed_hop_by_hop();
+    let mut present = [false; 7];
+    let mut any = false;
+    for name in headers.keys() {
+        if let Some(i) = hop.iter().position(|h| *h == name) {
+            present[i] = true;
+            any = true;
         }
     }
-    for name in fixed_hop_by_hop() {
-        if !(keep_upgrade && *name == header::UPGRADE) {
-            headers.remove(name);
+    if any {
+        // Connection is removed with all its values in one lookup, then read for the names it
+        // lists (beyond the common bare `close` / `keep-alive`).
+        if let http::header::Entry::Occupied(conn) = headers.entry(header::CONNECTION) {
+            let mut named: Vec<HeaderName> = Vec::new();
+            for v in conn.remove_entry_mult().1 {
+                if !is_fixed_token(v.as_bytes()) {
+                    named.extend(
+                        v.as_bytes()
+                            .split(|&b| b == b',')
+                            .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok()),
+                    );
+                }
+            }
+            for name in named {
+                let kept = is_end_to_end(&name) || (keep_upgrade && name == header::UPGRADE);
+                if !kept {
+                    headers.remove(&name);
+                }
+            }
+        }
+        for (name, _) in hop
+            .iter()
+            .zip(present)
+            .filter(|(_, p)| *p)
+            .skip_while(|(n, _)| **n == header::CONNECTION)
+        {
+            if !(keep_upgrade && **name == header::UPGRADE) {
+                headers.remove(*name);
+            }
         }
     }
     if keep_upgrade {
@@ -93,14 +113,13 @@ fn is_end_to_end(name: &HeaderName) -> bool {
 /// always the real peer), `X-Forwarded-Proto` and `X-Forwarded-Host`.
 pub fn add_forwarded(
     headers: &mut HeaderMap,
-    peer: IpAddr,
+    peer: &HeaderValue,
     proto: &'static str,
     host: Option<HeaderValue>,
 ) {
-    let peer = peer.to_canonical().to_string();
     let mut prior = headers.get_all(&X_FORWARDED_FOR).iter().peekable();
     let xff = if prior.peek().is_none() {
-        HeaderValue::from_str(&peer)
+        Some(peer.clone())
     } else {
         let mut joined = Vec::with_capacity(64);
         for v in prior {
@@ -108,9 +127,9 @@ pub fn add_forwarded(
             joined.extend_from_slice(b", ");
         }
         joined.extend_from_slice(peer.as_bytes());
-        HeaderValue::from_bytes(&joined)
+        HeaderValue::from_bytes(&joined).ok()
     };
-    if let Ok(xff) = xff {
+    if let Some(xff) = xff {
         headers.insert(X_FORWARDED_FOR.clone(), xff);
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
@@ -118,6 +137,13 @@ pub fn add_forwarded(
         Some(h) => headers.insert(X_FORWARDED_HOST.clone(), h),
         None => headers.remove(&X_FORWARDED_HOST),
     };
+}
+
+/// A peer address as it goes into `X-Forwarded-For` (IPv4-mapped IPv6 shown as IPv4); made
+/// once per connection.
+pub fn peer_value(peer: IpAddr) -> HeaderValue {
+    HeaderValue::from_str(&peer.to_canonical().to_string())
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 /// The value of cookie `name` in the request's `Cookie` headers.
@@ -194,7 +220,7 @@ mod tests {
         ]);
         add_forwarded(
             &mut h,
-            "192.0.2.7".parse().unwrap(),
+            &peer_value("192.0.2.7".parse().unwrap()),
             "http",
             Some(HeaderValue::from_static("shop")),
         );
@@ -202,7 +228,12 @@ mod tests {
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "shop");
         let mut h = HeaderMap::new();
-        add_forwarded(&mut h, "::ffff:10.1.2.3".parse().unwrap(), "https", None);
+        add_forwarded(
+            &mut h,
+            &peer_value("::ffff:10.1.2.3".parse().unwrap()),
+            "https",
+            None,
+        );
         assert_eq!(h["x-forwarded-for"], "10.1.2.3");
     }
 

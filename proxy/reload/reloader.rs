@@ -98,10 +98,13 @@ pub struct Reloader {
 impl Reloader {
     /// Loads and validates the first config and publishes generation 1. Listeners are bound
     /// by [`Reloader::bind_listeners`], once the caller has made the serving context.
-    pub fn load(source: ConfigSource) -> Result<(Reloader, ReloadHandle), ConfigErrors> {
+    pub fn load(
+        source: ConfigSource,
+        workers: usize,
+    ) -> Result<(Reloader, ReloadHandle), ConfigErrors> {
         let text = source.read()?;
         let config = Arc::new(config::parse_str(&text)?);
-        let mut registry = Registry::default();
+        let mut registry = Registry::new(workers);
         let mut counters = CounterRegistry::default();
         let (pools, _) = registry.reconcile(&config);
         let weights = HashMap::new();

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
+use tokio::runtime::Handle;
 
 use super::conn::{self, ServeCtx};
 use super::shutdown::{Stop, StopTrigger, stop_pair};
@@ -19,8 +20,32 @@ const BACKLOG: i32 = 4096;
 /// Binds a listening socket: SO_REUSEADDR (restarts do not wait out TIME_WAIT), TCP_NODELAY
 /// (inherited by accepted sockets), a deep backlog.
 pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    bind_socket(addr, false)
+}
+
+/// One socket per worker on the same address, with SO_REUSEPORT so the kernel spreads new
+/// connections over the workers. A single worker gets a plain socket: SO_REUSEPORT would let a
+/// second process quietly share the port instead of failing to bind it.
+pub fn bind_group(addr: SocketAddr, workers: usize) -> io::Result<Vec<std::net::TcpListener>> {
+    if workers <= 1 {
+        return Ok(vec![bind_socket(addr, false)?]);
+    }
+    let first = bind_socket(addr, true)?;
+    // With port 0 the first socket picks the port; the others join it.
+    let local = first.local_addr()?;
+    let mut group = vec![first];
+    for _ in 1..workers {
+        group.push(bind_socket(local, true)?);
+    }
+    Ok(group)
+}
+
+fn bind_socket(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
     if addr.is_ipv6() {
         // `[::]` takes IPv4 too, as users expect from "all addresses".
         let _ = socket.set_only_v6(false);
@@ -75,20 +100,23 @@ struct Running {
 
 /// Listeners bound for a config but not yet serving.
 pub struct Prepared {
-    bound: Vec<(Listener, std::net::TcpListener)>,
+    bound: Vec<(Listener, Vec<std::net::TcpListener>)>,
     wanted: Vec<Listener>,
 }
 
 /// The running listeners; only the reloader changes them.
 pub struct ListenerSet {
     ctx: Arc<ServeCtx>,
+    /// Where accept loops run: one per worker, each on its own socket.
+    workers: Vec<Handle>,
     running: Vec<Running>,
 }
 
 impl ListenerSet {
-    pub fn new(ctx: Arc<ServeCtx>) -> Self {
+    pub fn new(ctx: Arc<ServeCtx>, workers: Vec<Handle>) -> Self {
         ListenerSet {
             ctx,
+            workers,
             running: Vec::new(),
         }
     }
@@ -101,8 +129,8 @@ impl ListenerSet {
             if self.running.iter().any(|r| r.spec.bind == l.bind) {
                 continue;
             }
-            match bind(l.bind) {
-                Ok(s) => bound.push((l.clone(), s)),
+            match bind_group(l.bind, self.workers.len()) {
+                Ok(group) => bound.push((l.clone(), group)),
                 Err(e) => errors.push(bind_error(&format!("listeners[{i}].bind"), l.bind, &e)),
             }
         }
@@ -131,18 +159,25 @@ impl ListenerSet {
                     false
                 }
             });
-        for (spec, std_listener) in p.bound {
-            let listener = match TcpListener::from_std(std_listener) {
-                Ok(l) => l,
-                Err(e) => {
-                    tracing::error!(listener = %spec.name, error = %e, "cannot register listener");
-                    continue;
-                }
-            };
-            let local = listener.local_addr().unwrap_or(spec.bind);
+        for (spec, group) in p.bound {
+            let local = group
+                .first()
+                .and_then(|s| s.local_addr().ok())
+                .unwrap_or(spec.bind);
             let (stop, signal) = stop_pair();
-            tracing::info!(listener = %spec.name, addr = %local, "listening");
-            tokio::spawn(accept_loop(listener, Arc::clone(&self.ctx), signal));
+            tracing::info!(listener = %spec.name, addr = %local, workers = group.len(), "listening");
+            for (socket, worker) in group.into_iter().zip(&self.workers) {
+                let ctx = Arc::clone(&self.ctx);
+                let signal = signal.clone();
+                let name = spec.name.clone();
+                // Registered with the worker's own reactor, so it must happen on that worker.
+                worker.spawn(async move {
+                    match TcpListener::from_std(socket) {
+                        Ok(listener) => accept_loop(listener, ctx, signal).await,
+                        Err(e) => tracing::error!(listener = %name, error = %e, "cannot register listener"),
+                    }
+                });
+            }
             self.running.push(Running { spec, local, stop });
         }
     }

@@ -53,6 +53,33 @@ async fn weighted_split_holds_over_10000_requests() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_split_holds_with_two_workers_sharing_the_port() {
+    let [blue, green, grey] = backends().await;
+    let dir = crate::support::proxy::TempDir::new();
+    let path = dir.0.join("switchyard.yaml");
+    std::fs::write(&path, three_way(&[&blue, &green, &grey], [50, 30, 20], "")).unwrap();
+    let proxy = Proxy::start_full(dir, path, true, 2).await;
+    // Separate clients, so that connections spread over both workers' sockets.
+    let clients: Vec<_> = (0..8).map(|_| client()).collect();
+    let url = proxy.url("/");
+    let mut responses = futures_util::stream::iter(0..4000)
+        .map(|i| get(&clients[i % clients.len()], &url))
+        .buffer_unordered(16);
+    while let Some(r) = responses.next().await {
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    // Each worker keeps its own weighted sequence: the sum is still within a few requests.
+    for (b, want) in [(&blue, 0.50), (&green, 0.30), (&grey, 0.20)] {
+        let share = b.count() as f64 / 4000.0;
+        assert!(
+            (share - want).abs() <= 0.02,
+            "{}: {share} (wanted {want})",
+            b.name
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sticky_users_stay_on_a_growing_canary() {
     let [stable, canary, _] = backends().await;
     let config = |w: u32| {

@@ -61,9 +61,20 @@ impl Proxy {
 
     /// Starts from a config at `path` inside `dir` (which may be a symlink).
     pub async fn start_at(dir: TempDir, config_path: PathBuf, watch: bool) -> Proxy {
+        Self::start_full(dir, config_path, watch, 1).await
+    }
+
+    /// Starts with `workers` worker threads.
+    pub async fn start_full(
+        dir: TempDir,
+        config_path: PathBuf,
+        watch: bool,
+        workers: usize,
+    ) -> Proxy {
         let running = app::start(Options {
             source: ConfigSource::File(config_path.clone()),
             watch,
+            workers,
         })
         .await
         .unwrap_or_else(|e| panic!("switchyard did not start: {e}"));
