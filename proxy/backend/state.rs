@@ -1,30 +1,129 @@
 //! What switchyard knows about one backend. It lives in the registry, outside any snapshot, so
 //! it survives every reload that keeps the backend.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use crate::config::model::BackendAddr;
+use arc_swap::ArcSwap;
+use tokio::time::Instant;
 
-#[derive(Debug)]
+use super::breaker::{Admission, Breaker, BreakerState, Transition, trip_reason};
+use crate::config::model::{BackendAddr, BreakerConfig};
+use crate::stats::{Buckets, Counts, Outcome, Recorder, WindowCounts};
+
+/// The window `/status` reports error rates and percentiles over.
+pub const STATS_WINDOW: Duration = Duration::from_secs(10);
+
 pub struct BackendState {
     pub upstream: Arc<str>,
     pub addr: BackendAddr,
     in_flight: AtomicU64,
+    pub stats: BackendStats,
+    breaker: ArcSwap<BreakerCell>,
+    healthy: AtomicBool,
+}
+
+/// Latency to the response head, and what each try came to.
+pub struct BackendStats {
+    /// Windowed, for `/status` and decisions.
+    pub latency: Recorder,
+    /// Cumulative, for `switchyard_upstream_latency_seconds`.
+    pub latency_buckets: Buckets,
+    /// Cumulative, by [`Outcome::index`].
+    pub outcomes: [AtomicU64; 5],
+    pub window: WindowCounts,
+}
+
+impl BackendStats {
+    fn new(workers: usize) -> Self {
+        BackendStats {
+            latency: Recorder::windowed(STATS_WINDOW, workers),
+            latency_buckets: Buckets::default(),
+            outcomes: Default::default(),
+            window: WindowCounts::new(STATS_WINDOW),
+        }
+    }
+
+    pub fn outcome(&self, o: Outcome) -> u64 {
+        self.outcomes[o.index()].load(Ordering::Relaxed)
+    }
+}
+
+impl std::fmt::Debug for BackendState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendState")
+            .field("upstream", &self.upstream)
+            .field("addr", &self.addr.as_str())
+            .field("in_flight", &self.in_flight())
+            .finish()
+    }
 }
 
 impl BackendState {
-    pub fn new(upstream: Arc<str>, addr: BackendAddr) -> Self {
+    pub fn new(
+        upstream: Arc<str>,
+        addr: BackendAddr,
+        breaker: BreakerConfig,
+        workers: usize,
+    ) -> Self {
         BackendState {
             upstream,
             addr,
             in_flight: AtomicU64::new(0),
+            stats: BackendStats::new(workers),
+            breaker: ArcSwap::from_pointee(BreakerCell::new(breaker)),
+            healthy: AtomicBool::new(true),
         }
     }
 
     /// Requests sent to this backend whose response has not finished streaming.
     pub fn in_flight(&self) -> u64 {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    pub fn set_healthy(&self, healthy: bool) {
+        self.healthy.store(healthy, Ordering::Relaxed);
+    }
+
+    pub fn breaker(&self) -> arc_swap::Guard<Arc<BreakerCell>> {
+        self.breaker.load()
+    }
+
+    /// A changed breaker spec starts a fresh breaker; statistics stay.
+    pub fn reconfigure_breaker(&self, cfg: &BreakerConfig) {
+        if self.breaker.load().cfg != *cfg {
+            self.breaker.store(Arc::new(BreakerCell::new(cfg.clone())));
+        }
+    }
+
+    /// Whether the picker may consider this backend (healthy, and its breaker not open).
+    pub fn available(&self, now: Instant) -> bool {
+        self.is_healthy() && self.breaker.load().may_admit(now)
+    }
+
+    /// Records what one try came to. `ttfb` is the time to the response head, when there was
+    /// one. Returns a breaker transition, if the outcome caused one.
+    pub fn record(
+        &self,
+        outcome: Outcome,
+        admission: Admission,
+        ttfb: Option<Duration>,
+        now: Instant,
+    ) -> Option<Transition> {
+        self.stats.outcomes[outcome.index()].fetch_add(1, Ordering::Relaxed);
+        self.stats.window.record(now, outcome.is_failure());
+        if let Some(t) = ttfb {
+            self.stats.latency.record(t, now);
+            self.stats.latency_buckets.record(t);
+        }
+        self.breaker
+            .load()
+            .on_result(admission, outcome.is_failure(), now)
     }
 }
 
@@ -46,5 +145,214 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+const CLOSED: u8 = 0;
+const OPEN: u8 = 1;
+const HALF_OPEN: u8 = 2;
+
+/// A [`Breaker`] for concurrent use. While closed and succeeding, a result is two atomic
+/// operations and no lock; the state machine's lock is taken only on failures that trip it and
+/// while it is open or half-open (when little traffic reaches the backend anyway).
+pub struct BreakerCell {
+    cfg: BreakerConfig,
+    mode: AtomicU8,
+    open_until: Mutex<Instant>,
+    consecutive: AtomicU32,
+    window: WindowCounts,
+    machine: Mutex<Breaker>,
+}
+
+impl BreakerCell {
+    pub fn new(cfg: BreakerConfig) -> Self {
+        BreakerCell {
+            window: WindowCounts::new(cfg.window),
+            cfg,
+            mode: AtomicU8::new(CLOSED),
+            open_until: Mutex::new(Instant::now()),
+            consecutive: AtomicU32::new(0),
+            machine: Mutex::new(Breaker::default()),
+        }
+    }
+
+    pub fn state(&self) -> BreakerState {
+        match self.mode.load(Ordering::Acquire) {
+            OPEN => BreakerState::Open,
+            HALF_OPEN => BreakerState::HalfOpen,
+            _ => BreakerState::Closed,
+        }
+    }
+
+    pub fn consecutive_failures(&self) -> u32 {
+        self.consecutive.load(Ordering::Relaxed)
+    }
+
+    pub fn window(&self, now: Instant) -> Counts {
+        self.window.sum(now)
+    }
+
+    /// When an open breaker lets the next probe through.
+    pub fn open_until(&self) -> Option<Instant> {
+        (self.state() == BreakerState::Open)
+            .then(|| *self.open_until.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// A cheap look without changing anything: closed, or open long enough to probe, or
+    /// half-open (whether a probe slot is free is decided by [`BreakerCell::admit`]).
+    pub fn may_admit(&self, now: Instant) -> bool {
+        match self.mode.load(Ordering::Acquire) {
+            CLOSED => true,
+            OPEN => self.open_until().is_none_or(|until| now >= until),
+            _ => true,
+        }
+    }
+
+    pub fn admit(&self, now: Instant) -> (Admission, Option<Transition>) {
+        if !self.cfg.enabled || self.mode.load(Ordering::Acquire) == CLOSED {
+            return (Admission::Normal, None);
+        }
+        let mut m = self.machine.lock().unwrap_or_else(|p| p.into_inner());
+        let result = m.admit(&self.cfg, now);
+        self.mirror(&m);
+        result
+    }
+
+    pub fn on_result(
+        &self,
+        admission: Admission,
+        failed: bool,
+        now: Instant,
+    ) -> Option<Transition> {
+        if !self.cfg.enabled {
+            return None;
+        }
+        if admission == Admission::Probe {
+            let mut m = self.machine.lock().unwrap_or_else(|p| p.into_inner());
+            let t = m.on_probe_result(&self.cfg, now, failed);
+            self.after(&m, &t);
+            return t;
+        }
+        self.window.record(now, failed);
+        if !failed {
+            if self.consecutive.load(Ordering::Relaxed) != 0 {
+                self.consecutive.store(0, Ordering::Relaxed);
+            }
+            return None;
+        }
+        let streak = self.consecutive.fetch_add(1, Ordering::AcqRel) + 1;
+        if self.mode.load(Ordering::Acquire) != CLOSED {
+            // A request admitted before the breaker opened: its result is old news.
+            return None;
+        }
+        let counts = self.window.sum(now);
+        trip_reason(&self.cfg, streak, counts)?;
+        let mut m = self.machine.lock().unwrap_or_else(|p| p.into_inner());
+        let t = m.on_closed_failure(&self.cfg, now, streak, counts);
+        self.after(&m, &t);
+        t
+    }
+
+    /// A probe that ended without saying anything about the backend (the client left).
+    pub fn abandon(&self, admission: Admission) {
+        if admission == Admission::Probe {
+            let mut m = self.machine.lock().unwrap_or_else(|p| p.into_inner());
+            m.on_probe_abandoned();
+        }
+    }
+
+    fn after(&self, m: &Breaker, t: &Option<Transition>) {
+        if t.is_some() {
+            // A fresh start for whatever comes next: old failures must not re-trip a breaker
+            // that just closed, nor count twice towards the next trip.
+            self.consecutive.store(0, Ordering::Relaxed);
+            self.window.clear();
+        }
+        self.mirror(m);
+    }
+
+    fn mirror(&self, m: &Breaker) {
+        if m.state() == BreakerState::Open {
+            *self.open_until.lock().unwrap_or_else(|p| p.into_inner()) = m.open_until();
+        }
+        let mode = match m.state() {
+            BreakerState::Closed => CLOSED,
+            BreakerState::Open => OPEN,
+            BreakerState::HalfOpen => HALF_OPEN,
+        };
+        self.mode.store(mode, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cell() -> BreakerCell {
+        BreakerCell::new(BreakerConfig {
+            consecutive_failures: 2,
+            half_open_requests: 1,
+            open_for: Duration::from_secs(5),
+            ..BreakerConfig::default()
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_cell_mirrors_the_machine_for_lock_free_reads() {
+        let c = cell();
+        let now = Instant::now();
+        assert!(c.on_result(Admission::Normal, true, now).is_none());
+        assert!(matches!(
+            c.on_result(Admission::Normal, true, now),
+            Some(Transition::Opened { .. })
+        ));
+        assert_eq!(c.state(), BreakerState::Open);
+        assert!(!c.may_admit(Instant::now()));
+        // A late result of a request admitted before the trip changes nothing.
+        assert!(c.on_result(Admission::Normal, true, now).is_none());
+
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(c.may_admit(Instant::now()));
+        let (admission, t) = c.admit(Instant::now());
+        assert_eq!(
+            (admission, t),
+            (Admission::Probe, Some(Transition::HalfOpened))
+        );
+        assert_eq!(c.admit(Instant::now()).0, Admission::Rejected);
+        assert_eq!(
+            c.on_result(Admission::Probe, false, Instant::now()),
+            Some(Transition::Closed)
+        );
+        assert_eq!(c.state(), BreakerState::Closed);
+        assert_eq!(
+            c.window(Instant::now()),
+            Counts::default(),
+            "old failures are forgotten"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn successes_break_the_streak() {
+        let c = cell();
+        let now = Instant::now();
+        c.on_result(Admission::Normal, true, now);
+        c.on_result(Admission::Normal, false, now);
+        assert!(c.on_result(Admission::Normal, true, now).is_none());
+        assert_eq!(c.state(), BreakerState::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_disabled_breaker_never_opens() {
+        let c = BreakerCell::new(BreakerConfig {
+            enabled: false,
+            ..BreakerConfig::default()
+        });
+        for _ in 0..100 {
+            assert!(
+                c.on_result(Admission::Normal, true, Instant::now())
+                    .is_none()
+            );
+        }
+        assert_eq!(c.admit(Instant::now()).0, Admission::Normal);
     }
 }

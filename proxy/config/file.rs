@@ -12,6 +12,7 @@ use serde_yaml::Value;
 
 use super::ConfigError;
 use super::duration::DurationStr;
+use super::resilience::{CircuitBreakerFile, HealthCheckFile, RetriesFile};
 
 #[derive(Debug, Default)]
 pub struct FileConfig {
@@ -54,6 +55,10 @@ pub struct Upstream {
     pub connect_timeout: Option<DurationStr>,
     /// How long an unused upstream connection stays in the pool.
     pub idle_timeout: Option<DurationStr>,
+    pub circuit_breaker: Option<CircuitBreakerFile>,
+    pub health_check: Option<HealthCheckFile>,
+    /// Percent of open backends past which the breakers are ignored (Envoy's panic mode).
+    pub panic_threshold: Option<u8>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -66,6 +71,7 @@ pub struct Route {
     pub split: Vec<SplitEntry>,
     pub sticky: Option<Sticky>,
     pub override_header: Option<String>,
+    pub retries: Option<RetriesFile>,
 }
 
 #[derive(Debug, Default, Deserialize)]

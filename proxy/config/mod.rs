@@ -6,6 +6,7 @@
 pub mod duration;
 pub mod file;
 pub mod model;
+pub mod resilience;
 pub mod validate;
 
 use std::fmt;

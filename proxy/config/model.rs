@@ -8,6 +8,8 @@ use std::time::Duration;
 use http::uri::Authority;
 use http::{HeaderName, HeaderValue};
 
+pub use super::resilience::{BreakerConfig, HealthCheck, RetryOn, RetryPolicy};
+
 pub const DEFAULT_ADMIN_BIND: &str = "127.0.0.1:9901";
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -46,11 +48,15 @@ pub struct Admin {
     pub bind: SocketAddr,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Upstream {
     pub name: Arc<str>,
     pub backends: Vec<BackendAddr>,
     pub transport: Transport,
+    pub breaker: BreakerConfig,
+    pub health_check: Option<HealthCheck>,
+    /// When more than this percent of the backends are out, use them all anyway.
+    pub panic_threshold: u8,
 }
 
 /// What shapes an upstream's connections; when it changes, its connection pools are rebuilt
@@ -81,6 +87,7 @@ pub struct Route {
     pub split: Vec<SplitTarget>,
     pub sticky: Option<StickyKey>,
     pub override_header: Option<HeaderName>,
+    pub retries: Option<RetryPolicy>,
 }
 
 impl Route {

@@ -8,16 +8,16 @@ use std::sync::Arc;
 use http::uri::Authority;
 use http::{HeaderName, HeaderValue};
 
-use super::ConfigError;
 use super::file::{self, did_you_mean};
 use super::model::*;
+use super::{ConfigError, resilience};
 
 /// Collects errors while the model is built, so that one pass reports all of them.
 #[derive(Default)]
-struct Errors(Vec<ConfigError>);
+pub(super) struct Errors(Vec<ConfigError>);
 
 impl Errors {
-    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+    pub(super) fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.0.push(ConfigError::new(path, message));
     }
 }
@@ -201,14 +201,20 @@ fn upstream(name: &str, u: &file::Upstream, errs: &mut Errors) -> Option<Upstrea
             errs,
         ),
     };
+    let breaker = resilience::breaker(&path, u.circuit_breaker.as_ref(), errs);
+    let health_check = resilience::health_check(&path, u.health_check.as_ref(), errs);
+    let panic_threshold = resilience::panic_threshold(&path, u.panic_threshold, errs);
     (errs.0.len() == before).then(|| Upstream {
         name: name.into(),
         backends,
         transport,
+        breaker,
+        health_check,
+        panic_threshold,
     })
 }
 
-fn positive(
+pub(super) fn positive(
     value: Option<super::duration::DurationStr>,
     default: std::time::Duration,
     path: &str,
@@ -323,6 +329,7 @@ fn route(
         .as_ref()
         .and_then(|h| header_name(h, &format!("{path}.override_header"), errs));
     let timeout = positive(r.timeout, DEFAULT_ROUTE_TIMEOUT, path, "timeout", errs);
+    let retries = resilience::retries(path, r.retries.as_ref(), errs);
 
     (errs.0.len() == before).then(|| Route {
         name: r.name.as_str().into(),
@@ -331,6 +338,7 @@ fn route(
         split,
         sticky,
         override_header,
+        retries,
     })
 }
 

@@ -11,65 +11,152 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use super::handler::{ConnInfo, ProxyBody};
-use super::headers;
 use std::sync::Arc;
 
-use crate::backend::pool::{Conn, ConnPool, SendError};
+use hyper::upgrade::OnUpgrade;
+use tokio::time::Instant;
+
+use super::handler::{ConnInfo, ProxyBody};
+use super::{choose, headers};
+use crate::backend::breaker::Admission;
+use crate::backend::pool::{Conn, ConnPool, Failed, SendError};
 use crate::backend::{Backend, InFlight};
 use crate::body::{BodyEnd, BodyGuard, ClientBodyError, ReqBody, RespBody};
-use crate::config::model::Route;
 use crate::error::{ErrorKind, ProxyError};
+use crate::stats::{Outcome, TargetStats};
 
 /// Lives as long as the response streams: the request counts as in flight to its backend until
-/// the client has the last byte or goes away, and the connection goes back to the pool only
-/// once the response was read to its end.
+/// the client has the last byte or goes away; then the try's outcome is recorded (backend
+/// statistics, breaker, the route's numbers) and the connection goes back to the pool, only if
+/// the response was read to its end.
 pub struct Exchange {
-    _in_flight: InFlight,
+    in_flight: InFlight,
     conn: Option<(Arc<ConnPool>, Conn)>,
+    target: Arc<TargetStats>,
+    admission: Admission,
+    /// When the request arrived (the route's duration spans every try).
+    started: Instant,
+    ttfb: Duration,
+    status: u16,
 }
 
 impl BodyGuard for Exchange {
     fn finish(self, end: BodyEnd) {
+        let now = Instant::now();
+        let outcome = match end {
+            BodyEnd::UpstreamError => Outcome::Reset,
+            // A client that leaves says nothing about the backend: its status still does.
+            BodyEnd::Complete | BodyEnd::Dropped => Outcome::from_status(self.status),
+        };
+        let backend = self.in_flight.backend();
+        if let Some(t) = backend.record(outcome, self.admission, Some(self.ttfb), now) {
+            choose::log_transition(backend, &t);
+        }
+        self.target.record(outcome, Some(self.ttfb), now);
+        self.target
+            .duration
+            .record(now.saturating_duration_since(self.started));
         if let (BodyEnd::Complete, Some((pool, conn))) = (end, self.conn) {
             pool.checkin(conn);
         }
     }
 }
 
-pub async fn forward(
-    mut req: Request<Incoming>,
+/// What one try at a backend came to, before any response body.
+pub enum Tried {
+    Answered {
+        resp: Response<Incoming>,
+        conn: Conn,
+        in_flight: InFlight,
+        ttfb: Duration,
+    },
+    Failed {
+        error: ProxyError,
+        /// The request, when it never reached the backend (it may go elsewhere).
+        unsent: Option<Request<ReqBody>>,
+    },
+}
+
+/// Sends one try and waits (at most `limit`) for the response head. A failure is recorded
+/// against the backend here; an answer is recorded when its body ends.
+pub async fn try_once(
+    mut req: Request<ReqBody>,
     backend: &Backend,
-    route: &Route,
+    admission: Admission,
+    limit: Duration,
+    h2: bool,
     conn: &ConnInfo,
-) -> Result<Response<ProxyBody>, ProxyError> {
-    let upgrade = headers::is_upgrade_request(req.version(), req.headers());
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let from_h2 = req.version() == Version::HTTP_2;
-    let (mut parts, body) = req.into_parts();
-    prepare(&mut parts, backend, conn, upgrade);
-    let upstream_req = Request::from_parts(parts, ReqBody::Streaming(body));
-
+) -> Tried {
+    if !req.headers().contains_key(header::HOST)
+        && let Ok(host) = HeaderValue::from_str(backend.state.addr.as_str())
+    {
+        // HTTP/1.0 without a Host: name the backend, as a direct client would.
+        req.headers_mut().insert(header::HOST, host);
+    }
     let in_flight = InFlight::start(&backend.state);
-    let sent = within(
-        route.timeout,
-        from_h2,
-        conn,
-        backend.pool.send(upstream_req),
-    )
-    .await;
-    let (mut resp, upstream_conn) = match sent {
-        Some(Ok(exchange)) => exchange,
-        Some(Err(e)) => return Err(classify(e, backend)),
-        None => {
-            return Err(ProxyError::timeout(&backend.state.upstream, route.timeout)
-                .with_detail(backend.state.addr.as_str()));
+    let sent_at = Instant::now();
+    let sent = within(limit, h2, conn, backend.pool.send(req)).await;
+    let (error, outcome, unsent) = match sent {
+        Some(Ok((resp, conn))) => {
+            return Tried::Answered {
+                resp,
+                conn,
+                in_flight,
+                ttfb: sent_at.elapsed(),
+            };
         }
+        Some(Err(Failed { error, unsent })) => {
+            let e = classify(error, backend);
+            let outcome = match e.kind() {
+                ErrorKind::Connect => Some(Outcome::ConnectFailure),
+                ErrorKind::Reset => Some(Outcome::Reset),
+                _ => None,
+            };
+            (e, outcome, unsent)
+        }
+        None => (
+            ProxyError::timeout(&backend.state.upstream, limit)
+                .with_detail(backend.state.addr.as_str()),
+            Some(Outcome::Timeout),
+            None,
+        ),
     };
+    match outcome {
+        Some(o) => {
+            if let Some(t) = backend.state.record(o, admission, None, Instant::now()) {
+                choose::log_transition(&backend.state, &t);
+            }
+        }
+        // The client's fault: nothing to hold against the backend.
+        None => backend.state.breaker().abandon(admission),
+    }
+    Tried::Failed { error, unsent }
+}
 
+/// Turns a backend's answer into the client's response: hop-by-hop headers out, the body
+/// streamed behind an [`Exchange`], or an upgraded connection tunnelled both ways.
+#[allow(clippy::too_many_arguments)]
+pub fn respond(
+    mut resp: Response<Incoming>,
+    upstream_conn: Conn,
+    in_flight: InFlight,
+    backend: &Backend,
+    target: &Arc<TargetStats>,
+    admission: Admission,
+    started: Instant,
+    ttfb: Duration,
+    client_upgrade: Option<OnUpgrade>,
+    conn: &ConnInfo,
+) -> Response<ProxyBody> {
+    let status = resp.status().as_u16();
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS
         && let Some(client_upgrade) = client_upgrade
     {
+        let now = Instant::now();
+        backend
+            .state
+            .record(Outcome::Success, admission, Some(ttfb), now);
+        target.record(Outcome::Success, Some(ttfb), now);
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         let token = conn.tracker.token();
         tokio::spawn(async move {
@@ -86,24 +173,29 @@ pub async fn forward(
             }
         });
         headers::strip_hop_by_hop(resp.headers_mut(), true);
-        return Ok(resp.map(|_| RespBody::empty()));
+        return resp.map(|_| RespBody::empty());
     }
     headers::strip_hop_by_hop(resp.headers_mut(), false);
-    Ok(resp.map(|b| {
+    resp.map(|b| {
         RespBody::upstream(
             b,
             Exchange {
-                _in_flight: in_flight,
+                in_flight,
                 conn: Some((Arc::clone(&backend.pool), upstream_conn)),
+                target: Arc::clone(target),
+                admission,
+                started,
+                ttfb,
+                status,
             },
         )
-    }))
+    })
 }
 
 /// Runs `fut` for at most `limit`; `None` if time ran out. HTTP/1.1 requests come one at a time
 /// per connection and share the connection's lazily re-armed timer; HTTP/2 streams run side by
 /// side, so each gets a timer of its own.
-async fn within<F: Future>(
+pub async fn within<F: Future>(
     limit: Duration,
     h2: bool,
     conn: &ConnInfo,
@@ -125,8 +217,8 @@ async fn within<F: Future>(
     .await
 }
 
-/// Rewrites the client's request head for the backend.
-fn prepare(parts: &mut Parts, backend: &Backend, conn: &ConnInfo, upgrade: bool) {
+/// Rewrites the client's request head for the backends (once, whatever the number of tries).
+pub fn prepare(parts: &mut Parts, conn: &ConnInfo, upgrade: bool) {
     let from_h2 = parts.version == Version::HTTP_2;
     let host = match parts.headers.get(header::HOST) {
         Some(h) => Some(h.clone()),
@@ -142,12 +234,10 @@ fn prepare(parts: &mut Parts, backend: &Backend, conn: &ConnInfo, upgrade: bool)
         conn.proto,
         host.clone(),
     );
-    if !parts.headers.contains_key(header::HOST) {
-        // HTTP/2 carries the host in `:authority`; HTTP/1.0 may carry none at all.
-        let host = host.unwrap_or_else(|| {
-            HeaderValue::from_str(backend.state.addr.as_str())
-                .unwrap_or_else(|_| HeaderValue::from_static("localhost"))
-        });
+    if !parts.headers.contains_key(header::HOST)
+        && let Some(host) = host
+    {
+        // HTTP/2 carries the host in `:authority`.
         parts.headers.insert(header::HOST, host);
     }
     if from_h2 {
@@ -179,6 +269,16 @@ fn join_cookies(h: &mut http::HeaderMap) {
     if let Ok(v) = HeaderValue::from_bytes(&joined) {
         h.insert(header::COOKIE, v);
     }
+}
+
+/// A copy of a prepared request head, for another try (extensions are not copied).
+pub fn clone_head(head: &Parts) -> Parts {
+    let mut req = Request::new(());
+    *req.method_mut() = head.method.clone();
+    *req.uri_mut() = head.uri.clone();
+    *req.version_mut() = head.version;
+    *req.headers_mut() = head.headers.clone();
+    req.into_parts().0
 }
 
 /// Whose fault a failed exchange was.

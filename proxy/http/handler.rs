@@ -8,11 +8,10 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use super::forward::{self, Exchange};
-use super::{headers, pick};
+use super::attempt;
+use super::forward::Exchange;
 use crate::body::RespBody;
-use crate::error::{ErrorKind, ProxyError};
-use crate::reload::snapshot::RouteRuntime;
+use crate::error::ProxyError;
 use crate::server::clock::LazyTimer;
 use crate::server::shutdown::Tracker;
 use crate::shared::Shared;
@@ -43,29 +42,7 @@ pub async fn handle(
         shared.counters.no_route.fetch_add(1, Ordering::Relaxed);
         return error_response(&ProxyError::no_route());
     };
-    let route = &snap.routes[route_idx];
-    let (target_idx, backend_idx) = match choose(route, &req) {
-        Ok(choice) => choice,
-        Err((target_idx, e)) => {
-            let resp = error_response(&e);
-            route.targets[target_idx]
-                .unassigned
-                .record(resp.status().as_u16());
-            return resp;
-        }
-    };
-    let target = &route.targets[target_idx];
-    let backend = &target.pool.backends[backend_idx];
-    let resp = match forward::forward(req, backend, &route.spec, conn).await {
-        Ok(resp) => resp,
-        Err(e) => {
-            tracing::debug!(route = %route.spec.name, upstream = %target.pool.spec.name,
-                backend = %backend.state.addr.as_str(), error = %e, "request failed");
-            error_response(&e)
-        }
-    };
-    target.counters[backend_idx].record(resp.status().as_u16());
-    resp
+    attempt::proxy(&snap.routes[route_idx], req, conn).await
 }
 
 /// The host the client asked for: the URI's authority (HTTP/2, absolute-form) or `Host`.
@@ -74,55 +51,6 @@ fn request_host(req: &Request<Incoming>) -> Option<&str> {
         .authority()
         .map(|a| a.as_str())
         .or_else(|| req.headers().get(header::HOST)?.to_str().ok())
-}
-
-/// Picks (target, backend) for a request, or says which target failed and why.
-fn choose(
-    route: &RouteRuntime,
-    req: &Request<Incoming>,
-) -> Result<(usize, usize), (usize, ProxyError)> {
-    let spec = &route.spec;
-    let forced = spec.override_header.as_ref().and_then(|name| {
-        let wanted = req.headers().get(name)?.as_bytes();
-        route
-            .targets
-            .iter()
-            .position(|t| t.pool.spec.name.as_bytes() == wanted)
-    });
-    let target_idx = forced.unwrap_or_else(|| match sticky_key(route, req) {
-        Some(key) => route.split.pick_sticky(key),
-        None => route.split.pick(route.next_seq()),
-    });
-    let pool = &route.targets[target_idx].pool;
-    let backend_idx = pick::pick(
-        pool.backends.len(),
-        pool.next_rr(),
-        pick::fast_random(),
-        |i| pool.backends[i].state.in_flight(),
-        |_| true,
-    );
-    match backend_idx {
-        Some(b) => Ok((target_idx, b)),
-        None => Err((
-            target_idx,
-            ProxyError::new(
-                ErrorKind::NoBackend,
-                format!(
-                    "upstream `{}` has no backend to take this request",
-                    pool.spec.name
-                ),
-            ),
-        )),
-    }
-}
-
-fn sticky_key<'r>(route: &RouteRuntime, req: &'r Request<Incoming>) -> Option<&'r [u8]> {
-    use crate::config::model::StickyKey;
-    match route.spec.sticky.as_ref()? {
-        StickyKey::Header(name) => req.headers().get(name).map(HeaderValue::as_bytes),
-        StickyKey::Cookie(name) => headers::cookie(req.headers(), name),
-    }
-    .filter(|k| !k.is_empty())
 }
 
 /// The one place a [`ProxyError`] becomes a response: its status, a short plain-text body that

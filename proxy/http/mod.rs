@@ -1,9 +1,12 @@
-//! The request path: handler -> route -> split -> pick -> forward. Decisions are pure functions
+//! The request path: handler -> route -> attempt (choose: split -> pick; forward; retry). Decisions are pure functions
 //! over tables the snapshot compiled; side effects stay in `handler` and `forward`.
 
+pub mod attempt;
+pub mod choose;
 pub mod forward;
 pub mod handler;
 pub mod headers;
 pub mod pick;
+pub mod retry;
 pub mod route;
 pub mod split;

@@ -7,6 +7,25 @@
 
 use std::cell::Cell;
 
+/// The two candidates: the round-robin one and a random other one (the same when `n` is 1).
+pub fn two_choices(n: usize, rr: usize, random: u64) -> (usize, usize) {
+    let first = rr % n;
+    let mut second = (random % n as u64) as usize;
+    if second == first && n > 1 {
+        second = (second + 1) % n;
+    }
+    (first, second)
+}
+
+/// The candidate with fewer requests in flight; the first (round-robin) one on a tie.
+pub fn less_loaded(first: usize, second: usize, in_flight: impl Fn(usize) -> u64) -> usize {
+    if in_flight(second) < in_flight(first) {
+        second
+    } else {
+        first
+    }
+}
+
 /// Picks among `n` backends. `usable(i)` says whether backend `i` may take traffic.
 pub fn pick(
     n: usize,
@@ -27,11 +46,7 @@ pub fn pick(
     let Some(second) = scan((random % n as u64) as usize, Some(first)) else {
         return Some(first);
     };
-    Some(if in_flight(second) < in_flight(first) {
-        second
-    } else {
-        first
-    })
+    Some(less_loaded(first, second, in_flight))
 }
 
 thread_local! {
@@ -87,6 +102,16 @@ mod tests {
         assert_eq!(pick(0, 0, 0, |_| 0, |_| true), None);
         for r in 0..20 {
             assert_ne!(pick(4, r, fast_random(), |_| 0, |i| i != 1), Some(1));
+        }
+    }
+
+    #[test]
+    fn two_choices_are_distinct_when_they_can_be() {
+        assert_eq!(two_choices(1, 5, 9), (0, 0));
+        for r in 0..50 {
+            let (a, b) = two_choices(3, r, fast_random());
+            assert_ne!(a, b);
+            assert_eq!(a, r % 3);
         }
     }
 

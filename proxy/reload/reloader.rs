@@ -9,11 +9,12 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::snapshot::{self, Snapshot};
 use crate::backend::Registry;
+use crate::backend::health::HealthCheckers;
 use crate::config::{self, Config, ConfigError, ConfigErrors};
 use crate::server::listener::{ListenerSet, Prepared};
 use crate::server::shutdown::Stop;
 use crate::shared::Shared;
-use crate::stats::CounterRegistry;
+use crate::stats::StatsRegistry;
 
 /// Where the config comes from.
 #[derive(Debug, Clone)]
@@ -87,7 +88,8 @@ pub struct Reloader {
     config: Arc<Config>,
     generation: u64,
     registry: Registry,
-    counters: CounterRegistry,
+    health: HealthCheckers,
+    stats: StatsRegistry,
     /// Weights set at run time (rollouts), by route; they win over the config's.
     weights: HashMap<Arc<str>, Vec<u32>>,
     shared: Arc<Shared>,
@@ -105,10 +107,12 @@ impl Reloader {
         let text = source.read()?;
         let config = Arc::new(config::parse_str(&text)?);
         let mut registry = Registry::new(workers);
-        let mut counters = CounterRegistry::default();
+        let mut stats = StatsRegistry::new(workers);
         let (pools, _) = registry.reconcile(&config);
+        let mut health = HealthCheckers::default();
+        health.reconcile(&config, &pools);
         let weights = HashMap::new();
-        let first = snapshot::build(1, Arc::clone(&config), &pools, &weights, &mut counters);
+        let first = snapshot::build(1, Arc::clone(&config), &pools, &weights, &mut stats);
         let (tx, rx) = mpsc::channel(8);
         let reloader = Reloader {
             source,
@@ -116,7 +120,8 @@ impl Reloader {
             config,
             generation: 1,
             registry,
-            counters,
+            health,
+            stats,
             weights,
             shared: Arc::new(Shared::new(first)),
             listeners: None,
@@ -208,6 +213,7 @@ impl Reloader {
         }
 
         let (pools, changes) = self.registry.reconcile(&config);
+        self.health.reconcile(&config, &pools);
         self.weights.retain(|route, w| {
             // Run-time weights survive only while the route's split has the same shape.
             config
@@ -228,7 +234,7 @@ impl Reloader {
             Arc::clone(&config),
             &pools,
             &self.weights,
-            &mut self.counters,
+            &mut self.stats,
         );
         self.shared.publish(next);
         if let (Some(set), Some(prepared)) = (self.listeners.as_mut(), prepared) {

@@ -10,7 +10,7 @@ use crate::config::Config;
 use crate::config::model::{Route, Upstream};
 use crate::http::route::Router;
 use crate::http::split::Split;
-use crate::stats::{CounterRegistry, RequestCounters};
+use crate::stats::{RequestCounters, RetryBudget, StatsRegistry, TargetStats};
 
 pub struct Snapshot {
     pub generation: u64,
@@ -51,6 +51,8 @@ pub struct RouteRuntime {
     pub split: Split,
     /// Index-aligned with `spec.split`.
     pub targets: Vec<Target>,
+    /// Present when the route retries.
+    pub budget: Option<Arc<RetryBudget>>,
     seq: AtomicU64,
 }
 
@@ -67,6 +69,7 @@ pub struct Target {
     pub counters: Vec<Arc<RequestCounters>>,
     /// Responses given when no backend could be picked.
     pub unassigned: Arc<RequestCounters>,
+    pub stats: Arc<TargetStats>,
 }
 
 /// Builds a snapshot. `weights` overrides a route's configured weights (same length, already
@@ -76,7 +79,7 @@ pub fn build(
     config: Arc<Config>,
     pools: &HashMap<Arc<str>, Vec<Backend>>,
     weights: &HashMap<Arc<str>, Vec<u32>>,
-    counters: &mut CounterRegistry,
+    stats: &mut StatsRegistry,
 ) -> Snapshot {
     let pools: Vec<Arc<Pool>> = config
         .upstreams
@@ -109,21 +112,27 @@ pub fn build(
                     counters: pool
                         .backends
                         .iter()
-                        .map(|b| counters.get(&spec.name, &pool.spec.name, b.state.addr.as_str()))
+                        .map(|b| stats.counters(&spec.name, &pool.spec.name, b.state.addr.as_str()))
                         .collect(),
-                    unassigned: counters.get(&spec.name, &pool.spec.name, ""),
+                    unassigned: stats.counters(&spec.name, &pool.spec.name, ""),
+                    stats: stats.target(&spec.name, &pool.spec.name),
                     pool: Arc::clone(pool),
                 })
                 .collect();
+            let budget = spec
+                .retries
+                .as_ref()
+                .map(|r| stats.budget(&spec.name, r.budget_percent, r.min_per_second));
             RouteRuntime {
                 split: Split::new(&names, live, spec.sticky.is_some()),
                 spec: Arc::clone(spec),
                 targets,
+                budget,
                 seq: AtomicU64::new(0),
             }
         })
         .collect();
-    counters.retain_seen();
+    stats.retain_seen();
 
     Snapshot {
         generation,

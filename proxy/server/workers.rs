@@ -9,20 +9,12 @@
 //! Worker 0 is the runtime the caller already runs on (the control plane lives there too:
 //! reloader, admin API, watchers); workers 1.. are threads started here.
 
-use std::cell::Cell;
 use std::io;
 
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
-thread_local! {
-    static WORKER: Cell<usize> = const { Cell::new(0) };
-}
-
-/// This thread's worker index (0 outside worker threads).
-pub fn current() -> usize {
-    WORKER.with(Cell::get)
-}
+pub use crate::shard::current;
 
 pub struct Workers {
     handles: Vec<Handle>,
@@ -43,7 +35,7 @@ impl Workers {
             let thread = std::thread::Builder::new()
                 .name(format!("switchyard-worker-{i}"))
                 .spawn(move || {
-                    WORKER.with(|w| w.set(i));
+                    crate::shard::set_current(i);
                     // Tasks spawned onto this runtime run while this blocks.
                     rt.block_on(async {
                         let _ = stopped.await;

@@ -1,6 +1,18 @@
 //! What switchyard counts and measures, and how it is exposed.
 
+pub mod budget;
 pub mod counters;
+pub mod histogram;
+pub mod outcome;
 pub mod prometheus;
+pub mod registry;
+pub mod target;
+pub mod window;
 
-pub use counters::{CounterRegistry, GlobalCounters, RequestCounters};
+pub use budget::RetryBudget;
+pub use counters::{GlobalCounters, RequestCounters};
+pub use histogram::{Buckets, Percentiles, Recorder};
+pub use outcome::Outcome;
+pub use registry::StatsRegistry;
+pub use target::TargetStats;
+pub use window::{Counts, WindowCounts};

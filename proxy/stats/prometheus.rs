@@ -50,6 +50,32 @@ impl Exposition {
         self
     }
 
+    /// The `_bucket`, `_sum` and `_count` samples of one histogram series.
+    pub fn histogram(
+        &mut self,
+        name: &str,
+        labels: &[(&str, &str)],
+        buckets: &super::Buckets,
+    ) -> &mut Self {
+        let (cumulative, sum) = buckets.cumulative();
+        let bucket_name = format!("{name}_bucket");
+        let mut count = 0;
+        for (le, n) in &cumulative {
+            let le_text = if le.is_infinite() {
+                "+Inf".to_owned()
+            } else {
+                le.to_string()
+            };
+            let mut with_le: Vec<(&str, &str)> = labels.to_vec();
+            with_le.push(("le", &le_text));
+            self.sample(&bucket_name, &with_le, *n as f64);
+            count = *n;
+        }
+        self.sample(&format!("{name}_sum"), labels, sum);
+        self.sample(&format!("{name}_count"), labels, count as f64);
+        self
+    }
+
     pub fn finish(self) -> String {
         self.out
     }

@@ -7,5 +7,7 @@ mod admin;
 mod cli;
 mod forward;
 mod lifecycle;
+mod metrics;
 mod reload;
+mod resilience;
 mod split;

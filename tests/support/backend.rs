@@ -47,6 +47,13 @@ struct State {
     seen_count: watch::Sender<usize>,
     connections: AtomicU64,
     gates: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Connection tasks, so that `kill` can cut them too.
+    conn_tasks: Mutex<Vec<tokio::task::AbortHandle>>,
+    /// Percent of answers that are 500s, spread evenly (`set_failing`).
+    failing: std::sync::atomic::AtomicU32,
+    answered: AtomicU64,
+    /// What `/healthz` says (`set_healthy`).
+    unhealthy: std::sync::atomic::AtomicBool,
 }
 
 impl State {
@@ -85,9 +92,10 @@ impl TestBackend {
                     continue;
                 };
                 st.connections.fetch_add(1, Ordering::SeqCst);
+                let st2 = Arc::clone(&st);
                 let st = Arc::clone(&st);
                 let name = name_owned.clone();
-                tokio::spawn(async move {
+                let task = tokio::spawn(async move {
                     let service = service_fn(move |req| {
                         let st = Arc::clone(&st);
                         let name = name.clone();
@@ -97,6 +105,7 @@ impl TestBackend {
                         .serve_connection_with_upgrades(TokioIo::new(stream), service)
                         .await;
                 });
+                st2.conn_tasks.lock().unwrap().push(task.abort_handle());
             }
         });
         TestBackend {
@@ -107,10 +116,39 @@ impl TestBackend {
         }
     }
 
-    /// Stops accepting and drops the listener (new connections are refused). Connections
-    /// already open end when their tasks do.
+    /// Dies: stops accepting (new connections are refused) and cuts every open connection,
+    /// requests in progress included.
     pub fn kill(&self) {
         self.task.abort();
+        for t in self.state.conn_tasks.lock().unwrap().drain(..) {
+            t.abort();
+        }
+    }
+
+    /// Answers this percent of requests with a 500, spread evenly.
+    pub fn set_failing(&self, percent: u32) {
+        self.state.failing.store(percent, Ordering::SeqCst);
+    }
+
+    /// What `/healthz` answers: 200 or 503.
+    pub fn set_healthy(&self, healthy: bool) {
+        self.state.unhealthy.store(!healthy, Ordering::SeqCst);
+    }
+
+    /// Requests seen, health checks left out.
+    pub fn traffic(&self) -> usize {
+        self.seen()
+            .iter()
+            .filter(|s| s.uri.path() != "/healthz")
+            .count()
+    }
+
+    /// Health checks seen.
+    pub fn health_checks(&self) -> usize {
+        self.seen()
+            .iter()
+            .filter(|s| s.uri.path() == "/healthz")
+            .count()
     }
 
     pub fn release(&self, key: &str) {
@@ -164,6 +202,27 @@ async fn answer(name: &str, st: &State, mut req: Request<Incoming>) -> Response<
         st.seen_count.send_replace(seen.len());
     }
     let path = req.uri().path().to_owned();
+    if path == "/healthz" {
+        let sick = st.unhealthy.load(Ordering::SeqCst);
+        let status = if sick {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::OK
+        };
+        return text(status, format!("{name} health\n")).tap_name(name);
+    }
+    let failing = u64::from(st.failing.load(Ordering::SeqCst));
+    if failing > 0 {
+        // Exactly `failing` percent over any run: fail when the running share crosses a step.
+        let n = st.answered.fetch_add(1, Ordering::SeqCst);
+        if (n + 1) * failing / 100 > n * failing / 100 {
+            return text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("{name} failed\n"),
+            )
+            .tap_name(name);
+        }
+    }
     let mut parts = path.trim_start_matches('/').splitn(2, '/');
     let (verb, arg) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     match verb {

@@ -137,3 +137,63 @@ pub fn addrs(backends: &[&super::backend::TestBackend]) -> String {
 /// Listener and admin on port 0: the common head of every test config.
 pub const HEAD: &str =
     "listeners: [{ name: public, bind: \"127.0.0.1:0\" }]\nadmin: { bind: \"127.0.0.1:0\" }\n";
+
+impl Proxy {
+    /// The admin API's `/status`.
+    pub async fn status(&self) -> serde_json::Value {
+        let r = super::client::get(&super::client::client(), &self.admin_url("/status")).await;
+        serde_json::from_slice(&r.body).expect("status is JSON")
+    }
+
+    /// `/status` of one backend.
+    pub async fn backend_status(
+        &self,
+        upstream: &str,
+        addr: std::net::SocketAddr,
+    ) -> serde_json::Value {
+        let s = self.status().await;
+        let up = s["upstreams"]
+            .as_array()
+            .and_then(|ups| ups.iter().find(|u| u["name"] == upstream))
+            .unwrap_or_else(|| panic!("no upstream {upstream} in {s}"));
+        up["backends"]
+            .as_array()
+            .and_then(|bs| bs.iter().find(|b| b["address"] == addr.to_string()))
+            .cloned()
+            .unwrap_or_else(|| panic!("no backend {addr} in {up}"))
+    }
+
+    /// Polls `/status` until `cond` holds for the backend (bounded: 20 s).
+    pub async fn wait_backend(
+        &self,
+        upstream: &str,
+        addr: std::net::SocketAddr,
+        what: &str,
+        cond: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        for _ in 0..2000 {
+            let b = self.backend_status(upstream, addr).await;
+            if cond(&b) {
+                return b;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!(
+            "backend {addr} never became {what}: {}",
+            self.backend_status(upstream, addr).await
+        );
+    }
+
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        let r = super::client::get(&super::client::client(), &self.admin_url("/metrics")).await;
+        String::from_utf8(r.body.to_vec()).unwrap()
+    }
+}
+
+/// The value of one sample line of a Prometheus text page (`name{labels}` exactly).
+pub fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}

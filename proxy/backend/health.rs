@@ -1,0 +1,200 @@
+//! Active health checks: an HTTP GET of the upstream's `path` on every backend, every
+//! `interval`, on a fresh connection. `unhealthy_threshold` failures in a row take a backend out
+//! of the picker, `healthy_threshold` passes in a row bring it back (HAProxy's rise and fall).
+//!
+//! One task per checked backend, owned by [`HealthCheckers`], which the reloader reconciles
+//! against every new config: checks start for new backends and stop for removed ones.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Empty;
+use hyper_util::rt::TokioIo;
+use tokio::task::JoinHandle;
+
+use super::registry::{Backend, BackendKey};
+use super::state::BackendState;
+use crate::config::Config;
+use crate::config::model::HealthCheck;
+
+/// Rise and fall: the pure part of a health check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tracker {
+    healthy: bool,
+    streak: u32,
+}
+
+impl Tracker {
+    pub fn new(healthy: bool) -> Self {
+        Tracker { healthy, streak: 0 }
+    }
+
+    /// Feeds one check result; returns the new state when it changes.
+    pub fn observe(&mut self, passed: bool, check: &HealthCheck) -> Option<bool> {
+        if passed == self.healthy {
+            self.streak = 0;
+            return None;
+        }
+        self.streak += 1;
+        let needed = if passed {
+            check.healthy_threshold
+        } else {
+            check.unhealthy_threshold
+        };
+        if self.streak < needed {
+            return None;
+        }
+        self.healthy = passed;
+        self.streak = 0;
+        Some(passed)
+    }
+}
+
+/// One check: a 2xx or 3xx within the timeout passes.
+pub async fn probe(state: &BackendState, check: &HealthCheck) -> Result<u16, String> {
+    let attempt = async {
+        let addr = state.addr.as_str();
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+        tokio::spawn(conn);
+        let req = Request::get(check.path.as_str())
+            .header(http::header::HOST, addr)
+            .header(http::header::USER_AGENT, "switchyard-health-check")
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| e.to_string())?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| format!("request: {e}"))?;
+        Ok::<u16, String>(resp.status().as_u16())
+    };
+    let status = tokio::time::timeout(check.timeout, attempt)
+        .await
+        .map_err(|_| format!("no answer within {:?}", check.timeout))??;
+    if (200..400).contains(&status) {
+        Ok(status)
+    } else {
+        Err(format!("status {status}"))
+    }
+}
+
+async fn run(state: Arc<BackendState>, check: HealthCheck) {
+    let mut tracker = Tracker::new(state.is_healthy());
+    let mut ticks = tokio::time::interval(check.interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let result = probe(&state, &check).await;
+        if let Err(why) = &result {
+            tracing::debug!(upstream = %state.upstream, backend = state.addr.as_str(), %why, "health check failed");
+        }
+        if let Some(healthy) = tracker.observe(result.is_ok(), &check) {
+            state.set_healthy(healthy);
+            let (upstream, backend) = (&*state.upstream, state.addr.as_str());
+            if healthy {
+                tracing::info!(upstream, backend, "backend healthy again: back in rotation");
+            } else {
+                let why = result.err().unwrap_or_default();
+                tracing::warn!(upstream, backend, %why, "backend unhealthy: out of rotation");
+            }
+        }
+    }
+}
+
+/// The running checks, one per checked backend.
+#[derive(Default)]
+pub struct HealthCheckers {
+    running: HashMap<BackendKey, (HealthCheck, JoinHandle<()>)>,
+}
+
+impl HealthCheckers {
+    /// Starts, restarts and stops checks to match `config`. Must run inside a tokio runtime.
+    pub fn reconcile(&mut self, config: &Config, pools: &HashMap<Arc<str>, Vec<Backend>>) {
+        let mut next = HashMap::new();
+        for up in &config.upstreams {
+            let Some(check) = &up.health_check else {
+                continue;
+            };
+            for backend in pools.get(&up.name).into_iter().flatten() {
+                let key = BackendKey {
+                    upstream: Arc::clone(&up.name),
+                    addr: backend.state.addr.clone(),
+                };
+                let entry = match self.running.remove(&key) {
+                    Some((old, task)) if old == *check => (old, task),
+                    previous => {
+                        if let Some((_, task)) = previous {
+                            task.abort();
+                        }
+                        let task = tokio::spawn(run(Arc::clone(&backend.state), check.clone()));
+                        (check.clone(), task)
+                    }
+                };
+                next.insert(key, entry);
+            }
+        }
+        // Whatever is left is no longer checked: stop it, and do not leave it marked down.
+        for (key, (_, task)) in self.running.drain() {
+            task.abort();
+            if let Some(b) = pools
+                .get(&key.upstream)
+                .and_then(|bs| bs.iter().find(|b| b.state.addr == key.addr))
+            {
+                b.state.set_healthy(true);
+            }
+        }
+        self.running = next;
+    }
+
+    pub fn len(&self) -> usize {
+        self.running.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.running.is_empty()
+    }
+}
+
+impl Drop for HealthCheckers {
+    fn drop(&mut self) {
+        for (_, (_, task)) in self.running.drain() {
+            task.abort();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn check() -> HealthCheck {
+        HealthCheck {
+            path: "/healthz".into(),
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(1),
+            healthy_threshold: 2,
+            unhealthy_threshold: 3,
+        }
+    }
+
+    #[test]
+    fn it_takes_a_streak_to_fall_and_another_to_rise() {
+        let c = check();
+        let mut t = Tracker::new(true);
+        assert_eq!(t.observe(false, &c), None);
+        assert_eq!(t.observe(false, &c), None);
+        assert_eq!(t.observe(true, &c), None, "a pass breaks the streak");
+        assert_eq!(t.observe(false, &c), None);
+        assert_eq!(t.observe(false, &c), None);
+        assert_eq!(t.observe(false, &c), Some(false));
+        assert_eq!(t.observe(true, &c), None);
+        assert_eq!(t.observe(true, &c), Some(true));
+    }
+}

@@ -1,0 +1,141 @@
+//! Owns every per-route statistic so it survives reloads: Prometheus counters must never go
+//! backwards while their series exist. Only the reloader touches it; each snapshot holds `Arc`s.
+
+use std::collections::{HashMap, HashSet};
+use std::hash::Hash;
+use std::sync::Arc;
+
+use super::{RequestCounters, RetryBudget, TargetStats};
+
+/// A map that forgets entries not asked for since the last [`Kept::retain_seen`].
+struct Kept<K, V> {
+    map: HashMap<K, Arc<V>>,
+    seen: HashSet<K>,
+}
+
+impl<K: Eq + Hash + Clone, V> Default for Kept<K, V> {
+    fn default() -> Self {
+        Kept {
+            map: HashMap::new(),
+            seen: HashSet::new(),
+        }
+    }
+}
+
+impl<K: Eq + Hash + Clone, V> Kept<K, V> {
+    fn get_or(&mut self, key: K, make: impl FnOnce() -> V) -> Arc<V> {
+        self.seen.insert(key.clone());
+        Arc::clone(self.map.entry(key).or_insert_with(|| Arc::new(make())))
+    }
+
+    fn replace(&mut self, key: K, value: V) -> Arc<V> {
+        self.seen.insert(key.clone());
+        let v = Arc::new(value);
+        self.map.insert(key, Arc::clone(&v));
+        v
+    }
+
+    /// The entry for `key` if `keep` accepts it, marked as seen.
+    fn get_if(&mut self, key: &K, keep: impl FnOnce(&V) -> bool) -> Option<Arc<V>> {
+        let v = self.map.get(key).filter(|v| keep(v)).cloned()?;
+        self.seen.insert(key.clone());
+        Some(v)
+    }
+
+    fn retain_seen(&mut self) {
+        let seen = std::mem::take(&mut self.seen);
+        self.map.retain(|k, _| seen.contains(k));
+    }
+}
+
+type Name = Arc<str>;
+
+pub struct StatsRegistry {
+    workers: usize,
+    counters: Kept<(Name, Name, Name), RequestCounters>,
+    targets: Kept<(Name, Name), TargetStats>,
+    budgets: Kept<Name, RetryBudget>,
+}
+
+impl StatsRegistry {
+    pub fn new(workers: usize) -> Self {
+        StatsRegistry {
+            workers,
+            counters: Kept::default(),
+            targets: Kept::default(),
+            budgets: Kept::default(),
+        }
+    }
+
+    /// Responses by class for (route, upstream, backend); backend "" when none was picked.
+    pub fn counters(
+        &mut self,
+        route: &Name,
+        upstream: &Name,
+        backend: &str,
+    ) -> Arc<RequestCounters> {
+        let key = (Arc::clone(route), Arc::clone(upstream), Arc::from(backend));
+        self.counters.get_or(key, RequestCounters::default)
+    }
+
+    pub fn target(&mut self, route: &Name, upstream: &Name) -> Arc<TargetStats> {
+        let workers = self.workers;
+        self.targets
+            .get_or((Arc::clone(route), Arc::clone(upstream)), || {
+                TargetStats::new(workers)
+            })
+    }
+
+    /// The route's retry budget; a changed spec starts a fresh one.
+    pub fn budget(&mut self, route: &Name, percent: f64, min_per_second: u32) -> Arc<RetryBudget> {
+        let key = Arc::clone(route);
+        match self
+            .budgets
+            .get_if(&key, |b| b.same_spec(percent, min_per_second))
+        {
+            Some(b) => b,
+            None => self
+                .budgets
+                .replace(key, RetryBudget::new(percent, min_per_second)),
+        }
+    }
+
+    /// Forgets every statistic not asked for since the last call (after a snapshot build).
+    pub fn retain_seen(&mut self) {
+        self.counters.retain_seen();
+        self.targets.retain_seen();
+        self.budgets.retain_seen();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statistics_survive_rebuilds_and_unused_ones_are_dropped() {
+        let mut reg = StatsRegistry::new(1);
+        let (r, u) = (Arc::from("r"), Arc::from("u"));
+        reg.counters(&r, &u, "b:1").record(200);
+        let t = reg.target(&r, &u);
+        reg.retain_seen();
+        assert_eq!(reg.counters(&r, &u, "b:1").get(1), 1);
+        assert!(Arc::ptr_eq(&reg.target(&r, &u), &t));
+        reg.retain_seen();
+        reg.retain_seen();
+        assert_eq!(
+            reg.counters(&r, &u, "b:1").get(1),
+            0,
+            "dropped after a build without it"
+        );
+    }
+
+    #[test]
+    fn a_changed_budget_spec_starts_over() {
+        let mut reg = StatsRegistry::new(1);
+        let r = Arc::from("r");
+        let a = reg.budget(&r, 20.0, 3);
+        assert!(Arc::ptr_eq(&a, &reg.budget(&r, 20.0, 3)));
+        assert!(!Arc::ptr_eq(&a, &reg.budget(&r, 10.0, 3)));
+    }
+}
