@@ -21,8 +21,12 @@ fn routes_config(n: usize) -> String {
             "  - {{ name: r{i}, match: {{ host: h{i}.example.com, path_prefix: /api/v{i} }}, split: [{{upstream: u, weight: 1}}] }}\n"
         ));
     }
-    routes.push_str("  - { name: wild, match: { host: '*.example.com' }, split: [{upstream: u, weight: 1}] }\n");
-    format!("listeners: [{{bind: '127.0.0.1:0'}}]\nupstreams: {{ u: {{ backends: ['h:1'] }} }}\nroutes:\n{routes}")
+    routes.push_str(
+        "  - { name: wild, match: { host: '*.example.com' }, split: [{upstream: u, weight: 1}] }\n",
+    );
+    format!(
+        "listeners: [{{bind: '127.0.0.1:0'}}]\nupstreams: {{ u: {{ backends: ['h:1'] }} }}\nroutes:\n{routes}"
+    )
 }
 
 fn route_match(c: &mut Criterion) {
@@ -30,10 +34,22 @@ fn route_match(c: &mut Criterion) {
     let router = Router::new(&config.routes);
     let headers = HeaderMap::new();
     c.bench_function("route match (21 routes, exact host)", |b| {
-        b.iter(|| router.find(black_box(Some("h17.example.com")), black_box("/api/v17/items"), &headers))
+        b.iter(|| {
+            router.find(
+                black_box(Some("h17.example.com")),
+                black_box("/api/v17/items"),
+                &headers,
+            )
+        })
     });
     c.bench_function("route match (21 routes, wildcard fallback)", |b| {
-        b.iter(|| router.find(black_box(Some("x.example.com")), black_box("/other"), &headers))
+        b.iter(|| {
+            router.find(
+                black_box(Some("x.example.com")),
+                black_box("/other"),
+                &headers,
+            )
+        })
     });
 }
 
@@ -54,7 +70,12 @@ fn split_pick(c: &mut Criterion) {
 fn histogram_record(c: &mut Criterion) {
     let windowed = Recorder::windowed(Duration::from_secs(10), 2);
     c.bench_function("histogram record (1 thread)", |b| {
-        b.iter(|| windowed.record(black_box(Duration::from_micros(1234)), tokio::time::Instant::now()))
+        b.iter(|| {
+            windowed.record(
+                black_box(Duration::from_micros(1234)),
+                tokio::time::Instant::now(),
+            )
+        })
     });
     // Two threads recording into the same backend's recorder, as two workers would: each
     // thread is its own shard, so they never wait on each other.
@@ -68,7 +89,10 @@ fn histogram_record(c: &mut Criterion) {
                     s.spawn(move || {
                         switchyard::shard::set_current(worker);
                         for i in 0..iters {
-                            r.record(Duration::from_micros(100 + i % 5000), tokio::time::Instant::now());
+                            r.record(
+                                Duration::from_micros(100 + i % 5000),
+                                tokio::time::Instant::now(),
+                            );
                         }
                     });
                 }
@@ -80,7 +104,10 @@ fn histogram_record(c: &mut Criterion) {
 }
 
 fn snapshot_load(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let dir = std::env::temp_dir().join(format!("switchyard-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("c.yaml");
@@ -90,7 +117,9 @@ fn snapshot_load(c: &mut Criterion) {
     )
     .unwrap();
     let running = rt
-        .block_on(switchyard::app::start(switchyard::app::Options::file(&path)))
+        .block_on(switchyard::app::start(switchyard::app::Options::file(
+            &path,
+        )))
         .unwrap();
     let shared = Arc::clone(&running.shared);
     c.bench_function("snapshot load", |b| b.iter(|| black_box(shared.snapshot())));
@@ -105,9 +134,15 @@ fn round_trip(c: &mut Criterion) {
     use http_body_util::{BodyExt, Empty};
     use hyper_util::rt::TokioIo;
 
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let backend = rt
-        .block_on(switchyard::demo::color_backend("blue", "127.0.0.1:0".parse().unwrap()))
+        .block_on(switchyard::demo::color_backend(
+            "blue",
+            "127.0.0.1:0".parse().unwrap(),
+        ))
         .unwrap();
     let dir = std::env::temp_dir().join(format!("switchyard-bench-rt-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -120,21 +155,27 @@ fn round_trip(c: &mut Criterion) {
     )
     .unwrap();
     let running = rt
-        .block_on(switchyard::app::start(switchyard::app::Options::file(&path)))
+        .block_on(switchyard::app::start(switchyard::app::Options::file(
+            &path,
+        )))
         .unwrap();
     let addr = running.proxy_addr();
     let mut sender = rt.block_on(async {
         let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
-            .await
-            .unwrap();
+        let (sender, conn) =
+            hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+                .await
+                .unwrap();
         tokio::spawn(conn);
         sender
     });
     c.bench_function("proxy round trip (in-process, loopback)", |b| {
         b.iter(|| {
             rt.block_on(async {
-                let req = http::Request::get("/").header("host", "bench").body(Empty::new()).unwrap();
+                let req = http::Request::get("/")
+                    .header("host", "bench")
+                    .body(Empty::new())
+                    .unwrap();
                 let resp = sender.send_request(req).await.unwrap();
                 black_box(resp.into_body().collect().await.unwrap());
             })
@@ -144,5 +185,12 @@ fn round_trip(c: &mut Criterion) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-criterion_group!(benches, route_match, split_pick, histogram_record, snapshot_load, round_trip);
+criterion_group!(
+    benches,
+    route_match,
+    split_pick,
+    histogram_record,
+    snapshot_load,
+    round_trip
+);
 criterion_main!(benches);

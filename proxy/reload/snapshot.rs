@@ -10,7 +10,7 @@ use crate::config::Config;
 use crate::config::model::{Route, Upstream};
 use crate::http::route::Router;
 use crate::http::split::Split;
-use crate::stats::{RequestCounters, RetryBudget, StatsRegistry, TargetStats};
+use crate::stats::{RequestCounters, RetryBudget, ShadowStats, StatsRegistry, TargetStats};
 
 pub struct Snapshot {
     pub generation: u64,
@@ -53,6 +53,8 @@ pub struct RouteRuntime {
     pub targets: Vec<Target>,
     /// Present when the route retries.
     pub budget: Option<Arc<RetryBudget>>,
+    /// What the route's shadow traffic found (kept across reloads).
+    pub shadow_stats: Arc<ShadowStats>,
     seq: AtomicU64,
 }
 
@@ -128,6 +130,7 @@ pub fn build(
                 spec: Arc::clone(spec),
                 targets,
                 budget,
+                shadow_stats: stats.shadow(&spec.name),
                 seq: AtomicU64::new(0),
             }
         })

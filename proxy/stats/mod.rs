@@ -6,6 +6,7 @@ pub mod histogram;
 pub mod outcome;
 pub mod prometheus;
 pub mod registry;
+pub mod shadow;
 pub mod target;
 pub mod window;
 
@@ -14,5 +15,6 @@ pub use counters::{GlobalCounters, RequestCounters};
 pub use histogram::{Buckets, Percentiles, Recorder};
 pub use outcome::Outcome;
 pub use registry::StatsRegistry;
+pub use shadow::{ShadowCounts, ShadowStats};
 pub use target::TargetStats;
 pub use window::{Counts, WindowCounts};

@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
 use std::sync::Arc;
 
-use super::{RequestCounters, RetryBudget, TargetStats};
+use super::{RequestCounters, RetryBudget, ShadowStats, TargetStats};
 
 /// A map that forgets entries not asked for since the last [`Kept::retain_seen`].
 struct Kept<K, V> {
@@ -55,6 +55,7 @@ pub struct StatsRegistry {
     counters: Kept<(Name, Name, Name), RequestCounters>,
     targets: Kept<(Name, Name), TargetStats>,
     budgets: Kept<Name, RetryBudget>,
+    shadows: Kept<Name, ShadowStats>,
 }
 
 impl StatsRegistry {
@@ -64,6 +65,7 @@ impl StatsRegistry {
             counters: Kept::default(),
             targets: Kept::default(),
             budgets: Kept::default(),
+            shadows: Kept::default(),
         }
     }
 
@@ -100,11 +102,17 @@ impl StatsRegistry {
         }
     }
 
+    /// What the route's shadow traffic found (written by the mirror, read by rollouts).
+    pub fn shadow(&mut self, route: &Name) -> Arc<ShadowStats> {
+        self.shadows.get_or(Arc::clone(route), ShadowStats::default)
+    }
+
     /// Forgets every statistic not asked for since the last call (after a snapshot build).
     pub fn retain_seen(&mut self) {
         self.counters.retain_seen();
         self.targets.retain_seen();
         self.budgets.retain_seen();
+        self.shadows.retain_seen();
     }
 }
 
