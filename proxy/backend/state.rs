@@ -33,6 +33,8 @@ pub struct BackendStats {
     /// Cumulative, by [`Outcome::index`].
     pub outcomes: [AtomicU64; 5],
     pub window: WindowCounts,
+    /// Times this backend's breaker opened (re-opens from half-open included).
+    pub breaker_opens: AtomicU64,
 }
 
 impl BackendStats {
@@ -42,6 +44,7 @@ impl BackendStats {
             latency_buckets: Buckets::default(),
             outcomes: Default::default(),
             window: WindowCounts::new(STATS_WINDOW),
+            breaker_opens: AtomicU64::new(0),
         }
     }
 
