@@ -19,6 +19,7 @@ use crate::body::{ClientBodyError, ReqBody};
 use crate::config::resilience::MAX_REPLAY_BODY;
 use crate::error::{ErrorKind, ProxyError};
 use crate::reload::snapshot::RouteRuntime;
+use crate::stats::Outcome;
 
 /// Other backends tried after a connect failure when the route has no retry policy.
 const IMPLICIT_CONNECT_RETRIES: u32 = 2;
@@ -46,7 +47,7 @@ pub async fn proxy(
     let (first_body, replay) = if policy.is_some() && !upgrade {
         match keep_small(body, deadline, h2, conn).await {
             Ok(kept) => kept,
-            Err(e) => return answer_error(route, aim.target, &e),
+            Err(e) => return answer(route, aim.target, None, &e, started),
         }
     } else {
         (ReqBody::Streaming(body), None)
@@ -65,14 +66,14 @@ pub async fn proxy(
         // and only for a route that asked for retries.
         let pick = match choose::choose(route, &aim, &fresh, now) {
             Ok(p) => p,
-            Err(e) if tried.is_empty() => return answer_error(route, aim.target, &e),
+            Err(e) if tried.is_empty() => return answer(route, aim.target, None, &e, started),
             Err(e) => match (policy, last.take()) {
                 (Some(_), _) => match choose::choose(route, &aim, &|_, _| false, now) {
                     Ok(p) => p,
-                    Err(e) => return answer_error(route, aim.target, &e),
+                    Err(e) => return answer(route, aim.target, None, &e, started),
                 },
                 (None, Some((err, t, b))) => return answer(route, t, Some(b), &err, started),
-                (None, None) => return answer_error(route, aim.target, &e),
+                (None, None) => return answer(route, aim.target, None, &e, started),
             },
         };
         tried.push((pick.target, pick.backend));
@@ -83,10 +84,12 @@ pub async fn proxy(
             .and_then(|p| p.per_try_timeout)
             .map_or(left, |t| t.min(left));
         let Some(req) = next.take() else {
-            return answer_error(
+            return answer(
                 route,
                 aim.target,
+                None,
                 &ProxyError::new(ErrorKind::Internal, "no request to send"),
+                started,
             );
         };
 
@@ -127,7 +130,7 @@ pub async fn proxy(
                 }
                 // Recorded now (the body is never read): the connection closes with it.
                 let now = Instant::now();
-                let outcome = crate::stats::Outcome::ServerError;
+                let outcome = Outcome::ServerError;
                 if let Some(t) = backend
                     .state
                     .record(outcome, pick.admission, Some(ttfb), now)
@@ -215,7 +218,22 @@ fn answer(
     started: Instant,
 ) -> Response<ProxyBody> {
     let t = &route.targets[target];
-    t.stats.duration.record(started.elapsed());
+    let now = Instant::now();
+    t.stats
+        .duration
+        .record(now.saturating_duration_since(started));
+    // The request's outcome on this upstream, as the rollout gates count it; a client's own
+    // mistake or departure says nothing about the upstream.
+    let outcome = match e.kind() {
+        ErrorKind::Connect => Some(Outcome::ConnectFailure),
+        ErrorKind::Timeout => Some(Outcome::Timeout),
+        ErrorKind::Reset => Some(Outcome::Reset),
+        ErrorKind::NoBackend | ErrorKind::Internal => Some(Outcome::ServerError),
+        ErrorKind::BadRequest | ErrorKind::ClientGone | ErrorKind::NoRoute => None,
+    };
+    if let Some(o) = outcome {
+        t.stats.record(o, None, now);
+    }
     let resp = error_response(e);
     let status = resp.status().as_u16();
     match backend {
@@ -223,14 +241,6 @@ fn answer(
         None => t.unassigned.record(status),
     }
     tracing::debug!(route = %route.spec.name, upstream = %t.pool.spec.name, error = %e, "request failed");
-    resp
-}
-
-fn answer_error(route: &RouteRuntime, target: usize, e: &ProxyError) -> Response<ProxyBody> {
-    let resp = error_response(e);
-    route.targets[target]
-        .unassigned
-        .record(resp.status().as_u16());
     resp
 }
 

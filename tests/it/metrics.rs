@@ -206,6 +206,15 @@ async fn the_reference_parser_reads_metrics_that_match_the_traffic() {
         ),
         1.0
     );
+    // A request answered by switchyard itself still has a duration on its route.
+    assert_eq!(
+        value(
+            &rows,
+            "switchyard_request_duration_seconds_count",
+            &[("route", "dead"), ("upstream", "dead")]
+        ),
+        1.0
+    );
     assert_eq!(
         value(&rows, "switchyard_breaker_state", &[("backend", b)]),
         0.0
