@@ -60,6 +60,11 @@ pub async fn proxy(
     let mut last: Option<(ProxyError, usize, usize)> = None;
 
     loop {
+        // Taken before a backend is picked: a pick may hold a half-open probe slot.
+        let Some(req) = next.take() else {
+            let e = ProxyError::new(ErrorKind::Internal, "no request left to send");
+            return answer(route, aim.target, None, &e, started);
+        };
         let now = Instant::now();
         let fresh = |t: usize, b: usize| tried.contains(&(t, b));
         // Another backend if there is one; the same one again only if nothing else is left,
@@ -83,16 +88,6 @@ pub async fn proxy(
         let limit = policy
             .and_then(|p| p.per_try_timeout)
             .map_or(left, |t| t.min(left));
-        let Some(req) = next.take() else {
-            return answer(
-                route,
-                aim.target,
-                None,
-                &ProxyError::new(ErrorKind::Internal, "no request to send"),
-                started,
-            );
-        };
-
         let failure;
         match forward::try_once(req, backend, pick.admission, limit, h2, conn).await {
             Tried::Answered {

@@ -35,8 +35,8 @@ pub fn is_idempotent(method: &Method) -> bool {
 }
 
 /// Whether the policy retries this failure at all (before budget and time are considered).
-/// `retries_done` counts the retries already made; `replayable` says whether the request body
-/// can be sent again (it is empty or was kept whole).
+/// `retries_done` counts the retries already made; `replayable` says whether the request can be
+/// sent again (its body is empty or was kept whole, or it came back unsent).
 pub fn wants_retry(
     policy: &RetryPolicy,
     failure: Failure,
@@ -48,8 +48,8 @@ pub fn wants_retry(
         return false;
     }
     match failure {
-        // The request never left: the body is given back untouched, whatever the method.
-        Failure::Connect => policy.on.connect_failure,
+        // The request never left: given back untouched, it goes again whatever the method.
+        Failure::Connect => policy.on.connect_failure && replayable,
         _ if !replayable || !is_idempotent(method) => false,
         Failure::Reset => policy.on.reset,
         Failure::Timeout => policy.on.timeout,
@@ -90,8 +90,12 @@ mod tests {
             "body not kept"
         );
         assert!(
-            wants_retry(&p, Failure::Connect, &Method::POST, false, 0),
-            "never sent"
+            wants_retry(&p, Failure::Connect, &Method::POST, true, 0),
+            "never sent: given back whole"
+        );
+        assert!(
+            !wants_retry(&p, Failure::Connect, &Method::GET, false, 0),
+            "nothing left to send"
         );
         assert!(
             !wants_retry(&p, Failure::Status(500), &Method::GET, true, 0),
