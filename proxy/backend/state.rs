@@ -53,6 +53,14 @@ impl BackendStats {
     }
 }
 
+impl std::fmt::Debug for BreakerCell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BreakerCell")
+            .field("state", &self.state())
+            .finish()
+    }
+}
+
 impl std::fmt::Debug for BackendState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BackendState")
@@ -104,6 +112,15 @@ impl BackendState {
         }
     }
 
+    /// Asks the breaker to let a try through. A half-open probe comes with its slot in the
+    /// ticket, given back if the try ends without a result (its future dropped).
+    pub fn admit(&self, now: Instant) -> (Ticket, Option<Transition>) {
+        let cell = self.breaker.load_full();
+        let (admission, t) = cell.admit(now);
+        let cell = (admission == Admission::Probe).then_some(cell);
+        (Ticket { admission, cell }, t)
+    }
+
     /// Whether the picker may consider this backend (healthy, and its breaker not open).
     pub fn available(&self, now: Instant) -> bool {
         self.is_healthy() && self.breaker.load().may_admit(now)
@@ -114,10 +131,11 @@ impl BackendState {
     pub fn record(
         &self,
         outcome: Outcome,
-        admission: Admission,
+        ticket: Ticket,
         ttfb: Option<Duration>,
         now: Instant,
     ) -> Option<Transition> {
+        let admission = ticket.settle();
         self.stats.outcomes[outcome.index()].fetch_add(1, Ordering::Relaxed);
         self.stats.window.record(now, outcome.is_failure());
         if let Some(t) = ttfb {
@@ -127,6 +145,47 @@ impl BackendState {
         self.breaker
             .load()
             .on_result(admission, outcome.is_failure(), now)
+    }
+}
+
+/// What the breaker said to one try. Settle it with [`BackendState::record`]; dropped unsettled,
+/// a probe's slot goes back to the breaker (a client that hung up says nothing about the
+/// backend, and must not leave a half-open breaker waiting forever).
+#[derive(Debug)]
+pub struct Ticket {
+    admission: Admission,
+    cell: Option<Arc<BreakerCell>>,
+}
+
+impl Ticket {
+    pub fn admission(&self) -> Admission {
+        self.admission
+    }
+
+    /// Refused: the backend takes no try on it.
+    pub fn is_refused(&self) -> bool {
+        self.admission == Admission::Rejected
+    }
+
+    /// A ticket outside any breaker (panic mode sends tries to backends whatever their breaker).
+    pub fn unchecked() -> Ticket {
+        Ticket {
+            admission: Admission::Normal,
+            cell: None,
+        }
+    }
+
+    fn settle(mut self) -> Admission {
+        self.cell = None;
+        self.admission
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if let Some(cell) = self.cell.take() {
+            cell.abandon(self.admission);
+        }
     }
 }
 
@@ -332,6 +391,38 @@ mod tests {
             Counts::default(),
             "old failures are forgotten"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_probe_ticket_gives_its_slot_back() {
+        let state = BackendState::new(
+            Arc::from("u"),
+            crate::config::validate::backend_addr("h:1").unwrap(),
+            BreakerConfig {
+                consecutive_failures: 1,
+                half_open_requests: 1,
+                open_for: Duration::from_secs(5),
+                ..BreakerConfig::default()
+            },
+            1,
+        );
+        let (ticket, _) = state.admit(Instant::now());
+        state.record(Outcome::Reset, ticket, None, Instant::now());
+        assert_eq!(state.breaker().state(), BreakerState::Open);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let (probe, _) = state.admit(Instant::now());
+        assert_eq!(probe.admission(), Admission::Probe);
+        assert!(
+            state.admit(Instant::now()).0.is_refused(),
+            "one probe at a time"
+        );
+        // The client hangs up before the probe's answer: the try's future, ticket and all, is
+        // dropped. The slot must come back or the breaker would stay half-open forever.
+        drop(probe);
+        let (again, _) = state.admit(Instant::now());
+        assert_eq!(again.admission(), Admission::Probe);
+        state.record(Outcome::Success, again, None, Instant::now());
+        assert_eq!(state.breaker().state(), BreakerState::Closed);
     }
 
     #[tokio::test(start_paused = true)]

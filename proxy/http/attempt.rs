@@ -89,11 +89,12 @@ pub async fn proxy(
             .and_then(|p| p.per_try_timeout)
             .map_or(left, |t| t.min(left));
         let failure;
-        match forward::try_once(req, backend, pick.admission, limit, h2, conn).await {
+        match forward::try_once(req, backend, pick.ticket, limit, h2, conn).await {
             Tried::Answered {
                 resp,
                 conn: upstream,
                 in_flight,
+                ticket,
                 ttfb,
             } => {
                 let status = resp.status().as_u16();
@@ -116,7 +117,7 @@ pub async fn proxy(
                         in_flight,
                         backend,
                         &target.stats,
-                        pick.admission,
+                        ticket,
                         started,
                         ttfb,
                         client_upgrade.take(),
@@ -126,10 +127,7 @@ pub async fn proxy(
                 // Recorded now (the body is never read): the connection closes with it.
                 let now = Instant::now();
                 let outcome = Outcome::ServerError;
-                if let Some(t) = backend
-                    .state
-                    .record(outcome, pick.admission, Some(ttfb), now)
-                {
+                if let Some(t) = backend.state.record(outcome, ticket, Some(ttfb), now) {
                     choose::log_transition(&backend.state, &t);
                 }
                 drop((resp, upstream, in_flight));

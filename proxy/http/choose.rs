@@ -7,7 +7,8 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::{headers, pick};
-use crate::backend::breaker::{Admission, Transition};
+use crate::backend::breaker::Transition;
+use crate::backend::state::Ticket;
 use crate::backend::{Backend, BackendState};
 use crate::config::model::StickyKey;
 use crate::error::{ErrorKind, ProxyError};
@@ -59,7 +60,7 @@ fn sticky_key(route: &RouteRuntime, req: &Request<Incoming>) -> Option<bytes::By
 pub struct Pick {
     pub target: usize,
     pub backend: usize,
-    pub admission: Admission,
+    pub ticket: Ticket,
 }
 
 /// Picks a backend for the next try. `tried(target, backend)` excludes backends already tried.
@@ -70,13 +71,12 @@ pub fn choose(
     now: Instant,
 ) -> Result<Pick, ProxyError> {
     let first = aim.target;
-    if let Some((backend, admission)) =
-        pick_in(&route.targets[first].pool, &|b| tried(first, b), now)
+    if let Some((backend, ticket)) = pick_in(&route.targets[first].pool, &|b| tried(first, b), now)
     {
         return Ok(Pick {
             target: first,
             backend,
-            admission,
+            ticket,
         });
     }
     if !aim.forced {
@@ -92,8 +92,7 @@ pub fn choose(
         if let Some(t) = route
             .split
             .pick_among(aim.seq, aim.sticky.as_deref(), usable)
-            && let Some((backend, admission)) =
-                pick_in(&route.targets[t].pool, &|b| tried(t, b), now)
+            && let Some((backend, ticket)) = pick_in(&route.targets[t].pool, &|b| tried(t, b), now)
         {
             route.targets[first]
                 .stats
@@ -106,7 +105,7 @@ pub fn choose(
             return Ok(Pick {
                 target: t,
                 backend,
-                admission,
+                ticket,
             });
         }
     }
@@ -122,11 +121,7 @@ pub fn choose(
 /// A backend of `pool` not excluded, healthy and admitted by its breaker. Past the pool's panic
 /// threshold (more than that share out, but not all), every backend is fair game again, so that
 /// a partial outage does not pile everything onto the few left.
-fn pick_in(
-    pool: &Pool,
-    excluded: &dyn Fn(usize) -> bool,
-    now: Instant,
-) -> Option<(usize, Admission)> {
+fn pick_in(pool: &Pool, excluded: &dyn Fn(usize) -> bool, now: Instant) -> Option<(usize, Ticket)> {
     let backends = &pool.backends;
     let n = backends.len();
     if n == 0 {
@@ -138,26 +133,27 @@ fn pick_in(
     let (a, b) = pick::two_choices(n, pool.next_rr(), pick::fast_random());
     if ok(a) && ok(b) {
         let i = pick::less_loaded(a, b, in_flight);
-        match admit(&backends[i], now) {
-            Admission::Rejected => {}
-            admission => return Some((i, admission)),
+        let ticket = admit(&backends[i], now);
+        if !ticket.is_refused() {
+            return Some((i, ticket));
         }
     }
     if panic_mode(pool, excluded, now) {
         let i = pick::pick(n, pool.next_rr(), pick::fast_random(), in_flight, |i| {
             !excluded(i)
         })?;
-        return Some((i, Admission::Normal));
+        return Some((i, Ticket::unchecked()));
     }
     // Breakers that refuse (half-open and full of probes) are skipped on the next round.
     let mut refused: Vec<usize> = Vec::new();
     for _ in 0..n {
         let usable = |i: usize| ok(i) && !refused.contains(&i);
         let i = pick::pick(n, pool.next_rr(), pick::fast_random(), in_flight, usable)?;
-        match admit(&backends[i], now) {
-            Admission::Rejected => refused.push(i),
-            admission => return Some((i, admission)),
+        let ticket = admit(&backends[i], now);
+        if !ticket.is_refused() {
+            return Some((i, ticket));
         }
+        refused.push(i);
     }
     None
 }
@@ -178,12 +174,12 @@ fn panic_mode(pool: &Pool, excluded: &dyn Fn(usize) -> bool, now: Instant) -> bo
     out > 0 && out < considered && out * 100 > considered * threshold
 }
 
-fn admit(backend: &Backend, now: Instant) -> Admission {
-    let (admission, transition) = backend.state.breaker().admit(now);
+fn admit(backend: &Backend, now: Instant) -> Ticket {
+    let (ticket, transition) = backend.state.admit(now);
     if let Some(t) = transition {
         log_transition(&backend.state, &t);
     }
-    admission
+    ticket
 }
 
 /// Breaker transitions go to the log with the upstream and the backend.

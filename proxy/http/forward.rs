@@ -18,8 +18,8 @@ use tokio::time::Instant;
 
 use super::handler::{ConnInfo, ProxyBody};
 use super::{choose, headers};
-use crate::backend::breaker::Admission;
 use crate::backend::pool::{Conn, ConnPool, Failed, SendError};
+use crate::backend::state::Ticket;
 use crate::backend::{Backend, InFlight};
 use crate::body::{BodyEnd, BodyGuard, ClientBodyError, ReqBody, RespBody};
 use crate::error::{ErrorKind, ProxyError};
@@ -33,7 +33,7 @@ pub struct Exchange {
     in_flight: InFlight,
     conn: Option<(Arc<ConnPool>, Conn)>,
     target: Arc<TargetStats>,
-    admission: Admission,
+    ticket: Ticket,
     /// When the request arrived (the route's duration spans every try).
     started: Instant,
     ttfb: Duration,
@@ -49,7 +49,7 @@ impl BodyGuard for Exchange {
             BodyEnd::Complete | BodyEnd::Dropped => Outcome::from_status(self.status),
         };
         let backend = self.in_flight.backend();
-        if let Some(t) = backend.record(outcome, self.admission, Some(self.ttfb), now) {
+        if let Some(t) = backend.record(outcome, self.ticket, Some(self.ttfb), now) {
             choose::log_transition(backend, &t);
         }
         self.target.record(outcome, Some(self.ttfb), now);
@@ -68,6 +68,7 @@ pub enum Tried {
         resp: Response<Incoming>,
         conn: Conn,
         in_flight: InFlight,
+        ticket: Ticket,
         ttfb: Duration,
     },
     Failed {
@@ -82,7 +83,7 @@ pub enum Tried {
 pub async fn try_once(
     mut req: Request<ReqBody>,
     backend: &Backend,
-    admission: Admission,
+    ticket: Ticket,
     limit: Duration,
     h2: bool,
     conn: &ConnInfo,
@@ -102,6 +103,7 @@ pub async fn try_once(
                 resp,
                 conn,
                 in_flight,
+                ticket,
                 ttfb: sent_at.elapsed(),
             };
         }
@@ -121,14 +123,11 @@ pub async fn try_once(
             None,
         ),
     };
-    match outcome {
-        Some(o) => {
-            if let Some(t) = backend.state.record(o, admission, None, Instant::now()) {
-                choose::log_transition(&backend.state, &t);
-            }
-        }
-        // The client's fault: nothing to hold against the backend.
-        None => backend.state.breaker().abandon(admission),
+    // Without an outcome it was the client's fault: the ticket just goes back.
+    if let Some(o) = outcome
+        && let Some(t) = backend.state.record(o, ticket, None, Instant::now())
+    {
+        choose::log_transition(&backend.state, &t);
     }
     Tried::Failed { error, unsent }
 }
@@ -142,7 +141,7 @@ pub fn respond(
     in_flight: InFlight,
     backend: &Backend,
     target: &Arc<TargetStats>,
-    admission: Admission,
+    ticket: Ticket,
     started: Instant,
     ttfb: Duration,
     client_upgrade: Option<OnUpgrade>,
@@ -155,7 +154,7 @@ pub fn respond(
         let now = Instant::now();
         backend
             .state
-            .record(Outcome::Success, admission, Some(ttfb), now);
+            .record(Outcome::Success, ticket, Some(ttfb), now);
         target.record(Outcome::Success, Some(ttfb), now);
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         let token = conn.tracker.token();
@@ -183,7 +182,7 @@ pub fn respond(
                 in_flight,
                 conn: Some((Arc::clone(&backend.pool), upstream_conn)),
                 target: Arc::clone(target),
-                admission,
+                ticket,
                 started,
                 ttfb,
                 status,
