@@ -176,3 +176,60 @@ async fn protected_reads_need_the_token_and_the_cli_sends_it() {
     assert!(!wrong, "a wrong token must fail");
     proxy.shutdown().await;
 }
+
+/// Log lines of `switchyard run` up to "switchyard started"; the process is killed after.
+fn startup_log(config: &std::path::Path) -> Vec<String> {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["run", "--no-watch", "-c"])
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn switchyard");
+    let mut lines = Vec::new();
+    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        let done = line.contains("switchyard started");
+        lines.push(line);
+        if done {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    lines
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_loopback_admin_without_a_token_is_warned_about() {
+    let b = TestBackend::start("a").await;
+    let dir = TempDir::new();
+    let token = dir.0.join("admin-token");
+    std::fs::write(&token, "tok-0123456789").unwrap();
+    let open = format!(
+        "listeners: [{{ name: public, bind: \"127.0.0.1:0\" }}]\n\
+         admin: {{ bind: \"0.0.0.0:0\" }}\n\
+         upstreams:\n  a: {{ backends: {} }}\n\
+         routes:\n  - {{ name: r, split: [{{ upstream: a, weight: 1 }}] }}\n",
+        addrs(&[&b])
+    );
+    let guarded = open.replace(
+        "admin: { bind: \"0.0.0.0:0\" }",
+        &format!(
+            "admin: {{ bind: \"0.0.0.0:0\", token_file: \"{}\" }}",
+            token.display()
+        ),
+    );
+    let (open_path, guarded_path) = (dir.0.join("open.yaml"), dir.0.join("guarded.yaml"));
+    std::fs::write(&open_path, open).unwrap();
+    std::fs::write(&guarded_path, guarded).unwrap();
+    let (open_log, guarded_log) =
+        tokio::task::spawn_blocking(move || (startup_log(&open_path), startup_log(&guarded_path)))
+            .await
+            .unwrap();
+    let warned = |log: &[String]| log.iter().any(|l| l.contains("without admin.token_file"));
+    assert!(warned(&open_log), "{open_log:#?}");
+    assert!(!warned(&guarded_log), "{guarded_log:#?}");
+}
