@@ -4,6 +4,7 @@ mod auth;
 pub mod client;
 mod metrics;
 mod status;
+mod traffic;
 
 use std::convert::Infallible;
 use std::sync::Arc;

@@ -262,6 +262,11 @@ async fn an_upstream_scoped_abort_fails_only_that_upstream_and_spares_its_breake
     }
     assert_eq!(green.traffic(), 0);
     assert_eq!(blue.traffic(), 100);
+    let status = proxy.status().await;
+    let fault = &status["routes"][0]["fault"];
+    assert_eq!(fault["upstream"], "green", "{status}");
+    assert_eq!(fault["injected"]["green"]["abort"], 100, "{status}");
+    assert!(fault["injected"].get("blue").is_none(), "{status}");
     let m = proxy.metrics().await;
     let g = green.addr;
     assert_eq!(
@@ -293,6 +298,63 @@ async fn an_upstream_scoped_abort_fails_only_that_upstream_and_spares_its_breake
         ),
         None,
         "no series for an upstream the fault does not apply to"
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buckets_survive_a_reload_until_the_limit_changes() {
+    let b = TestBackend::start("a").await;
+    let limited = |extra: &str| {
+        one_route(
+            &b,
+            &format!("    rate_limit: {{ requests_per_second: 0.01, burst: 2 }}\n{extra}"),
+        )
+    };
+    let proxy = Proxy::start(&limited("")).await;
+    let c = client();
+    let statuses = |n: usize| {
+        let (c, url) = (c.clone(), proxy.url("/"));
+        async move {
+            let mut out = Vec::new();
+            for _ in 0..n {
+                out.push(get(&c, &url).await.status.as_u16());
+            }
+            out
+        }
+    };
+    assert_eq!(statuses(3).await, [200, 200, 429]);
+
+    // Another part of the route changes: the empty bucket stays empty.
+    let ev = proxy.rewrite(&limited("    timeout: 9s\n")).await;
+    assert_eq!(ev.generation, 2);
+    assert_eq!(
+        statuses(1).await,
+        [429],
+        "a reload hands out no fresh burst"
+    );
+
+    let status = proxy.status().await;
+    let rl = &status["routes"][0]["rate_limit"];
+    assert_eq!(rl["limited"], 2, "{status}");
+    assert_eq!(rl["key"], "route");
+
+    // The limit itself changes: new buckets, full.
+    let ev = proxy
+        .rewrite(&one_route(
+            &b,
+            "    rate_limit: { requests_per_second: 0.01, burst: 3 }\n",
+        ))
+        .await;
+    assert_eq!(ev.generation, 3);
+    assert_eq!(statuses(4).await, [200, 200, 200, 429]);
+    assert_eq!(
+        sample(
+            &proxy.metrics().await,
+            "switchyard_rate_limited_total{route=\"r\"}"
+        ),
+        Some(3.0),
+        "the counter keeps counting across the change"
     );
     proxy.shutdown().await;
 }
