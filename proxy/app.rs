@@ -80,8 +80,8 @@ pub async fn start(opts: Options) -> Result<Running, ConfigErrors> {
         )])
     })?;
     let admin_addr = admin_listener.local_addr().unwrap_or(config.admin.bind);
-    if !config.admin.bind.ip().is_loopback() {
-        tracing::warn!(addr = %admin_addr, "the admin API listens beyond loopback; anyone who can reach it can reload the config");
+    if !config.admin.bind.ip().is_loopback() && config.admin.token.is_none() {
+        tracing::warn!(addr = %admin_addr, "the admin API listens beyond loopback without admin.token_file; anyone who can reach it can reload the config");
     }
 
     let serve_ctx = Arc::new(ServeCtx::new(Arc::clone(&shared), tracker.clone()));

@@ -14,7 +14,9 @@
 //! - [`server`]: [`server::listener`] (socket2, accept, reconcile on reload),
 //!   [`server::conn`] (one connection, HTTP/1.1 or h2c), [`server::shutdown`] (stop, drain).
 //! - [`http`]: [`http::handler`] (loads the snapshot once) -> [`http::route`] ->
-//!   [`http::split`] -> [`http::pick`] -> [`http::forward`]; [`http::headers`] rewrites.
+//!   [`http::split`] -> [`http::pick`] -> [`http::forward`]; [`http::headers`] rewrites;
+//!   [`http::ratelimit`] (token buckets, before the split) and [`http::fault`] (injected
+//!   delays and aborts, after it).
 //!   Route, split and pick are pure functions over tables compiled per snapshot.
 //! - [`backend`]: [`backend::registry`] (state by upstream + address, kept across reloads),
 //!   [`backend::state`], [`backend::transport`] (a connection pool per backend).

@@ -21,6 +21,10 @@ use switchyard::{admin, config, demo, server};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// For commands that call the admin API (--admin): a file holding its bearer token
+    /// (admin.token_file of the running switchyard). Default: SWITCHYARD_ADMIN_TOKEN.
+    #[arg(long, global = true, value_name = "FILE")]
+    token_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -84,6 +88,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(path) = &cli.token_file
+        && let Err(e) = admin::client::use_token_file(path)
+    {
+        eprintln!("switchyard: --token-file: {e}");
+        return ExitCode::FAILURE;
+    }
     match runtime.block_on(dispatch(cli.command)) {
         Ok(code) => code,
         Err(e) => {

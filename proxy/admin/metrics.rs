@@ -218,6 +218,8 @@ pub fn render(ctx: &AdminCtx) -> String {
         }
     }
 
+    traffic(&mut e, &snap);
+
     e.family(
         "switchyard_unrouted_requests_total",
         "counter",
@@ -272,4 +274,44 @@ pub fn render(ctx: &AdminCtx) -> String {
 
 fn r_with_retries(snap: &Snapshot) -> impl Iterator<Item = &RouteRuntime> {
     snap.routes.iter().filter(|r| r.spec.retries.is_some())
+}
+
+/// What rate limits and fault injection did, for the routes that have them.
+fn traffic(e: &mut Exposition, snap: &Snapshot) {
+    e.family(
+        "switchyard_rate_limited_total",
+        "counter",
+        "Requests a route's rate_limit answered with 429.",
+    );
+    for r in &snap.routes {
+        if let Some(limit) = &r.rate_limit {
+            e.sample(
+                "switchyard_rate_limited_total",
+                &[("route", &r.spec.name)],
+                limit.counts().limited.load(Relaxed) as f64,
+            );
+        }
+    }
+    e.family(
+        "switchyard_faults_injected_total",
+        "counter",
+        "Faults a route's `fault` injected, by the upstream the split picked and kind (delay, abort).",
+    );
+    for r in &snap.routes {
+        let Some(fault) = &r.fault else { continue };
+        for (t, counts) in r.targets.iter().zip(fault.counts()) {
+            let Some(c) = counts else { continue };
+            for (kind, n) in [("delay", &c.delayed), ("abort", &c.aborted)] {
+                e.sample(
+                    "switchyard_faults_injected_total",
+                    &[
+                        ("route", &r.spec.name),
+                        ("upstream", &t.pool.spec.name),
+                        ("kind", kind),
+                    ],
+                    n.load(Relaxed) as f64,
+                );
+            }
+        }
+    }
 }

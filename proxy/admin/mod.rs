@@ -1,8 +1,10 @@
 //! The admin API, on its own listener: health, status, metrics, reload.
 
+mod auth;
 pub mod client;
 mod metrics;
 mod status;
+mod traffic;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -69,6 +71,15 @@ pub async fn serve(listener: TcpListener, ctx: Arc<AdminCtx>, mut stop: Stop) {
 
 async fn route(ctx: &AdminCtx, req: Request<Incoming>) -> AdminResponse {
     let path = req.uri().path().trim_end_matches('/');
+    // First, so that every endpoint (those added later too) is covered.
+    if let Err(denied) = auth::check(
+        &ctx.shared.snapshot().config.admin,
+        req.method(),
+        path,
+        req.headers(),
+    ) {
+        return unauthorized(denied);
+    }
     match (req.method(), path) {
         (&Method::GET, "/livez") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") if ctx.shared.is_draining() => {
@@ -133,6 +144,18 @@ fn json_response(status: StatusCode, value: &serde_json::Value) -> AdminResponse
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+fn unauthorized(denied: auth::Denied) -> AdminResponse {
+    let mut resp = json_response(
+        StatusCode::UNAUTHORIZED,
+        &json!({ "error": "this admin call needs `Authorization: Bearer <token>` with the token of admin.token_file" }),
+    );
+    resp.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static(denied.challenge()),
     );
     resp
 }

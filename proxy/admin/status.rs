@@ -60,6 +60,8 @@ pub fn render(ctx: &AdminCtx) -> Value {
                     StickyKey::Cookie(c) => json!({ "cookie": c }),
                 }),
                 "override_header": spec.override_header.as_ref().map(|h| h.as_str()),
+                "rate_limit": super::traffic::rate_limit(r),
+                "fault": super::traffic::fault(r),
             })
         })
         .collect();

@@ -13,6 +13,7 @@ use serde_yaml::Value;
 use super::ConfigError;
 use super::duration::DurationStr;
 use super::resilience::{CircuitBreakerFile, HealthCheckFile, RetriesFile};
+use super::traffic::{FaultFile, RateLimitFile};
 
 #[derive(Debug, Default)]
 pub struct FileConfig {
@@ -46,6 +47,8 @@ pub struct Listener {
 #[serde(deny_unknown_fields)]
 pub struct Admin {
     pub bind: Option<String>,
+    pub token_file: Option<String>,
+    pub protect_reads: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -72,6 +75,8 @@ pub struct Route {
     pub sticky: Option<Sticky>,
     pub override_header: Option<String>,
     pub retries: Option<RetriesFile>,
+    pub rate_limit: Option<RateLimitFile>,
+    pub fault: Option<FaultFile>,
 }
 
 #[derive(Debug, Default, Deserialize)]

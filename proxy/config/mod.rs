@@ -7,6 +7,8 @@ pub mod duration;
 pub mod file;
 pub mod model;
 pub mod resilience;
+pub mod secret;
+pub mod traffic;
 pub mod validate;
 
 use std::fmt;

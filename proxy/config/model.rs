@@ -9,6 +9,8 @@ use http::uri::Authority;
 use http::{HeaderName, HeaderValue};
 
 pub use super::resilience::{BreakerConfig, HealthCheck, RetryOn, RetryPolicy};
+pub use super::secret::AdminToken;
+pub use super::traffic::{Fault, FaultAbort, FaultDelay, RateKey, RateLimit};
 
 pub const DEFAULT_ADMIN_BIND: &str = "127.0.0.1:9901";
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -46,6 +48,10 @@ pub struct Listener {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Admin {
     pub bind: SocketAddr,
+    /// When set, mutating admin calls need `Authorization: Bearer <token>`.
+    pub token: Option<AdminToken>,
+    /// With a token, reads (`/status`, `/metrics`, ...) need it too; probes stay open.
+    pub protect_reads: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -88,6 +94,8 @@ pub struct Route {
     pub sticky: Option<StickyKey>,
     pub override_header: Option<HeaderName>,
     pub retries: Option<RetryPolicy>,
+    pub rate_limit: Option<RateLimit>,
+    pub fault: Option<Fault>,
 }
 
 impl Route {

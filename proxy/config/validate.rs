@@ -10,7 +10,8 @@ use http::{HeaderName, HeaderValue};
 
 use super::file::{self, did_you_mean};
 use super::model::*;
-use super::{ConfigError, resilience};
+use super::secret::AdminToken;
+use super::{ConfigError, resilience, traffic};
 
 /// Collects errors while the model is built, so that one pass reports all of them.
 #[derive(Default)]
@@ -31,7 +32,7 @@ pub fn validate(f: file::FileConfig) -> Result<Config, Vec<ConfigError>> {
         .as_ref()
         .and_then(|a| a.bind.as_deref())
         .unwrap_or(DEFAULT_ADMIN_BIND);
-    let admin = socket_addr(admin_bind, "admin.bind", &mut errs).map(|bind| Admin { bind });
+    let admin = admin(f.admin.as_ref(), admin_bind, &mut errs);
     if let Some(admin) = admin.as_ref().filter(|a| a.bind.port() != 0)
         && let Some(i) = listeners.iter().position(|l| l.bind == admin.bind)
     {
@@ -94,6 +95,33 @@ pub fn validate(f: file::FileConfig) -> Result<Config, Vec<ConfigError>> {
         }),
         _ => Err(errs.0),
     }
+}
+
+/// The admin section; a `token_file` is read here, so a missing or empty one is a config error
+/// (at start, `check` and every reload) rather than an admin API that silently stays open.
+fn admin(f: Option<&file::Admin>, bind: &str, errs: &mut Errors) -> Option<Admin> {
+    let bind = socket_addr(bind, "admin.bind", errs);
+    let token = f.and_then(|a| a.token_file.as_deref()).and_then(|p| {
+        match AdminToken::read(std::path::Path::new(p)) {
+            Ok(t) => Some(t),
+            Err(why) => {
+                errs.push("admin.token_file", why);
+                None
+            }
+        }
+    });
+    let protect_reads = f.and_then(|a| a.protect_reads).unwrap_or(false);
+    if protect_reads && f.is_none_or(|a| a.token_file.is_none()) {
+        errs.push(
+            "admin.protect_reads",
+            "needs `admin.token_file`: without a token there is nothing to ask readers for",
+        );
+    }
+    Some(Admin {
+        bind: bind?,
+        token,
+        protect_reads,
+    })
 }
 
 fn listeners(list: &[file::Listener], broken: bool, errs: &mut Errors) -> Vec<Listener> {
@@ -330,6 +358,9 @@ fn route(
         .and_then(|h| header_name(h, &format!("{path}.override_header"), errs));
     let timeout = positive(r.timeout, DEFAULT_ROUTE_TIMEOUT, path, "timeout", errs);
     let retries = resilience::retries(path, r.retries.as_ref(), errs);
+    let rate_limit = traffic::rate_limit(path, r.rate_limit.as_ref(), errs);
+    let split_names: Vec<&str> = r.split.iter().map(|s| s.upstream.as_str()).collect();
+    let fault = traffic::fault(path, r.fault.as_ref(), &split_names, errs);
 
     (errs.0.len() == before).then(|| Route {
         name: r.name.as_str().into(),
@@ -339,6 +370,8 @@ fn route(
         sticky,
         override_header,
         retries,
+        rate_limit,
+        fault,
     })
 }
 

@@ -11,6 +11,7 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::choose::{self, Aim};
+use super::fault;
 use super::forward::{self, Tried};
 use super::handler::{ConnInfo, ProxyBody, error_response};
 use super::headers;
@@ -26,12 +27,29 @@ const IMPLICIT_CONNECT_RETRIES: u32 = 2;
 
 pub async fn proxy(
     route: &RouteRuntime,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
     conn: &ConnInfo,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
-    let deadline = started + route.spec.timeout;
     let aim = Aim::new(route, &req);
+    let injected = match fault::inject(route, &aim, started).await {
+        Ok(injected) => injected,
+        Err(aborted) => return aborted.response(),
+    };
+    let mut resp = send(route, req, conn, aim, started).await;
+    fault::label(&mut resp, &injected);
+    resp
+}
+
+/// Sends a request the split has aimed; its deadline starts now (after any injected delay).
+async fn send(
+    route: &RouteRuntime,
+    mut req: Request<Incoming>,
+    conn: &ConnInfo,
+    aim: Aim,
+    started: Instant,
+) -> Response<ProxyBody> {
+    let deadline = Instant::now() + route.spec.timeout;
     let policy = route.spec.retries.as_ref();
     if let Some(budget) = &route.budget {
         budget.deposit(started);

@@ -42,7 +42,13 @@ pub async fn handle(
         shared.counters.no_route.fetch_add(1, Ordering::Relaxed);
         return error_response(&ProxyError::no_route());
     };
-    attempt::proxy(&snap.routes[route_idx], req, conn).await
+    let route = &snap.routes[route_idx];
+    if let Some(limit) = &route.rate_limit
+        && let Err(limited) = limit.admit(req.headers(), conn.peer.ip(), &route.spec.name)
+    {
+        return limited.response();
+    }
+    attempt::proxy(route, req, conn).await
 }
 
 /// The host the client asked for: the URI's authority (HTTP/2, absolute-form) or `Host`.

@@ -198,7 +198,14 @@ impl Reloader {
 
     fn try_reload(&mut self) -> ReloadResult {
         let text = self.source.read()?;
-        if text == self.text {
+        // The admin token lives in its own file: a rotated token is a change too.
+        let token_changed = self
+            .config
+            .admin
+            .token
+            .as_ref()
+            .is_some_and(|t| t.file_changed());
+        if text == self.text && !token_changed {
             return Ok(ReloadOutcome::Unchanged {
                 generation: self.generation,
             });
@@ -208,7 +215,7 @@ impl Reloader {
             Some(set) => Some(set.prepare(&config).map_err(ConfigErrors)?),
             None => None,
         };
-        if config.admin != self.config.admin {
+        if config.admin.bind != self.config.admin.bind {
             tracing::warn!("admin.bind changed; the admin listener moves only on restart");
         }
 

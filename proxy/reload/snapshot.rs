@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use crate::backend::Backend;
 use crate::config::Config;
 use crate::config::model::{Route, Upstream};
+use crate::http::fault::RouteFault;
+use crate::http::ratelimit::RouteRateLimit;
 use crate::http::route::Router;
 use crate::http::split::Split;
 use crate::stats::{RequestCounters, RetryBudget, ShadowStats, StatsRegistry, TargetStats};
@@ -55,6 +57,10 @@ pub struct RouteRuntime {
     pub budget: Option<Arc<RetryBudget>>,
     /// What the route's shadow traffic found (kept across reloads).
     pub shadow_stats: Arc<ShadowStats>,
+    /// Present when the route has a `rate_limit`.
+    pub rate_limit: Option<RouteRateLimit>,
+    /// Present when the route has a `fault`.
+    pub fault: Option<RouteFault>,
     seq: AtomicU64,
 }
 
@@ -125,7 +131,20 @@ pub fn build(
                 .retries
                 .as_ref()
                 .map(|r| stats.budget(&spec.name, r.budget_percent, r.min_per_second));
+            let rate_limit = spec.rate_limit.as_ref().map(|rl| {
+                RouteRateLimit::new(
+                    rl,
+                    stats.rate_state(&spec.name, rl),
+                    stats.rate_counts(&spec.name),
+                )
+            });
+            let fault = spec
+                .fault
+                .as_ref()
+                .map(|f| RouteFault::new(f, &names, |u| stats.fault_counts(&spec.name, u)));
             RouteRuntime {
+                rate_limit,
+                fault,
                 split: Split::new(&names, live, spec.sticky.is_some()),
                 spec: Arc::clone(spec),
                 targets,

@@ -5,7 +5,9 @@ use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
 use std::sync::Arc;
 
+use super::traffic::{FaultCounts, RateLimitCounts, RateState};
 use super::{RequestCounters, RetryBudget, ShadowStats, TargetStats};
+use crate::config::model::{RateKey, RateLimit};
 
 /// A map that forgets entries not asked for since the last [`Kept::retain_seen`].
 struct Kept<K, V> {
@@ -56,6 +58,9 @@ pub struct StatsRegistry {
     targets: Kept<(Name, Name), TargetStats>,
     budgets: Kept<Name, RetryBudget>,
     shadows: Kept<Name, ShadowStats>,
+    rate_states: Kept<Name, RateState>,
+    rate_counts: Kept<Name, RateLimitCounts>,
+    fault_counts: Kept<(Name, Name), FaultCounts>,
 }
 
 impl StatsRegistry {
@@ -66,6 +71,9 @@ impl StatsRegistry {
             targets: Kept::default(),
             budgets: Kept::default(),
             shadows: Kept::default(),
+            rate_states: Kept::default(),
+            rate_counts: Kept::default(),
+            fault_counts: Kept::default(),
         }
     }
 
@@ -107,12 +115,39 @@ impl StatsRegistry {
         self.shadows.get_or(Arc::clone(route), ShadowStats::default)
     }
 
+    /// The route's token buckets; a changed `rate_limit` starts them over.
+    pub fn rate_state(&mut self, route: &Name, spec: &RateLimit) -> Arc<RateState> {
+        let key = Arc::clone(route);
+        match self.rate_states.get_if(&key, |s| s.same_spec(spec)) {
+            Some(s) => s,
+            None => {
+                let keyed = spec.key != RateKey::Route;
+                self.rate_states.replace(key, RateState::new(spec, keyed))
+            }
+        }
+    }
+
+    pub fn rate_counts(&mut self, route: &Name) -> Arc<RateLimitCounts> {
+        self.rate_counts
+            .get_or(Arc::clone(route), RateLimitCounts::default)
+    }
+
+    pub fn fault_counts(&mut self, route: &Name, upstream: &str) -> Arc<FaultCounts> {
+        self.fault_counts.get_or(
+            (Arc::clone(route), Arc::from(upstream)),
+            FaultCounts::default,
+        )
+    }
+
     /// Forgets every statistic not asked for since the last call (after a snapshot build).
     pub fn retain_seen(&mut self) {
         self.counters.retain_seen();
         self.targets.retain_seen();
         self.budgets.retain_seen();
         self.shadows.retain_seen();
+        self.rate_states.retain_seen();
+        self.rate_counts.retain_seen();
+        self.fault_counts.retain_seen();
     }
 }
 

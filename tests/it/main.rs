@@ -4,7 +4,9 @@
 mod support;
 
 mod admin;
+mod admin_auth;
 mod cli;
+mod edge_traffic;
 mod forward;
 mod lifecycle;
 mod metrics;
