@@ -73,6 +73,8 @@ errors = d.get("errorDistribution", {})
 total = sum(codes.values()) + sum(errors.values())
 non2xx = sum(v for k, v in codes.items() if not k.startswith("2"))
 print(f"requests: {total}, non-2xx: {non2xx}, socket errors: {sum(errors.values())}, status codes: {codes}")
+# oha cancels what is still in flight when -z runs out ("aborted due to deadline"): not failures.
+if errors: print(f"errors by kind: {errors}")
 PY
 ts() { date -d "$(echo "$1" | awk '{print $1}')" +%s.%N; }
 OPENED=$(grep -m1 "circuit breaker opened" "$W/switchyard.log" | awk '{print $1}')
