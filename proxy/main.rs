@@ -56,8 +56,34 @@ enum Command {
         #[arg(long)]
         workers: Option<usize>,
     },
-    /// Show what a running switchyard is doing (its /status).
+    /// Show what a running switchyard is doing (its /status), or one route's rollout.
     Status {
+        /// A route: show its rollout (GET /rollouts/ROUTE) instead.
+        route: Option<String>,
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: SocketAddr,
+    },
+    /// Move a route's rollout to its next step now (or finish it).
+    Promote {
+        route: String,
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: SocketAddr,
+    },
+    /// Hold a route's rollout at its step.
+    Pause {
+        route: String,
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: SocketAddr,
+    },
+    /// Continue a paused rollout.
+    Resume {
+        route: String,
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: SocketAddr,
+    },
+    /// Roll a route's rollout back to stable now.
+    Abort {
+        route: String,
         #[arg(long, default_value = "127.0.0.1:9901")]
         admin: SocketAddr,
     },
@@ -120,18 +146,32 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             )
             .await
         }
-        Command::Status { admin } => {
-            let (status, body) = admin::client::call(admin, Method::GET, "/status")
-                .await
-                .map_err(anyhow::Error::msg)?;
-            println!("{body}");
-            Ok(if status == 200 {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+        Command::Status { route, admin } => {
+            let path = route.map_or_else(|| "/status".to_owned(), |r| format!("/rollouts/{r}"));
+            admin_call(admin, Method::GET, &path).await
         }
+        Command::Promote { route, admin } => rollout_op(admin, &route, "promote").await,
+        Command::Pause { route, admin } => rollout_op(admin, &route, "pause").await,
+        Command::Resume { route, admin } => rollout_op(admin, &route, "resume").await,
+        Command::Abort { route, admin } => rollout_op(admin, &route, "abort").await,
     }
+}
+
+async fn rollout_op(admin: SocketAddr, route: &str, op: &str) -> anyhow::Result<ExitCode> {
+    admin_call(admin, Method::POST, &format!("/rollouts/{route}/{op}")).await
+}
+
+/// Prints the admin API's answer; exits 1 unless it is a 200.
+async fn admin_call(admin: SocketAddr, method: Method, path: &str) -> anyhow::Result<ExitCode> {
+    let (status, body) = admin::client::call(admin, method, path)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    println!("{body}");
+    Ok(if status == 200 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 async fn serve(opts: Options, what: &str) -> anyhow::Result<ExitCode> {

@@ -9,6 +9,7 @@ use http::uri::Authority;
 use http::{HeaderName, HeaderValue};
 
 pub use super::resilience::{BreakerConfig, HealthCheck, RetryOn, RetryPolicy};
+pub use super::rollout::RolloutSpec;
 
 pub const DEFAULT_ADMIN_BIND: &str = "127.0.0.1:9901";
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -88,6 +89,7 @@ pub struct Route {
     pub sticky: Option<StickyKey>,
     pub override_header: Option<HeaderName>,
     pub retries: Option<RetryPolicy>,
+    pub rollout: Option<Arc<RolloutSpec>>,
 }
 
 impl Route {

@@ -10,7 +10,7 @@ use http::{HeaderName, HeaderValue};
 
 use super::file::{self, did_you_mean};
 use super::model::*;
-use super::{ConfigError, resilience};
+use super::{ConfigError, resilience, rollout};
 
 /// Collects errors while the model is built, so that one pass reports all of them.
 #[derive(Default)]
@@ -330,6 +330,8 @@ fn route(
         .and_then(|h| header_name(h, &format!("{path}.override_header"), errs));
     let timeout = positive(r.timeout, DEFAULT_ROUTE_TIMEOUT, path, "timeout", errs);
     let retries = resilience::retries(path, r.retries.as_ref(), errs);
+    let names: Vec<&str> = r.split.iter().map(|s| s.upstream.as_str()).collect();
+    let rollout = rollout::rollout(path, r.rollout.as_ref(), &names, errs).map(Arc::new);
 
     (errs.0.len() == before).then(|| Route {
         name: r.name.as_str().into(),
@@ -339,6 +341,7 @@ fn route(
         sticky,
         override_header,
         retries,
+        rollout,
     })
 }
 
