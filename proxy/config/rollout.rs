@@ -288,7 +288,7 @@ fn gates(path: &str, f: &GatesFile, errs: &mut Errors) -> Gates {
     if let Some(r) = f.max_p99_ratio.filter(|r| !(*r >= 1.0 && r.is_finite())) {
         errs.push(
             format!("{path}.max_p99_ratio"),
-            format!("{r} would fail a canary exactly as fast as stable; write 1 or more, e.g. 1.5"),
+            format!("{r} would fail a canary that is as fast as stable; write 1 or more, e.g. 1.5"),
         );
     }
     if f.max_p99_ms == Some(0) {
