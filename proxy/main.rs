@@ -55,6 +55,9 @@ enum Command {
         /// Worker threads (default: TOKIO_WORKER_THREADS, else one per CPU).
         #[arg(long)]
         workers: Option<usize>,
+        /// Also run a canary rollout of green (10 -> 25 -> 50 -> 100 %) driven by its gates.
+        #[arg(long)]
+        rollout: bool,
     },
     /// Show what a running switchyard is doing (its /status), or one route's rollout.
     Status {
@@ -138,11 +141,13 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             listen,
             admin,
             workers,
+            rollout,
         } => {
             run_demo(
                 listen,
                 admin,
                 workers.unwrap_or_else(server::workers::default_count),
+                rollout,
             )
             .await
         }
@@ -220,6 +225,7 @@ async fn run_demo(
     listen: SocketAddr,
     admin_addr: SocketAddr,
     workers: usize,
+    rollout: bool,
 ) -> anyhow::Result<ExitCode> {
     let any = SocketAddr::from(([127, 0, 0, 1], 0));
     let blue = demo::color_backend("blue", any)
@@ -229,8 +235,12 @@ async fn run_demo(
         .await
         .context("starting the green backend")?;
     let path = demo::config_path().context("creating the demo config directory")?;
-    std::fs::write(&path, demo::config_text(listen, admin_addr, blue, green))
-        .with_context(|| format!("writing {}", path.display()))?;
+    let mut text = demo::config_text(listen, admin_addr, blue, green);
+    if rollout {
+        let state = path.with_file_name("state");
+        text.push_str(&demo::rollout_text(&state));
+    }
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     println!(
         "\nswitchyard demo\n\
          \x20 proxy     http://{listen}/   (90% blue, 10% green)\n\
@@ -243,6 +253,16 @@ async fn run_demo(
          \x20 curl -s -H 'x-switchyard-upstream: green' http://{listen}/\n",
         path.display()
     );
+    if rollout {
+        println!(
+            "Canary rollout of green: 10 -> 25 -> 50 -> 100 %, a step every 10 s once green has\n\
+             20 requests at it. Keep traffic flowing (the loop above, in a `while true`) and watch:\n\
+             \x20 switchyard status demo --admin {admin_addr}\n\
+             Make green fail and see it rolled back within a second:\n\
+             \x20 for i in $(seq 200); do curl -s -H '{}: 1' http://{listen}/; done\n",
+            demo::DEMO_FAIL_HEADER
+        );
+    }
     let opts = Options {
         source: ConfigSource::File(path.clone()),
         watch: true,
