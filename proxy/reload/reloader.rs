@@ -323,3 +323,7 @@ impl Reloader {
         })
     }
 }
+
+#[cfg(test)]
+#[path = "weights_tests.rs"]
+mod weights_tests;
