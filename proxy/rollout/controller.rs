@@ -9,10 +9,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::engine::{Counts, Latency, Op, Rollout, Sample};
+use super::engine::{Counts, Latency, Rollout, Sample};
+use super::handle::{Request, RolloutHandle, view};
 use super::journal::{Entry, Journal, Saved};
 use super::machine::State;
 use crate::config::Config;
@@ -25,55 +26,6 @@ use crate::stats::TargetStats;
 
 /// How often rollouts are looked at.
 pub const TICK: Duration = Duration::from_millis(100);
-
-type Reply = oneshot::Sender<Result<Value, (u16, String)>>;
-
-struct Request {
-    route: String,
-    op: Op,
-    reply: Reply,
-}
-
-/// What the admin API reads and sends; cheap to clone.
-#[derive(Clone)]
-pub struct RolloutHandle {
-    tx: mpsc::Sender<Request>,
-    views: Arc<Mutex<BTreeMap<String, Value>>>,
-}
-
-impl RolloutHandle {
-    pub fn list(&self) -> Vec<Value> {
-        self.views
-            .lock()
-            .map(|v| v.values().cloned().collect())
-            .unwrap_or_default()
-    }
-
-    pub fn get(&self, route: &str) -> Option<Value> {
-        self.views.lock().ok()?.get(route).cloned()
-    }
-
-    /// `switchyard_rollout_step`: (route, step).
-    pub fn steps(&self) -> Vec<(String, f64)> {
-        self.list()
-            .iter()
-            .filter_map(|v| Some((v["route"].as_str()?.to_owned(), v["step_metric"].as_f64()?)))
-            .collect()
-    }
-
-    /// Runs an operator command; the error is (HTTP status, message).
-    pub async fn command(&self, route: &str, op: Op) -> Result<Value, (u16, String)> {
-        let (reply, rx) = oneshot::channel();
-        let gone = || (503, "switchyard is shutting down".to_owned());
-        let req = Request {
-            route: route.to_owned(),
-            op,
-            reply,
-        };
-        self.tx.send(req).await.map_err(|_| gone())?;
-        rx.await.map_err(|_| gone())?
-    }
-}
 
 pub struct Controller {
     shared: Arc<Shared>,
@@ -390,33 +342,4 @@ fn counts(t: &TargetStats) -> Counts {
         requests: t.requests(),
         failures: t.failures(),
     }
-}
-
-fn view(r: &Rollout, weights: Vec<Value>, now: Instant, persistent: bool) -> Value {
-    let steps = r.spec.step_count();
-    let step_metric = match r.state {
-        State::Pending => 0.0,
-        State::Progressing { step } | State::Paused { step } => step as f64,
-        State::Promoted => steps as f64,
-        State::RolledBack | State::Aborted => -1.0,
-    };
-    json!({
-        "route": &*r.route,
-        "strategy": r.spec.strategy,
-        "stable": r.spec.stable,
-        "canary": r.spec.canary,
-        "state": r.state.name(),
-        "step": r.state.step(),
-        "steps": &r.spec.steps[..steps],
-        "step_metric": step_metric,
-        "canary_weight": r.canary_weight(),
-        "weights": weights,
-        "step_elapsed_ms": r.step_elapsed(now).as_millis() as u64,
-        "spec": &*r.spec,
-        "fingerprint": r.fingerprint,
-        "persistent": persistent,
-        "last_decision": r.decisions.back(),
-        "decisions": r.decisions,
-        "history": r.history,
-    })
 }
