@@ -10,7 +10,7 @@ use crate::config::rollout::{Gates, OnFailure, RolloutSpec};
 use crate::stats::ShadowCounts;
 
 /// What one arm did over a window.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Arm {
     pub requests: u64,
     /// Upstream failures: 5xx, timeouts, connect failures, resets.
@@ -22,6 +22,19 @@ pub struct Arm {
 impl Arm {
     pub fn error_rate(&self) -> Option<f64> {
         (self.requests > 0).then(|| self.failures as f64 / self.requests as f64)
+    }
+}
+
+/// With its error rate spelt out, so a decision record reads without arithmetic.
+impl Serialize for Arm {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("Arm", 4)?;
+        st.serialize_field("requests", &self.requests)?;
+        st.serialize_field("failures", &self.failures)?;
+        st.serialize_field("error_rate", &self.error_rate())?;
+        st.serialize_field("p99_ms", &self.p99_ms)?;
+        st.end()
     }
 }
 
@@ -46,9 +59,10 @@ pub struct Inputs {
 
 fn shadow_json<S: serde::Serializer>(c: &ShadowCounts, s: S) -> Result<S::Ok, S::Error> {
     use serde::ser::SerializeStruct;
-    let mut st = s.serialize_struct("Shadow", 2)?;
+    let mut st = s.serialize_struct("Shadow", 3)?;
     st.serialize_field("compared", &c.compared)?;
     st.serialize_field("mismatched", &c.mismatched)?;
+    st.serialize_field("mismatch_rate", &c.mismatch_rate())?;
     st.end()
 }
 

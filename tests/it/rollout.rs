@@ -248,6 +248,9 @@ async fn a_canary_failing_5_percent_is_rolled_back_at_its_first_step() {
         .unwrap();
     assert_eq!(gate["status"], "fail", "{d:#}");
     assert!(d["inputs"]["canary"]["requests"].as_u64().unwrap() >= 40);
+    let rate = d["inputs"]["canary"]["error_rate"].as_f64().unwrap();
+    assert!(rate > 0.01 && rate < 0.1, "{d:#}");
+    assert_eq!(d["thresholds"]["max_error_rate"], 0.01);
     assert!(
         d["reason"].as_str().unwrap().contains("error_rate"),
         "{d:#}"
