@@ -31,6 +31,7 @@ pub struct Controller {
     shared: Arc<Shared>,
     reload: ReloadHandle,
     journal: Journal,
+    /// What the state file held at start, until the first reconcile picks it up.
     saved: BTreeMap<String, Saved>,
     rollouts: BTreeMap<Arc<str>, Rollout>,
     views: Arc<Mutex<BTreeMap<String, Value>>>,
@@ -78,6 +79,9 @@ impl Controller {
             rx,
         };
         c.reconcile(config, Instant::now());
+        for route in std::mem::take(&mut c.saved).keys() {
+            tracing::warn!(route = %route, "the state file has a rollout for a route that has none in the config; dropped");
+        }
         c.publish_views(Instant::now());
         (c, RolloutHandle { tx, views })
     }
@@ -160,12 +164,11 @@ impl Controller {
     }
 
     fn save(&self) {
-        let mut all: BTreeMap<String, Saved> = self.saved.clone();
-        all.extend(
-            self.rollouts
-                .values()
-                .map(|r| (r.route.to_string(), r.saved())),
-        );
+        let all: BTreeMap<String, Saved> = self
+            .rollouts
+            .values()
+            .map(|r| (r.route.to_string(), r.saved()))
+            .collect();
         self.journal.save(&all);
     }
 
