@@ -147,6 +147,16 @@ impl Controller {
                 self.journal.append(&entry);
                 r.record(entry);
             }
+            // Started here rather than on the next tick, so a command sent at once finds it going.
+            if r.state == State::Pending
+                && let Ok(change) = r.transition(
+                    State::Progressing { step: 0 },
+                    "rollout started".into(),
+                    now,
+                )
+            {
+                record(&self.journal, &mut r, route, change, generation);
+            }
             next.insert(name, r);
         }
         let gone: Vec<Arc<str>> = self
@@ -346,3 +356,7 @@ fn counts(t: &TargetStats) -> Counts {
         failures: t.failures(),
     }
 }
+
+#[cfg(test)]
+#[path = "controller_tests.rs"]
+mod tests;
