@@ -606,3 +606,28 @@ async fn blue_green_promotes_on_preview_gates_and_rolls_back_when_the_watch_fail
     );
     all_to_stable(&p, &blue, &green).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_failure_pause_holds_the_weights_for_an_operator() {
+    let (stable, canary) = backends().await;
+    canary.set_failing(5);
+    let p = Proxy::start(&config(
+        &stable,
+        &canary,
+        "{ strategy: canary, stable: stable, canary: canary, steps: [10, 50, 100], step_interval: 200ms, on_failure: pause, gates: { min_requests: 40, abort_error_rate: 0.5, max_p99_ms: 5000 } }",
+        "",
+    ))
+    .await;
+    let traffic = load(p.url("/"), 4, &[]);
+    let v = wait_rollout(&p, "paused", |v| v["state"] == "paused").await;
+    traffic.finish().await;
+    assert_eq!(state(&v), ("paused", Some(0)));
+    assert_eq!(v["last_decision"]["verdict"], "pause");
+    assert_eq!(
+        weights(&v),
+        [90, 10],
+        "the canary keeps its share until someone decides"
+    );
+    let (code, v) = post(&p, "/rollouts/r/abort").await;
+    assert_eq!((code, weights(&v)), (200, vec![100, 0]));
+}
