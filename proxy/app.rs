@@ -10,6 +10,7 @@ use tokio::task::JoinHandle;
 use crate::admin::{self, AdminCtx};
 use crate::config::{ConfigError, ConfigErrors};
 use crate::reload::{ConfigSource, ReloadHandle, Reloader, watcher};
+use crate::rollout::Controller;
 use crate::server::conn::ServeCtx;
 use crate::server::listener::{self, ListenerSet};
 use crate::server::shutdown::{StopTrigger, Tracker, stop_pair};
@@ -46,7 +47,9 @@ pub struct Running {
     tracker: Tracker,
     stop_reloader: StopTrigger,
     stop_admin: StopTrigger,
+    stop_rollouts: StopTrigger,
     reloader: JoinHandle<()>,
+    rollouts: JoinHandle<()>,
     admin: JoinHandle<()>,
     workers: Workers,
     _watch: Option<watcher::WatchGuard>,
@@ -64,6 +67,11 @@ pub async fn start(opts: Options) -> Result<Running, ConfigErrors> {
     let config = Arc::clone(reloader.config());
     let shared = Arc::clone(reloader.shared());
     let tracker = Tracker::default();
+    // Rollouts resumed from the state file set their weights before the first request.
+    let (controller, rollouts) = Controller::new(&config, Arc::clone(&shared), reload.clone());
+    for (route, weights) in controller.initial_weights(&config) {
+        reloader.set_weights(route, Some(weights));
+    }
 
     let admin_std = listener::bind(config.admin.bind).map_err(|e| {
         ConfigErrors(vec![listener::bind_error(
@@ -105,12 +113,16 @@ pub async fn start(opts: Options) -> Result<Running, ConfigErrors> {
     let (stop_reloader, reloader_signal) = stop_pair();
     let reloader_task = tokio::spawn(reloader.run(reloader_signal));
 
+    let (stop_rollouts, rollouts_signal) = stop_pair();
+    let rollouts_task = tokio::spawn(controller.run(rollouts_signal));
+
     let (stop_admin, admin_signal) = stop_pair();
     let admin_ctx = Arc::new(AdminCtx {
         shared: Arc::clone(&shared),
         reload: reload.clone(),
         tracker: tracker.clone(),
         started: Instant::now(),
+        rollouts,
     });
     let admin_task = tokio::spawn(admin::serve(admin_listener, admin_ctx, admin_signal));
     tracing::info!(admin = %admin_addr, workers = workers.len(), generation = 1, "switchyard started");
@@ -123,7 +135,9 @@ pub async fn start(opts: Options) -> Result<Running, ConfigErrors> {
         tracker,
         stop_reloader,
         stop_admin,
+        stop_rollouts,
         reloader: reloader_task,
+        rollouts: rollouts_task,
         admin: admin_task,
         workers,
         _watch: watch,
@@ -154,6 +168,8 @@ impl Running {
     pub async fn shutdown(self) -> bool {
         self.shared.start_draining();
         tracing::info!(connections = self.tracker.live(), timeout = ?self.drain_timeout, "draining");
+        self.stop_rollouts.fire();
+        let _ = self.rollouts.await;
         self.stop_reloader.fire();
         let _ = self.reloader.await;
         let drained = tokio::time::timeout(self.drain_timeout, self.tracker.wait_idle())

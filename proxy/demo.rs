@@ -15,6 +15,18 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
+/// A request with this header fails (500) when the green backend answers it.
+pub const DEMO_FAIL_HEADER: &str = "x-demo-fail";
+
+/// The demo's canary rollout of green (appended to [`config_text`] by `switchyard demo
+/// --rollout`): steps every 10 s once green has 20 requests at the step; state in `state_dir`.
+pub fn rollout_text(state_dir: &std::path::Path) -> String {
+    format!(
+        "    rollout:\n      strategy: canary\n      stable: blue\n      canary: green\n      steps: [10, 25, 50, 100]\n      step_interval: 10s\n      gates: {{ min_requests: 20, max_error_rate: 0.02 }}\nstate_dir: \"{}\"\n",
+        state_dir.display()
+    )
+}
+
 /// Starts a backend on `addr` that answers every request with its color.
 pub async fn color_backend(color: &'static str, addr: SocketAddr) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
@@ -29,6 +41,10 @@ pub async fn color_backend(color: &'static str, addr: SocketAddr) -> std::io::Re
                 let service = service_fn(move |req: Request<Incoming>| async move {
                     let body = format!("{color} {} {}\n", req.method(), req.uri().path());
                     let mut resp = Response::new(Full::new(Bytes::from(body)));
+                    // Lets a demo user make the new version (green) fail and watch the rollback.
+                    if color == "green" && req.headers().contains_key(DEMO_FAIL_HEADER) {
+                        *resp.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+                    }
                     resp.headers_mut()
                         .insert("x-color", HeaderValue::from_static(color));
                     resp.headers_mut()

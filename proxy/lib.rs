@@ -21,6 +21,8 @@
 //! - [`backend`]: [`backend::registry`] (state by upstream + address, kept across reloads),
 //!   [`backend::state`], [`backend::transport`] (a connection pool per backend).
 //! - [`stats`]: lock-free counters kept across reloads; Prometheus text exposition.
+//! - [`rollout`]: canary and blue-green rollouts: a pure policy, a state machine, a controller
+//!   that sends weights to the reloader, and a journal.
 //! - [`admin`]: the admin HTTP API and its client for the CLI.
 //! - [`body`]: the streaming request and response bodies; [`error`]: one error type, one map
 //!   to status codes; [`shared`]: what every task reads; [`shard`]: which worker thread this
@@ -36,6 +38,7 @@ pub mod demo;
 pub mod error;
 pub mod http;
 pub mod reload;
+pub mod rollout;
 pub mod server;
 pub mod shard;
 pub mod shared;

@@ -59,9 +59,38 @@ enum Command {
         /// Worker threads (default: TOKIO_WORKER_THREADS, else one per CPU).
         #[arg(long)]
         workers: Option<usize>,
+        /// Also run a canary rollout of green (10 -> 25 -> 50 -> 100 %) driven by its gates.
+        #[arg(long)]
+        rollout: bool,
     },
-    /// Show what a running switchyard is doing (its /status).
+    /// Show what a running switchyard is doing (its /status), or one route's rollout.
     Status {
+        /// A route: show its rollout (GET /rollouts/ROUTE) instead.
+        route: Option<String>,
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: SocketAddr,
+    },
+    /// Move a route's rollout to its next step now (or finish it).
+    Promote {
+        route: String,
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: SocketAddr,
+    },
+    /// Hold a route's rollout at its step.
+    Pause {
+        route: String,
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: SocketAddr,
+    },
+    /// Continue a paused rollout.
+    Resume {
+        route: String,
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: SocketAddr,
+    },
+    /// Roll a route's rollout back to stable now.
+    Abort {
+        route: String,
         #[arg(long, default_value = "127.0.0.1:9901")]
         admin: SocketAddr,
     },
@@ -122,26 +151,42 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             listen,
             admin,
             workers,
+            rollout,
         } => {
             run_demo(
                 listen,
                 admin,
                 workers.unwrap_or_else(server::workers::default_count),
+                rollout,
             )
             .await
         }
-        Command::Status { admin } => {
-            let (status, body) = admin::client::call(admin, Method::GET, "/status")
-                .await
-                .map_err(anyhow::Error::msg)?;
-            println!("{body}");
-            Ok(if status == 200 {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+        Command::Status { route, admin } => {
+            let path = route.map_or_else(|| "/status".to_owned(), |r| format!("/rollouts/{r}"));
+            admin_call(admin, Method::GET, &path).await
         }
+        Command::Promote { route, admin } => rollout_op(admin, &route, "promote").await,
+        Command::Pause { route, admin } => rollout_op(admin, &route, "pause").await,
+        Command::Resume { route, admin } => rollout_op(admin, &route, "resume").await,
+        Command::Abort { route, admin } => rollout_op(admin, &route, "abort").await,
     }
+}
+
+async fn rollout_op(admin: SocketAddr, route: &str, op: &str) -> anyhow::Result<ExitCode> {
+    admin_call(admin, Method::POST, &format!("/rollouts/{route}/{op}")).await
+}
+
+/// Prints the admin API's answer; exits 1 unless it is a 200.
+async fn admin_call(admin: SocketAddr, method: Method, path: &str) -> anyhow::Result<ExitCode> {
+    let (status, body) = admin::client::call(admin, method, path)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    println!("{body}");
+    Ok(if status == 200 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 async fn serve(opts: Options, what: &str) -> anyhow::Result<ExitCode> {
@@ -190,6 +235,7 @@ async fn run_demo(
     listen: SocketAddr,
     admin_addr: SocketAddr,
     workers: usize,
+    rollout: bool,
 ) -> anyhow::Result<ExitCode> {
     let any = SocketAddr::from(([127, 0, 0, 1], 0));
     let blue = demo::color_backend("blue", any)
@@ -199,8 +245,12 @@ async fn run_demo(
         .await
         .context("starting the green backend")?;
     let path = demo::config_path().context("creating the demo config directory")?;
-    std::fs::write(&path, demo::config_text(listen, admin_addr, blue, green))
-        .with_context(|| format!("writing {}", path.display()))?;
+    let mut text = demo::config_text(listen, admin_addr, blue, green);
+    if rollout {
+        let state = path.with_file_name("state");
+        text.push_str(&demo::rollout_text(&state));
+    }
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     println!(
         "\nswitchyard demo\n\
          \x20 proxy     http://{listen}/   (90% blue, 10% green)\n\
@@ -213,6 +263,16 @@ async fn run_demo(
          \x20 curl -s -H 'x-switchyard-upstream: green' http://{listen}/\n",
         path.display()
     );
+    if rollout {
+        println!(
+            "Canary rollout of green: 10 -> 25 -> 50 -> 100 %, a step every 10 s once green has\n\
+             20 requests at it. Keep traffic flowing (the loop above, in a `while true`) and watch:\n\
+             \x20 switchyard status demo --admin {admin_addr}\n\
+             Make green fail and see it rolled back within a second:\n\
+             \x20 for i in $(seq 200); do curl -s -H '{}: 1' http://{listen}/; done\n",
+            demo::DEMO_FAIL_HEADER
+        );
+    }
     let opts = Options {
         source: ConfigSource::File(path.clone()),
         watch: true,

@@ -63,6 +63,15 @@ pub fn render(ctx: &AdminCtx) -> String {
     }
 
     e.family(
+        "switchyard_rollout_step",
+        "gauge",
+        "Step index of each route's rollout (the number of steps once promoted, -1 once rolled back or aborted).",
+    );
+    for (route, step) in ctx.rollouts.steps() {
+        e.sample("switchyard_rollout_step", &[("route", &route)], step);
+    }
+
+    e.family(
         "switchyard_request_duration_seconds",
         "histogram",
         "Time from a request's arrival to the last byte of its response, by route and upstream answering.",

@@ -3,6 +3,7 @@
 mod auth;
 pub mod client;
 mod metrics;
+mod rollouts;
 mod status;
 mod traffic;
 
@@ -30,6 +31,7 @@ pub struct AdminCtx {
     pub reload: ReloadHandle,
     pub tracker: Tracker,
     pub started: Instant,
+    pub rollouts: crate::rollout::RolloutHandle,
 }
 
 type AdminResponse = Response<Full<Bytes>>;
@@ -96,12 +98,15 @@ async fn route(ctx: &AdminCtx, req: Request<Incoming>) -> AdminResponse {
             resp
         }
         (&Method::POST, "/reload") => reload(ctx).await,
+        (_, p) if p == "/rollouts" || p.starts_with("/rollouts/") => {
+            rollouts::route(ctx, req.method(), p).await
+        }
         (_, "/livez" | "/readyz" | "/status" | "/metrics") => method_not_allowed("GET"),
         (_, "/reload") => method_not_allowed("POST"),
         _ => json_response(
             StatusCode::NOT_FOUND,
             &json!({ "error": format!("no admin endpoint {path}"),
-                     "endpoints": ["GET /livez", "GET /readyz", "GET /status", "GET /metrics", "POST /reload"] }),
+                     "endpoints": ["GET /livez", "GET /readyz", "GET /status", "GET /metrics", "POST /reload", "GET /rollouts", "GET /rollouts/{route}", "POST /rollouts/{route}/{promote|pause|resume|abort}"] }),
         ),
     }
 }

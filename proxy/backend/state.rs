@@ -142,9 +142,14 @@ impl BackendState {
             self.stats.latency.record(t, now);
             self.stats.latency_buckets.record(t);
         }
-        self.breaker
+        let transition = self
+            .breaker
             .load()
-            .on_result(admission, outcome.is_failure(), now)
+            .on_result(admission, outcome.is_failure(), now);
+        if matches!(transition, Some(Transition::Opened { .. })) {
+            self.stats.breaker_opens.fetch_add(1, Ordering::Relaxed);
+        }
+        transition
     }
 }
 
@@ -357,6 +362,21 @@ mod tests {
             open_for: Duration::from_secs(5),
             ..BreakerConfig::default()
         })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn breaker_opens_are_counted_for_rollouts() {
+        let cfg = BreakerConfig {
+            consecutive_failures: 2,
+            ..BreakerConfig::default()
+        };
+        let addr = crate::config::validate::backend_addr("h:1").unwrap();
+        let b = BackendState::new("u".into(), addr, cfg, 1);
+        for _ in 0..3 {
+            let (ticket, _) = b.admit(Instant::now());
+            b.record(Outcome::ServerError, ticket, None, Instant::now());
+        }
+        assert_eq!(b.stats.breaker_opens.load(Ordering::Relaxed), 1);
     }
 
     #[tokio::test(start_paused = true)]

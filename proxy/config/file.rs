@@ -14,6 +14,7 @@ use super::ConfigError;
 use super::duration::DurationStr;
 use super::resilience::{CircuitBreakerFile, HealthCheckFile, RetriesFile};
 use super::traffic::{FaultFile, RateLimitFile};
+use super::rollout::RolloutFile;
 
 #[derive(Debug, Default)]
 pub struct FileConfig {
@@ -77,6 +78,7 @@ pub struct Route {
     pub retries: Option<RetriesFile>,
     pub rate_limit: Option<RateLimitFile>,
     pub fault: Option<FaultFile>,
+    pub rollout: Option<RolloutFile>,
 }
 
 #[derive(Debug, Default, Deserialize)]

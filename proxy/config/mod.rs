@@ -9,6 +9,7 @@ pub mod model;
 pub mod resilience;
 pub mod secret;
 pub mod traffic;
+pub mod rollout;
 pub mod validate;
 
 use std::fmt;

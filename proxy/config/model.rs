@@ -11,6 +11,7 @@ use http::{HeaderName, HeaderValue};
 pub use super::resilience::{BreakerConfig, HealthCheck, RetryOn, RetryPolicy};
 pub use super::secret::AdminToken;
 pub use super::traffic::{Fault, FaultAbort, FaultDelay, RateKey, RateLimit};
+pub use super::rollout::RolloutSpec;
 
 pub const DEFAULT_ADMIN_BIND: &str = "127.0.0.1:9901";
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -96,6 +97,7 @@ pub struct Route {
     pub retries: Option<RetryPolicy>,
     pub rate_limit: Option<RateLimit>,
     pub fault: Option<Fault>,
+    pub rollout: Option<Arc<RolloutSpec>>,
 }
 
 impl Route {

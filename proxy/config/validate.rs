@@ -11,7 +11,7 @@ use http::{HeaderName, HeaderValue};
 use super::file::{self, did_you_mean};
 use super::model::*;
 use super::secret::AdminToken;
-use super::{ConfigError, resilience, traffic};
+use super::{ConfigError, resilience, rollout, traffic};
 
 /// Collects errors while the model is built, so that one pass reports all of them.
 #[derive(Default)]
@@ -359,8 +359,9 @@ fn route(
     let timeout = positive(r.timeout, DEFAULT_ROUTE_TIMEOUT, path, "timeout", errs);
     let retries = resilience::retries(path, r.retries.as_ref(), errs);
     let rate_limit = traffic::rate_limit(path, r.rate_limit.as_ref(), errs);
-    let split_names: Vec<&str> = r.split.iter().map(|s| s.upstream.as_str()).collect();
-    let fault = traffic::fault(path, r.fault.as_ref(), &split_names, errs);
+    let names: Vec<&str> = r.split.iter().map(|s| s.upstream.as_str()).collect();
+    let fault = traffic::fault(path, r.fault.as_ref(), &names, errs);
+    let rollout = rollout::rollout(path, r.rollout.as_ref(), &names, errs).map(Arc::new);
 
     (errs.0.len() == before).then(|| Route {
         name: r.name.as_str().into(),
@@ -372,6 +373,7 @@ fn route(
         retries,
         rate_limit,
         fault,
+        rollout,
     })
 }
 

@@ -55,6 +55,12 @@ enum Command {
     Reload {
         reply: Option<oneshot::Sender<ReloadResult>>,
     },
+    /// Run-time weights for a route (the rollout controller); `None` goes back to the config's.
+    SetWeights {
+        route: Arc<str>,
+        weights: Option<Vec<u32>>,
+        reply: oneshot::Sender<bool>,
+    },
 }
 
 /// Asks the reloader for work; cheap to clone.
@@ -79,6 +85,18 @@ impl ReloadHandle {
     /// covers this one, so a full queue drops it.
     pub fn trigger(&self) {
         let _ = self.tx.try_send(Command::Reload { reply: None });
+    }
+
+    /// Sets a route's weights (same length as its split, not all zero; `None`: the config's)
+    /// and waits until a snapshot with them is published. False if refused or shutting down.
+    pub async fn set_weights(&self, route: Arc<str>, weights: Option<Vec<u32>>) -> bool {
+        let (reply, rx) = oneshot::channel();
+        let cmd = Command::SetWeights {
+            route,
+            weights,
+            reply,
+        };
+        self.tx.send(cmd).await.is_ok() && rx.await.unwrap_or(false)
     }
 }
 
@@ -154,17 +172,66 @@ impl Reloader {
                 () = stop.wait() => break,
                 cmd = self.rx.recv() => cmd,
             };
-            let Some(Command::Reload { reply }) = cmd else {
-                break;
-            };
-            let result = self.reload();
-            if let Some(reply) = reply {
-                let _ = reply.send(result);
+            match cmd {
+                Some(Command::Reload { reply }) => {
+                    let result = self.reload();
+                    if let Some(reply) = reply {
+                        let _ = reply.send(result);
+                    }
+                }
+                Some(Command::SetWeights {
+                    route,
+                    weights,
+                    reply,
+                }) => {
+                    let _ = reply.send(self.set_weights(route, weights));
+                }
+                None => break,
             }
         }
         if let Some(mut set) = self.listeners.take() {
             set.stop_all();
         }
+    }
+
+    /// Applies run-time weights and publishes them in a snapshot of the same generation (the
+    /// config did not change). Before the listeners start, this sets what the first request sees.
+    pub fn set_weights(&mut self, route: Arc<str>, weights: Option<Vec<u32>>) -> bool {
+        let fits = |w: &Vec<u32>| {
+            self.config
+                .route(&route)
+                .is_some_and(|r| r.split.len() == w.len())
+                && w.iter().any(|&x| x > 0)
+        };
+        match weights {
+            Some(w) if !fits(&w) => return false,
+            Some(w) => {
+                if self.weights.get(&route) == Some(&w) {
+                    return true;
+                }
+                self.weights.insert(route, w);
+            }
+            None => {
+                if self.weights.remove(&route).is_none() {
+                    return true;
+                }
+            }
+        }
+        let current = self.shared.snapshot();
+        let pools = current
+            .pools
+            .iter()
+            .map(|p| (Arc::clone(&p.spec.name), p.backends.clone()))
+            .collect();
+        let next = snapshot::build(
+            self.generation,
+            Arc::clone(&self.config),
+            &pools,
+            &self.weights,
+            &mut self.stats,
+        );
+        self.shared.publish(next);
+        true
     }
 
     fn reload(&mut self) -> ReloadResult {
@@ -263,3 +330,7 @@ impl Reloader {
         })
     }
 }
+
+#[cfg(test)]
+#[path = "weights_tests.rs"]
+mod weights_tests;

@@ -12,4 +12,5 @@ mod lifecycle;
 mod metrics;
 mod reload;
 mod resilience;
+mod rollout;
 mod split;

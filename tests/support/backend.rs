@@ -54,6 +54,8 @@ struct State {
     answered: AtomicU64,
     /// What `/healthz` says (`set_healthy`).
     unhealthy: std::sync::atomic::AtomicBool,
+    /// Milliseconds every answer waits first (`set_delay`).
+    delay_ms: AtomicU64,
 }
 
 impl State {
@@ -128,6 +130,11 @@ impl TestBackend {
     /// Answers this percent of requests with a 500, spread evenly.
     pub fn set_failing(&self, percent: u32) {
         self.state.failing.store(percent, Ordering::SeqCst);
+    }
+
+    /// Makes every answer (health checks aside) wait this long first: a slow version.
+    pub fn set_delay(&self, ms: u64) {
+        self.state.delay_ms.store(ms, Ordering::SeqCst);
     }
 
     /// What `/healthz` answers: 200 or 503.
@@ -210,6 +217,10 @@ async fn answer(name: &str, st: &State, mut req: Request<Incoming>) -> Response<
             StatusCode::OK
         };
         return text(status, format!("{name} health\n")).tap_name(name);
+    }
+    let delay = st.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
     }
     let failing = u64::from(st.failing.load(Ordering::SeqCst));
     if failing > 0 {
