@@ -40,6 +40,7 @@ pub struct Parsed {
 pub struct Listener {
     pub name: Option<String>,
     pub bind: String,
+    pub tls: Option<super::tls::ListenerTlsFile>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -59,6 +60,8 @@ pub struct Upstream {
     pub health_check: Option<HealthCheckFile>,
     /// Percent of open backends past which the breakers are ignored (Envoy's panic mode).
     pub panic_threshold: Option<u8>,
+    /// Client TLS to the backends (also implied by `https://` backends).
+    pub tls: Option<super::tls::UpstreamTlsFile>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -9,6 +9,7 @@ use http::uri::Authority;
 use http::{HeaderName, HeaderValue};
 
 pub use super::resilience::{BreakerConfig, HealthCheck, RetryOn, RetryPolicy};
+pub use super::tls::{ListenerTls, UpstreamTls};
 
 pub const DEFAULT_ADMIN_BIND: &str = "127.0.0.1:9901";
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -41,6 +42,8 @@ impl Config {
 pub struct Listener {
     pub name: String,
     pub bind: SocketAddr,
+    /// Serve TLS (HTTPS, HTTP/2 by ALPN) instead of plain HTTP.
+    pub tls: Option<ListenerTls>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +68,8 @@ pub struct Upstream {
 pub struct Transport {
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
+    /// Connect to the backends over TLS.
+    pub tls: Option<UpstreamTls>,
 }
 
 /// A backend as written in the config (`host:port`); names are resolved at connect time.

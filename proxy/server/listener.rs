@@ -6,12 +6,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
 use tokio::runtime::Handle;
 
 use super::conn::{self, ServeCtx};
 use super::shutdown::{Stop, StopTrigger, stop_pair};
+use super::tls::TlsListener;
 use crate::config::model::Listener;
 use crate::config::{Config, ConfigError};
 
@@ -96,12 +98,16 @@ struct Running {
     spec: Listener,
     local: SocketAddr,
     stop: StopTrigger,
+    /// Swapped when a reload changes the listener's `tls:`; `None` serves plain HTTP.
+    tls: Arc<ArcSwapOption<TlsListener>>,
 }
 
 /// Listeners bound for a config but not yet serving.
 pub struct Prepared {
-    bound: Vec<(Listener, Vec<std::net::TcpListener>)>,
+    bound: Vec<(Listener, Vec<std::net::TcpListener>, Option<Arc<TlsListener>>)>,
     wanted: Vec<Listener>,
+    /// Running listeners whose `tls:` changed, with what they serve next.
+    retls: Vec<(SocketAddr, Option<Arc<TlsListener>>)>,
 }
 
 /// The running listeners; only the reloader changes them.
@@ -124,13 +130,30 @@ impl ListenerSet {
     /// Binds the listeners `config` adds; fails, binding nothing, if any bind fails.
     pub fn prepare(&self, config: &Config) -> Result<Prepared, Vec<ConfigError>> {
         let mut bound = Vec::new();
+        let mut retls = Vec::new();
         let mut errors = Vec::new();
         for (i, l) in config.listeners.iter().enumerate() {
-            if self.running.iter().any(|r| r.spec.bind == l.bind) {
+            let running = self.running.iter().find(|r| r.spec.bind == l.bind);
+            if running.is_some_and(|r| r.spec.tls == l.tls) {
+                continue;
+            }
+            let tls = match &l.tls {
+                Some(spec) => match TlsListener::start(spec, &self.ctx.shared, &l.name) {
+                    Ok(t) => Some(Arc::new(t)),
+                    Err(why) => {
+                        let path = format!("listeners[{i}].tls");
+                        errors.extend(why.into_iter().map(|w| ConfigError::new(&path, w)));
+                        continue;
+                    }
+                },
+                None => None,
+            };
+            if let Some(r) = running {
+                retls.push((r.spec.bind, tls));
                 continue;
             }
             match bind_group(l.bind, self.workers.len()) {
-                Ok(group) => bound.push((l.clone(), group)),
+                Ok(group) => bound.push((l.clone(), group, tls)),
                 Err(e) => errors.push(bind_error(&format!("listeners[{i}].bind"), l.bind, &e)),
             }
         }
@@ -138,6 +161,7 @@ impl ListenerSet {
             Ok(Prepared {
                 bound,
                 wanted: config.listeners.clone(),
+                retls,
             })
         } else {
             Err(errors)
@@ -151,6 +175,11 @@ impl ListenerSet {
             .retain_mut(|r| match p.wanted.iter().find(|w| w.bind == r.spec.bind) {
                 Some(w) => {
                     r.spec.name.clone_from(&w.name);
+                    if let Some((_, tls)) = p.retls.iter().find(|(b, _)| *b == r.spec.bind) {
+                        tracing::info!(listener = %w.name, tls = tls.is_some(), "listener TLS changed");
+                        r.tls.store(tls.clone());
+                        r.spec.tls.clone_from(&w.tls);
+                    }
                     true
                 }
                 None => {
@@ -159,7 +188,8 @@ impl ListenerSet {
                     false
                 }
             });
-        for (spec, group) in p.bound {
+        for (spec, group, tls) in p.bound {
+            let tls = Arc::new(ArcSwapOption::new(tls));
             let local = group
                 .first()
                 .and_then(|s| s.local_addr().ok())
@@ -170,15 +200,21 @@ impl ListenerSet {
                 let ctx = Arc::clone(&self.ctx);
                 let signal = signal.clone();
                 let name = spec.name.clone();
+                let tls = Arc::clone(&tls);
                 // Registered with the worker's own reactor, so it must happen on that worker.
                 worker.spawn(async move {
                     match TcpListener::from_std(socket) {
-                        Ok(listener) => accept_loop(listener, ctx, signal).await,
+                        Ok(listener) => accept_loop(listener, ctx, signal, tls).await,
                         Err(e) => tracing::error!(listener = %name, error = %e, "cannot register listener"),
                     }
                 });
             }
-            self.running.push(Running { spec, local, stop });
+            self.running.push(Running {
+                spec,
+                local,
+                stop,
+                tls,
+            });
         }
     }
 
@@ -198,7 +234,12 @@ impl ListenerSet {
     }
 }
 
-async fn accept_loop(listener: TcpListener, ctx: Arc<ServeCtx>, mut stop: Stop) {
+async fn accept_loop(
+    listener: TcpListener,
+    ctx: Arc<ServeCtx>,
+    mut stop: Stop,
+    tls: Arc<ArcSwapOption<TlsListener>>,
+) {
     loop {
         let accepted = tokio::select! {
             () = stop.wait() => break,
@@ -207,6 +248,16 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<ServeCtx>, mut stop: Stop) 
         match accepted {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
+                if let Some(tls) = tls.load_full() {
+                    tokio::spawn(super::tls::serve(
+                        tls,
+                        stream,
+                        peer,
+                        Arc::clone(&ctx),
+                        stop.clone(),
+                    ));
+                    continue;
+                }
                 tokio::spawn(conn::serve(
                     stream,
                     peer,

@@ -1,0 +1,251 @@
+//! TLS listeners: certificates chosen by SNI, re-read when their files change.
+//!
+//! A listener's rustls config is fixed for its TLS spec; its certificate resolver holds the
+//! certificates behind an `ArcSwap`, so a certificate reload is one pointer swap: handshakes
+//! from then on get the new certificates, established connections are not touched. A reload
+//! that fails (a half-written file, a key that does not match) keeps the old certificates.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use arc_swap::ArcSwap;
+use rustls::ServerConfig;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::tls::{self, ListenerTls, NamePattern};
+use super::conn::{self, HEADER_READ_TIMEOUT, ServeCtx};
+use super::shutdown::Stop;
+use crate::reload::watcher::{self, WatchGuard};
+use crate::shared::Shared;
+
+/// The certificates of one listener, by the name they are served for.
+#[derive(Default)]
+pub struct CertTable {
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    /// Keyed by what follows the `*.`.
+    wildcard: HashMap<String, Arc<CertifiedKey>>,
+    default: Option<Arc<CertifiedKey>>,
+}
+
+impl CertTable {
+    /// Reads every certificate of `spec`; the errors name the files and what is wrong.
+    pub fn load(spec: &ListenerTls) -> Result<CertTable, Vec<String>> {
+        let mut table = CertTable::default();
+        let mut errors = Vec::new();
+        let mut load = |files| match tls::load_certified(files) {
+            Ok(ck) => Some(ck),
+            Err((_, why)) => {
+                errors.push(why);
+                None
+            }
+        };
+        if let Some(files) = &spec.default {
+            table.default = load(files);
+        }
+        for entry in &spec.sni {
+            let Some(ck) = load(&entry.files) else {
+                continue;
+            };
+            for name in &entry.names {
+                let (map, key) = match name {
+                    NamePattern::Exact(n) => (&mut table.exact, n),
+                    NamePattern::Wildcard(n) => (&mut table.wildcard, n),
+                };
+                map.insert(key.clone(), Arc::clone(&ck));
+            }
+            if table.default.is_none() && spec.default.is_none() {
+                // No default given: the first entry serves names that match nothing.
+                table.default = Some(ck);
+            }
+        }
+        if errors.is_empty() {
+            Ok(table)
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// The certificate for a client that asked for `sni` (already lowercase, as rustls gives
+    /// it): an exact name, else a wildcard one label up, else the default.
+    pub fn pick(&self, sni: Option<&str>) -> Option<&Arc<CertifiedKey>> {
+        let Some(name) = sni else {
+            return self.default.as_ref();
+        };
+        self.exact
+            .get(name)
+            .or_else(|| {
+                let (_, parent) = name.split_once('.')?;
+                self.wildcard.get(parent)
+            })
+            .or(self.default.as_ref())
+    }
+}
+
+/// Accepts the TLS handshake on a fresh connection, then serves it as HTTPS (HTTP/2 when the
+/// client chose it by ALPN; the connection sniffs the preface either way). The handshake gets
+/// the same bound as a request head, so a client cannot hold a socket open by stalling it.
+pub async fn serve(
+    tls: Arc<TlsListener>,
+    stream: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    ctx: Arc<ServeCtx>,
+    stop: Stop,
+) {
+    let handshake = tokio::time::timeout(HEADER_READ_TIMEOUT, tls.acceptor.accept(stream));
+    drop(tls);
+    match handshake.await {
+        Ok(Ok(stream)) => conn::serve(stream, peer, "https", ctx, stop).await,
+        Ok(Err(e)) => {
+            ctx.shared.counters.tls.handshake_errors.fetch_add(1, Relaxed);
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+        }
+        Err(_) => {
+            ctx.shared.counters.tls.handshake_errors.fetch_add(1, Relaxed);
+            tracing::debug!(%peer, "no TLS handshake within {HEADER_READ_TIMEOUT:?}; closing");
+        }
+    }
+}
+
+/// Hands rustls the certificates in force at handshake time.
+pub struct Resolver {
+    table: ArcSwap<CertTable>,
+}
+
+impl std::fmt::Debug for Resolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let t = self.table.load();
+        f.debug_struct("Resolver")
+            .field("exact", &t.exact.keys().collect::<Vec<_>>())
+            .field("wildcard", &t.wildcard.keys().collect::<Vec<_>>())
+            .field("default", &t.default.is_some())
+            .finish()
+    }
+}
+
+impl ResolvesServerCert for Resolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.table.load().pick(hello.server_name()).cloned()
+    }
+}
+
+/// A TLS listener's acceptor, and the watch that reloads its certificates.
+pub struct TlsListener {
+    pub acceptor: TlsAcceptor,
+    _watch: Option<WatchGuard>,
+}
+
+impl TlsListener {
+    /// Loads the certificates, builds the acceptor and starts watching the files.
+    pub fn start(
+        spec: &ListenerTls,
+        shared: &Arc<Shared>,
+        name: &str,
+    ) -> Result<TlsListener, Vec<String>> {
+        let resolver = Arc::new(Resolver {
+            table: ArcSwap::from_pointee(CertTable::load(spec)?),
+        });
+        let acceptor = TlsAcceptor::from(server_config(Arc::clone(&resolver) as _)?);
+        let files = spec.files();
+        let spec = spec.clone();
+        let shared = Arc::clone(shared);
+        let listener = name.to_owned();
+        let on_change = move || refresh(&resolver, &spec, &shared, &listener);
+        let watch = match watcher::watch_with(&files, "certificates", on_change) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                // Serving matters more than reloading: say so and go on.
+                tracing::warn!(listener = %name, error = %e, "cannot watch the certificate files; they will not be reloaded when they change");
+                None
+            }
+        };
+        Ok(TlsListener {
+            acceptor,
+            _watch: watch,
+        })
+    }
+}
+
+/// TLS 1.2 and 1.3, ALPN h2 then http/1.1, certificates from `resolver`.
+fn server_config(resolver: Arc<dyn ResolvesServerCert>) -> Result<Arc<ServerConfig>, Vec<String>> {
+    let mut config = ServerConfig::builder_with_provider(tls::provider())
+        .with_protocol_versions(tls::VERSIONS)
+        .map_err(|e| vec![format!("cannot set up TLS: {e}")])?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Re-reads the certificate files after a change; all of them or none go into service.
+fn refresh(resolver: &Resolver, spec: &ListenerTls, shared: &Shared, listener: &str) {
+    let counters = &shared.counters.tls;
+    match CertTable::load(spec) {
+        Ok(table) => {
+            resolver.table.store(Arc::new(table));
+            counters.cert_reloads_applied.fetch_add(1, Relaxed);
+            tracing::info!(%listener, "certificates reloaded");
+        }
+        Err(errors) => {
+            counters.cert_reloads_rejected.fetch_add(1, Relaxed);
+            for e in &errors {
+                tracing::warn!(%listener, "certificate reload rejected: {e}");
+            }
+            tracing::warn!(%listener, "the previous certificates keep serving");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(names: &[(&str, &str)], default: Option<&str>) -> (CertTable, HashMap<String, usize>) {
+        // Distinct keys stand in for distinct certificates: compare by pointer.
+        let provider = tls::provider();
+        let mut t = CertTable::default();
+        let mut ids = HashMap::new();
+        let mut mk = |label: &str| {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let der = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+            let signing = provider.key_provider.load_private_key(der).unwrap();
+            let ck = Arc::new(CertifiedKey::new(Vec::new(), signing));
+            ids.insert(label.to_owned(), Arc::as_ptr(&ck) as usize);
+            ck
+        };
+        for (pattern, label) in names {
+            let ck = mk(label);
+            match tls::name_pattern(pattern).unwrap() {
+                NamePattern::Exact(n) => t.exact.insert(n, ck),
+                NamePattern::Wildcard(n) => t.wildcard.insert(n, ck),
+            };
+        }
+        if let Some(label) = default {
+            t.default = Some(mk(label));
+        }
+        (t, ids)
+    }
+
+    #[test]
+    fn exact_then_one_label_wildcard_then_default() {
+        let (t, ids) = table(
+            &[("shop.example.com", "shop"), ("*.example.com", "wild")],
+            Some("default"),
+        );
+        let got = |sni| t.pick(sni).map(|c| Arc::as_ptr(c) as usize);
+        assert_eq!(got(Some("shop.example.com")), Some(ids["shop"]));
+        assert_eq!(got(Some("api.example.com")), Some(ids["wild"]));
+        // A wildcard covers one label, as in certificates.
+        assert_eq!(got(Some("a.b.example.com")), Some(ids["default"]));
+        assert_eq!(got(Some("example.com")), Some(ids["default"]));
+        assert_eq!(got(None), Some(ids["default"]));
+    }
+
+    #[test]
+    fn no_default_no_certificate() {
+        let (t, _) = table(&[("shop.example.com", "shop")], None);
+        assert!(t.pick(Some("other.example.com")).is_none());
+    }
+}
