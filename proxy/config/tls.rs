@@ -130,18 +130,12 @@ pub enum Which {
 pub fn load_certified(files: &CertFiles) -> Result<Arc<CertifiedKey>, (Which, String)> {
     let chain = read_chain(&files.cert).map_err(|e| (Which::Cert, e))?;
     let key = read_key(&files.key).map_err(|e| (Which::Key, e))?;
-    let signing = provider()
-        .key_provider
-        .load_private_key(key)
-        .map_err(|e| {
-            (
-                Which::Key,
-                format!(
-                    "`{}` is not a usable private key: {e}",
-                    files.key.display()
-                ),
-            )
-        })?;
+    let signing = provider().key_provider.load_private_key(key).map_err(|e| {
+        (
+            Which::Key,
+            format!("`{}` is not a usable private key: {e}", files.key.display()),
+        )
+    })?;
     let ck = CertifiedKey::new(chain, signing);
     match ck.keys_match() {
         Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {
@@ -157,7 +151,10 @@ pub fn load_certified(files: &CertFiles) -> Result<Arc<CertifiedKey>, (Which, St
         )),
         Err(e) => Err((
             Which::Cert,
-            format!("`{}` is not a usable certificate: {e}", files.cert.display()),
+            format!(
+                "`{}` is not a usable certificate: {e}",
+                files.cert.display()
+            ),
         )),
     }
 }
@@ -192,7 +189,11 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
 }
 
 /// Validates a listener's `tls:`, reading every file it names.
-pub(super) fn listener_tls(path: &str, f: &ListenerTlsFile, errs: &mut Errors) -> Option<ListenerTls> {
+pub(super) fn listener_tls(
+    path: &str,
+    f: &ListenerTlsFile,
+    errs: &mut Errors,
+) -> Option<ListenerTls> {
     let before = errs.len();
     let default = match (&f.cert, &f.key) {
         (Some(cert), Some(key)) => Some(checked_pair(path, "cert", cert, "key", key, errs)),
@@ -229,7 +230,9 @@ pub(super) fn listener_tls(path: &str, f: &ListenerTlsFile, errs: &mut Errors) -
             let Some(pattern) = name_pattern(n) else {
                 errs.push(
                     npath,
-                    format!("`{n}` is not a server name; write e.g. shop.example.com or *.example.com"),
+                    format!(
+                        "`{n}` is not a server name; write e.g. shop.example.com or *.example.com"
+                    ),
                 );
                 continue;
             };
@@ -260,15 +263,15 @@ pub fn name_pattern(name: &str) -> Option<NamePattern> {
         && host.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
         });
-    ok.then(|| {
-        if wild {
-            NamePattern::Wildcard(host)
-        } else {
-            NamePattern::Exact(host)
-        }
-    })
+    match (ok, wild) {
+        (false, _) => None,
+        (true, true) => Some(NamePattern::Wildcard(host)),
+        (true, false) => Some(NamePattern::Exact(host)),
+    }
 }
 
 /// The pair as paths; each file's problem is reported at its own key.
@@ -425,7 +428,10 @@ mod tests {
 
     #[test]
     fn https_backends_default_to_port_443() {
-        assert_eq!(without_https("https://api.example.com"), "api.example.com:443");
+        assert_eq!(
+            without_https("https://api.example.com"),
+            "api.example.com:443"
+        );
         assert_eq!(without_https("https://10.0.0.1:8443"), "10.0.0.1:8443");
         assert_eq!(without_https("https://[::1]"), "[::1]:443");
         assert_eq!(without_https("10.0.0.1:80"), "10.0.0.1:80");

@@ -180,7 +180,11 @@ fn upstream(name: &str, u: &file::Upstream, errs: &mut Errors) -> Option<Upstrea
     }
     let mut backends = Vec::new();
     let mut seen = HashSet::new();
-    let https = u.backends.iter().filter(|b| b.starts_with("https://")).count();
+    let https = u
+        .backends
+        .iter()
+        .filter(|b| b.starts_with("https://"))
+        .count();
     if https > 0 && https < u.backends.len() {
         errs.push(
             format!("{path}.backends"),

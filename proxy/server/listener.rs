@@ -104,7 +104,11 @@ struct Running {
 
 /// Listeners bound for a config but not yet serving.
 pub struct Prepared {
-    bound: Vec<(Listener, Vec<std::net::TcpListener>, Option<Arc<TlsListener>>)>,
+    bound: Vec<(
+        Listener,
+        Vec<std::net::TcpListener>,
+        Option<Arc<TlsListener>>,
+    )>,
     wanted: Vec<Listener>,
     /// Running listeners whose `tls:` changed, with what they serve next.
     retls: Vec<(SocketAddr, Option<Arc<TlsListener>>)>,

@@ -15,9 +15,9 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::tls::{self, ListenerTls, NamePattern};
 use super::conn::{self, HEADER_READ_TIMEOUT, ServeCtx};
 use super::shutdown::Stop;
+use crate::config::tls::{self, ListenerTls, NamePattern};
 use crate::reload::watcher::{self, WatchGuard};
 use crate::shared::Shared;
 
@@ -99,11 +99,19 @@ pub async fn serve(
     match handshake.await {
         Ok(Ok(stream)) => conn::serve(stream, peer, "https", ctx, stop).await,
         Ok(Err(e)) => {
-            ctx.shared.counters.tls.handshake_errors.fetch_add(1, Relaxed);
+            ctx.shared
+                .counters
+                .tls
+                .handshake_errors
+                .fetch_add(1, Relaxed);
             tracing::debug!(%peer, error = %e, "TLS handshake failed");
         }
         Err(_) => {
-            ctx.shared.counters.tls.handshake_errors.fetch_add(1, Relaxed);
+            ctx.shared
+                .counters
+                .tls
+                .handshake_errors
+                .fetch_add(1, Relaxed);
             tracing::debug!(%peer, "no TLS handshake within {HEADER_READ_TIMEOUT:?}; closing");
         }
     }
