@@ -11,3 +11,4 @@ mod metrics;
 mod reload;
 mod resilience;
 mod split;
+mod tls;
