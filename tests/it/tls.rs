@@ -292,3 +292,112 @@ async fn certificate_problems_are_config_errors_with_their_paths() {
     );
     assert!(errors[1].message.contains("cannot read"));
 }
+
+/// A Kubernetes Secret volume: `tls.crt -> ..data/tls.crt`, `..data -> ..v1`; an update writes
+/// `..v2` and renames a new `..data` symlink over the old one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_volume_symlink_swap_reloads_the_certificate() {
+    use std::os::unix::fs::symlink;
+    let backend = TestBackend::start("app").await;
+    let ca = Ca::new();
+    let dir = TempDir::new();
+    let root = &dir.0;
+    let v1 = ca.server(&["k8s.example.test"]);
+    std::fs::create_dir(root.join("..v1")).unwrap();
+    v1.write(&root.join("..v1"), "tls");
+    symlink("..v1", root.join("..data")).unwrap();
+    symlink("..data/tls.crt", root.join("tls.crt")).unwrap();
+    symlink("..data/tls.key", root.join("tls.key")).unwrap();
+    let proxy = Proxy::start(&tls_config(
+        &format!(
+            "{{ cert: \"{}\", key: \"{}\" }}",
+            p(&root.join("tls.crt")),
+            p(&root.join("tls.key"))
+        ),
+        &backend,
+    ))
+    .await;
+    let stream = tls::connect(proxy.addr, "k8s.example.test", &[b"http/1.1"]).await;
+    assert!(tls::served(&stream) == v1.der);
+
+    let v2 = ca.server(&["k8s.example.test"]);
+    std::fs::create_dir(root.join("..v2")).unwrap();
+    v2.write(&root.join("..v2"), "tls");
+    symlink("..v2", root.join("..data_tmp")).unwrap();
+    std::fs::rename(root.join("..data_tmp"), root.join("..data")).unwrap();
+    std::fs::remove_dir_all(root.join("..v1")).unwrap();
+    wait_for_cert(&proxy, "k8s.example.test", &v2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_reload_can_turn_tls_on_and_change_certificates() {
+    let backend = TestBackend::start("app").await;
+    let ca = Ca::new();
+    let dir = TempDir::new();
+    let first = ca.server(&["reload.example.test"]);
+    let second = ca.server(&["reload.example.test"]);
+    let (c1, k1) = first.write(&dir.0, "first");
+    let (c2, k2) = second.write(&dir.0, "second");
+    let plain = format!(
+        "{HEAD}upstreams:\n  app: {{ backends: {} }}\nroutes: [{{ name: r, split: [{{ upstream: app, weight: 1 }}] }}]\n",
+        addrs(&[&backend])
+    );
+    let proxy = Proxy::start(&plain).await;
+    assert_eq!(get(&client(), &proxy.url("/")).await.status, 200);
+
+    // Same listener (matched by its bind as written), now with TLS: the running listener
+    // switches for new connections.
+    let with = |c: &Path, k: &Path| {
+        plain.replace(
+            "bind: \"127.0.0.1:0\" }]\nadmin",
+            &format!(
+                "bind: \"127.0.0.1:0\", tls: {{ cert: \"{}\", key: \"{}\" }} }}]\nadmin",
+                p(c),
+                p(k)
+            ),
+        )
+    };
+    let ev = proxy.rewrite(&with(&c1, &k1)).await;
+    assert_eq!((ev.generation, ev.rejected), (2, 0));
+    let stream = tls::connect(proxy.addr, "reload.example.test", &[b"http/1.1"]).await;
+    assert!(tls::served(&stream) == first.der);
+    let mut held = Http::over(stream).await;
+
+    let ev = proxy.rewrite(&with(&c2, &k2)).await;
+    assert_eq!((ev.generation, ev.rejected), (3, 0));
+    let stream = tls::connect(proxy.addr, "reload.example.test", &[b"http/1.1"]).await;
+    assert!(tls::served(&stream) == second.der);
+    assert_eq!(held.get("reload.example.test", "/held").await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_to_a_tls_listener_is_a_counted_handshake_error() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let backend = TestBackend::start("app").await;
+    let ca = Ca::new();
+    let dir = TempDir::new();
+    let (c, k) = ca.server(&["x.example.test"]).write(&dir.0, "cert");
+    let proxy = Proxy::start(&tls_config(
+        &format!("{{ cert: \"{}\", key: \"{}\" }}", p(&c), p(&k)),
+        &backend,
+    ))
+    .await;
+    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    // The proxy closes the connection (after a TLS alert at most).
+    tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut buf))
+        .await
+        .expect("connection not closed")
+        .ok();
+    assert!(!buf.starts_with(b"HTTP/"), "answered plain HTTP");
+    let m = proxy.metrics().await;
+    assert_eq!(
+        sample(&m, "switchyard_tls_handshake_errors_total"),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(backend.count(), 0);
+}
