@@ -1,5 +1,5 @@
-//! Watches the directories of the config (and, later, certificate) files and signals a reload
-//! when one of them changes. It only signals; the reloader decides.
+//! Watches the directories of the config and certificate files and signals when one of them
+//! changes. It only signals; the reloader (or a TLS listener's certificate reload) decides.
 //!
 //! Directories, not files, are watched: an editor's write-to-temp-and-rename and a Kubernetes
 //! ConfigMap update (a new `..2024_…` directory, then the `..data` symlink swapped) both replace
