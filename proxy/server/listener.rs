@@ -120,6 +120,8 @@ pub struct ListenerSet {
     /// Where accept loops run: one per worker, each on its own socket.
     workers: Vec<Handle>,
     running: Vec<Running>,
+    /// Watch certificate files (with the config file's `watch`).
+    watch_certs: bool,
 }
 
 impl ListenerSet {
@@ -128,6 +130,24 @@ impl ListenerSet {
             ctx,
             workers,
             running: Vec::new(),
+            watch_certs: true,
+        }
+    }
+
+    /// Whether TLS listeners watch their certificate files; without, they are re-read on
+    /// SIGHUP and `POST /reload` only.
+    pub fn with_cert_watch(mut self, watch: bool) -> Self {
+        self.watch_certs = watch;
+        self
+    }
+
+    /// Re-reads the certificates of every TLS listener (a reload command, even when the config
+    /// text is unchanged: that is how certificates are reloaded by hand).
+    pub fn reload_certificates(&self) {
+        for r in &self.running {
+            if let Some(tls) = r.tls.load_full() {
+                tls.reload_certificates();
+            }
         }
     }
 
@@ -142,14 +162,16 @@ impl ListenerSet {
                 continue;
             }
             let tls = match &l.tls {
-                Some(spec) => match TlsListener::start(spec, &self.ctx.shared, &l.name) {
-                    Ok(t) => Some(Arc::new(t)),
-                    Err(why) => {
-                        let path = format!("listeners[{i}].tls");
-                        errors.extend(why.into_iter().map(|w| ConfigError::new(&path, w)));
-                        continue;
+                Some(spec) => {
+                    match TlsListener::start(spec, &self.ctx.shared, &l.name, self.watch_certs) {
+                        Ok(t) => Some(Arc::new(t)),
+                        Err(why) => {
+                            let path = format!("listeners[{i}].tls");
+                            errors.extend(why.into_iter().map(|w| ConfigError::new(&path, w)));
+                            continue;
+                        }
                     }
-                },
+                }
                 None => None,
             };
             if let Some(r) = running {

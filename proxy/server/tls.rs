@@ -24,6 +24,8 @@ use crate::shared::Shared;
 /// The certificates of one listener, by the name they are served for.
 #[derive(Default)]
 pub struct CertTable {
+    /// Of every certificate chain, in order: tells a real change from a touched file.
+    fingerprint: u64,
     exact: HashMap<String, Arc<CertifiedKey>>,
     /// Keyed by what follows the `*.`.
     wildcard: HashMap<String, Arc<CertifiedKey>>,
@@ -62,10 +64,28 @@ impl CertTable {
             }
         }
         if errors.is_empty() {
+            table.fingerprint = table.fingerprint();
             Ok(table)
         } else {
             Err(errors)
         }
+    }
+
+    /// A hash of every name and chain, independent of map order.
+    fn fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.default.as_ref().map(|ck| &ck.cert).hash(&mut h);
+        for map in [&self.exact, &self.wildcard] {
+            let mut entries: Vec<_> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            for (name, ck) in entries {
+                name.hash(&mut h);
+                ck.cert.hash(&mut h);
+            }
+            h.write_u8(0xff);
+        }
+        h.finish()
     }
 
     /// The certificate for a client that asked for `sni` (already lowercase, as rustls gives
@@ -142,37 +162,60 @@ impl ResolvesServerCert for Resolver {
 /// A TLS listener's acceptor, and the watch that reloads its certificates.
 pub struct TlsListener {
     pub acceptor: TlsAcceptor,
+    reload: Arc<CertReload>,
     _watch: Option<WatchGuard>,
 }
 
+/// What re-reading a listener's certificates needs.
+struct CertReload {
+    resolver: Arc<Resolver>,
+    spec: ListenerTls,
+    shared: Arc<Shared>,
+    listener: String,
+}
+
 impl TlsListener {
-    /// Loads the certificates, builds the acceptor and starts watching the files.
+    /// Loads the certificates, builds the acceptor and (with `watch`) starts watching the
+    /// files.
     pub fn start(
         spec: &ListenerTls,
         shared: &Arc<Shared>,
         name: &str,
+        watch: bool,
     ) -> Result<TlsListener, Vec<String>> {
         let resolver = Arc::new(Resolver {
             table: ArcSwap::from_pointee(CertTable::load(spec)?),
         });
         let acceptor = TlsAcceptor::from(server_config(Arc::clone(&resolver) as _)?);
-        let files = spec.files();
-        let spec = spec.clone();
-        let shared = Arc::clone(shared);
-        let listener = name.to_owned();
-        let on_change = move || refresh(&resolver, &spec, &shared, &listener);
-        let watch = match watcher::watch_with(&files, "certificates", on_change) {
-            Ok(w) => Some(w),
-            Err(e) => {
-                // Serving matters more than reloading: say so and go on.
-                tracing::warn!(listener = %name, error = %e, "cannot watch the certificate files; they will not be reloaded when they change");
-                None
+        let reload = Arc::new(CertReload {
+            resolver,
+            spec: spec.clone(),
+            shared: Arc::clone(shared),
+            listener: name.to_owned(),
+        });
+        let watch = if watch {
+            let r = Arc::clone(&reload);
+            match watcher::watch_with(&spec.files(), "certificates", move || r.run()) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    // Serving matters more than reloading: say so and go on.
+                    tracing::warn!(listener = %name, error = %e, "cannot watch the certificate files; they are re-read only on SIGHUP or POST /reload");
+                    None
+                }
             }
+        } else {
+            None
         };
         Ok(TlsListener {
             acceptor,
+            reload,
             _watch: watch,
         })
+    }
+
+    /// Re-reads the certificate files (SIGHUP, `POST /reload`), as a file change would.
+    pub fn reload_certificates(&self) {
+        self.reload.run();
     }
 }
 
@@ -187,21 +230,28 @@ fn server_config(resolver: Arc<dyn ResolvesServerCert>) -> Result<Arc<ServerConf
     Ok(Arc::new(config))
 }
 
-/// Re-reads the certificate files after a change; all of them or none go into service.
-fn refresh(resolver: &Resolver, spec: &ListenerTls, shared: &Shared, listener: &str) {
-    let counters = &shared.counters.tls;
-    match CertTable::load(spec) {
-        Ok(table) => {
-            resolver.table.store(Arc::new(table));
-            counters.cert_reloads_applied.fetch_add(1, Relaxed);
-            tracing::info!(%listener, "certificates reloaded");
-        }
-        Err(errors) => {
-            counters.cert_reloads_rejected.fetch_add(1, Relaxed);
-            for e in &errors {
-                tracing::warn!(%listener, "certificate reload rejected: {e}");
+impl CertReload {
+    /// Re-reads the certificate files; all of them or none go into service. Files that load
+    /// to the certificates already in service change nothing and count nothing.
+    fn run(&self) {
+        let counters = &self.shared.counters.tls;
+        let listener = &self.listener;
+        match CertTable::load(&self.spec) {
+            Ok(table) if table.fingerprint == self.resolver.table.load().fingerprint => {
+                tracing::debug!(%listener, "certificates unchanged");
             }
-            tracing::warn!(%listener, "the previous certificates keep serving");
+            Ok(table) => {
+                self.resolver.table.store(Arc::new(table));
+                counters.cert_reloads_applied.fetch_add(1, Relaxed);
+                tracing::info!(%listener, "certificates reloaded");
+            }
+            Err(errors) => {
+                counters.cert_reloads_rejected.fetch_add(1, Relaxed);
+                for e in &errors {
+                    tracing::warn!(%listener, "certificate reload rejected: {e}");
+                }
+                tracing::warn!(%listener, "the previous certificates keep serving");
+            }
         }
     }
 }

@@ -401,3 +401,49 @@ async fn plain_http_to_a_tls_listener_is_a_counted_handshake_error() {
     );
     assert_eq!(backend.count(), 0);
 }
+
+/// Without file watching (`--no-watch`), certificates are re-read by a reload command
+/// (SIGHUP, `POST /reload`), even when the config text is unchanged; the same files again
+/// change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_command_rereads_certificates() {
+    let backend = TestBackend::start("app").await;
+    let ca = Ca::new();
+    let dir = TempDir::new();
+    let v1 = ca.server(&["hup.example.test"]);
+    let (c, k) = v1.write(&dir.0, "tls");
+    let config = tls_config(
+        &format!("{{ cert: \"{}\", key: \"{}\" }}", p(&c), p(&k)),
+        &backend,
+    );
+    let proxy = Proxy::start_with(&config, false).await;
+    let v2 = ca.server(&["hup.example.test"]);
+    write_atomic(&k, &v2.key_pem);
+    write_atomic(&c, &v2.cert_pem);
+    let stream = tls::connect(proxy.addr, "hup.example.test", &[b"http/1.1"]).await;
+    assert!(tls::served(&stream) == v1.der, "nothing watches the files");
+
+    let applied = "switchyard_tls_cert_reloads_total{result=\"applied\"}";
+    for _ in 0..2 {
+        proxy.running().reload.reload().await.unwrap();
+        let stream = tls::connect(proxy.addr, "hup.example.test", &[b"http/1.1"]).await;
+        assert!(tls::served(&stream) == v2.der);
+        assert_eq!(sample(&proxy.metrics().await, applied), Some(1.0));
+    }
+}
+
+/// `https://` backends with no `tls:` block trust the system's roots (scripts/test.sh installs
+/// ca-certificates); the port defaults to 443.
+#[test]
+fn https_backends_use_the_system_roots_and_port_443() {
+    let yaml = format!(
+        "{HEAD}upstreams: {{ api: {{ backends: [\"https://api.example.com\"] }} }}\n\
+         routes: [{{ name: r, split: [{{ upstream: api, weight: 1 }}] }}]\n"
+    );
+    let config = switchyard::config::parse_str(&yaml).unwrap_or_else(|e| panic!("{e}"));
+    let api = config.upstream("api").unwrap();
+    assert_eq!(api.backends[0].as_str(), "api.example.com:443");
+    let tls = api.transport.tls.as_ref().expect("https:// means TLS");
+    assert_eq!((&tls.ca_file, &tls.server_name), (&None, &None));
+    assert_eq!(tls.client.alpn_protocols, [b"http/1.1".to_vec()]);
+}
