@@ -302,6 +302,38 @@ mod tests {
     }
 
     #[test]
+    fn without_a_default_the_first_sni_entry_is_the_default() {
+        let dir = std::env::temp_dir().join(format!("switchyard-tls-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut sni = Vec::new();
+        let mut ders = Vec::new();
+        for name in ["a.example.test", "b.example.test"] {
+            let ck = rcgen::generate_simple_self_signed(vec![name.to_owned()]).unwrap();
+            let files = tls::CertFiles {
+                cert: dir.join(format!("{name}.crt")),
+                key: dir.join(format!("{name}.key")),
+            };
+            std::fs::write(&files.cert, ck.cert.pem()).unwrap();
+            std::fs::write(&files.key, ck.signing_key.serialize_pem()).unwrap();
+            ders.push(ck.cert.der().clone());
+            sni.push(tls::SniCert {
+                names: vec![tls::name_pattern(name).unwrap()],
+                files,
+            });
+        }
+        let spec = ListenerTls { default: None, sni };
+        let t = CertTable::load(&spec).unwrap();
+        let again = CertTable::load(&spec).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        // The same files load to the same fingerprint: a reload of them changes nothing.
+        assert_eq!(t.fingerprint, again.fingerprint);
+        let served = |sni| t.pick(sni).map(|c| c.cert[0].clone());
+        assert_eq!(served(Some("b.example.test")).as_ref(), Some(&ders[1]));
+        assert_eq!(served(Some("other.example.test")).as_ref(), Some(&ders[0]));
+        assert_eq!(served(None).as_ref(), Some(&ders[0]));
+    }
+
+    #[test]
     fn no_default_no_certificate() {
         let (t, _) = table(&[("shop.example.com", "shop")], None);
         assert!(t.pick(Some("other.example.com")).is_none());
