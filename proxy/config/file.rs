@@ -61,7 +61,7 @@ pub struct Upstream {
     /// Percent of open backends past which the breakers are ignored (Envoy's panic mode).
     pub panic_threshold: Option<u8>,
     /// Client TLS to the backends (also implied by `https://` backends).
-    pub tls: Option<super::tls::UpstreamTlsFile>,
+    pub tls: Option<super::upstream_tls::UpstreamTlsFile>,
 }
 
 #[derive(Debug, Deserialize)]

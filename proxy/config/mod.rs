@@ -8,6 +8,7 @@ pub mod file;
 pub mod model;
 pub mod resilience;
 pub mod tls;
+pub mod upstream_tls;
 pub mod validate;
 
 use std::fmt;

@@ -9,7 +9,8 @@ use http::uri::Authority;
 use http::{HeaderName, HeaderValue};
 
 pub use super::resilience::{BreakerConfig, HealthCheck, RetryOn, RetryPolicy};
-pub use super::tls::{ListenerTls, UpstreamTls};
+pub use super::tls::ListenerTls;
+pub use super::upstream_tls::UpstreamTls;
 
 pub const DEFAULT_ADMIN_BIND: &str = "127.0.0.1:9901";
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

@@ -193,7 +193,7 @@ fn upstream(name: &str, u: &file::Upstream, errs: &mut Errors) -> Option<Upstrea
     }
     for (i, b) in u.backends.iter().enumerate() {
         let bpath = format!("{path}.backends[{i}]");
-        let b = super::tls::without_https(b);
+        let b = super::upstream_tls::without_https(b);
         match backend_addr(&b) {
             Ok(addr) => {
                 if !seen.insert(addr.clone()) {
@@ -221,7 +221,7 @@ fn upstream(name: &str, u: &file::Upstream, errs: &mut Errors) -> Option<Upstrea
             errs,
         ),
         tls: (https > 0 || u.tls.is_some())
-            .then(|| super::tls::upstream_tls(&path, u.tls.as_ref(), errs))
+            .then(|| super::upstream_tls::upstream_tls(&path, u.tls.as_ref(), errs))
             .flatten(),
     };
     let breaker = resilience::breaker(&path, u.circuit_breaker.as_ref(), errs);
