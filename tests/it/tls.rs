@@ -75,7 +75,7 @@ async fn sni_picks_exact_then_wildcard_then_default_and_backends_see_https() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn alpn_negotiates_h2_and_http1() {
+async fn alpn_negotiates_h2_and_http1_over_tls_1_3_and_1_2() {
     let backend = TestBackend::start("app").await;
     let ca = Ca::new();
     let dir = TempDir::new();
@@ -88,6 +88,8 @@ async fn alpn_negotiates_h2_and_http1() {
 
     let stream = tls::connect(proxy.addr, "h2.example.test", &[b"h2", b"http/1.1"]).await;
     assert_eq!(tls::alpn(&stream).as_deref(), Some(&b"h2"[..]));
+    let version = stream.get_ref().1.protocol_version();
+    assert_eq!(version, Some(rustls::ProtocolVersion::TLSv1_3));
     let mut h2 = Http::over(stream).await;
     assert!(matches!(h2, Http::H2(_)));
     for _ in 0..3 {
@@ -96,8 +98,17 @@ async fn alpn_negotiates_h2_and_http1() {
         assert_eq!(resp.headers.get("x-backend").unwrap(), "app");
     }
 
-    let stream = tls::connect(proxy.addr, "h2.example.test", &[b"http/1.1"]).await;
+    // A TLS 1.2 client is served too (HTTP/1.1 by ALPN).
+    let stream = tls::connect_with(
+        proxy.addr,
+        "h2.example.test",
+        &[b"http/1.1"],
+        &[&rustls::version::TLS12],
+    )
+    .await;
     assert_eq!(tls::alpn(&stream).as_deref(), Some(&b"http/1.1"[..]));
+    let version = stream.get_ref().1.protocol_version();
+    assert_eq!(version, Some(rustls::ProtocolVersion::TLSv1_2));
     let resp = Http::over(stream)
         .await
         .get("h2.example.test", "/via-h1")

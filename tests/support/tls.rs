@@ -164,8 +164,18 @@ impl ServerCertVerifier for AnyCert {
 
 /// A TLS connection to switchyard asking for `sni` and offering `alpn`.
 pub async fn connect(addr: SocketAddr, sni: &str, alpn: &[&[u8]]) -> TlsStream<TcpStream> {
+    connect_with(addr, sni, alpn, rustls::DEFAULT_VERSIONS).await
+}
+
+/// [`connect`] offering only `versions`.
+pub async fn connect_with(
+    addr: SocketAddr,
+    sni: &str,
+    alpn: &[&[u8]],
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> TlsStream<TcpStream> {
     let mut config = ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(versions)
         .unwrap()
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AnyCert(provider())))
