@@ -21,6 +21,9 @@ use crate::config::tls::{self, ListenerTls, NamePattern};
 use crate::reload::watcher::{self, WatchGuard};
 use crate::shared::Shared;
 
+/// TLS 1.2 sessions kept per listener for resumption by session id.
+const SESSION_CACHE: usize = 4096;
+
 /// The certificates of one listener, by the name they are served for.
 #[derive(Default)]
 pub struct CertTable {
@@ -227,6 +230,11 @@ fn server_config(resolver: Arc<dyn ResolvesServerCert>) -> Result<Arc<ServerConf
         .with_no_client_auth()
         .with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // Returning clients resume instead of paying a full handshake: stateless tickets (keys
+    // rotated by rustls every 6 hours), and a session cache for TLS 1.2 clients without them.
+    config.ticketer = rustls::crypto::ring::Ticketer::new()
+        .map_err(|e| vec![format!("cannot set up TLS session tickets: {e}")])?;
+    config.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE);
     Ok(Arc::new(config))
 }
 

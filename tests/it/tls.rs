@@ -458,3 +458,34 @@ fn https_backends_use_the_system_roots_and_port_443() {
     assert_eq!((&tls.ca_file, &tls.server_name), (&None, &None));
     assert_eq!(tls.client.alpn_protocols, [b"http/1.1".to_vec()]);
 }
+
+/// A returning client resumes its session (TLS 1.3 tickets, TLS 1.2 session ids) instead of a
+/// full handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn returning_clients_resume_their_sessions() {
+    use rustls::HandshakeKind::{Full, Resumed};
+    let backend = TestBackend::start("app").await;
+    let ca = Ca::new();
+    let dir = TempDir::new();
+    let (c, k) = ca.server(&["resume.example.test"]).write(&dir.0, "cert");
+    let proxy = Proxy::start(&tls_config(
+        &format!("{{ cert: \"{}\", key: \"{}\" }}", p(&c), p(&k)),
+        &backend,
+    ))
+    .await;
+    for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        let config = tls::client_config(&[b"http/1.1"], &[version]);
+        let mut kinds = Vec::new();
+        for _ in 0..2 {
+            let stream = tls::connect_as(&config, proxy.addr, "resume.example.test").await;
+            kinds.push(stream.get_ref().1.handshake_kind());
+            // A request and its answer: TLS 1.3 tickets arrive after the handshake.
+            let resp = Http::over(stream)
+                .await
+                .get("resume.example.test", "/")
+                .await;
+            assert_eq!(resp.status, 200);
+        }
+        assert_eq!(kinds, [Some(Full), Some(Resumed)], "{:?}", version.version);
+    }
+}

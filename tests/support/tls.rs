@@ -174,6 +174,15 @@ pub async fn connect_with(
     alpn: &[&[u8]],
     versions: &[&'static rustls::SupportedProtocolVersion],
 ) -> TlsStream<TcpStream> {
+    connect_as(&client_config(alpn, versions), addr, sni).await
+}
+
+/// A client config that accepts any server certificate; its session cache lets a second
+/// connection resume.
+pub fn client_config(
+    alpn: &[&[u8]],
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<ClientConfig> {
     let mut config = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(versions)
         .unwrap()
@@ -181,9 +190,18 @@ pub async fn connect_with(
         .with_custom_certificate_verifier(Arc::new(AnyCert(provider())))
         .with_no_client_auth();
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(config)
+}
+
+/// A TLS connection with `config`.
+pub async fn connect_as(
+    config: &Arc<ClientConfig>,
+    addr: SocketAddr,
+    sni: &str,
+) -> TlsStream<TcpStream> {
     let tcp = TcpStream::connect(addr).await.unwrap();
     let name = ServerName::try_from(sni.to_owned()).unwrap();
-    TlsConnector::from(Arc::new(config))
+    TlsConnector::from(Arc::clone(config))
         .connect(name, tcp)
         .await
         .unwrap_or_else(|e| panic!("TLS handshake with {addr} as {sni} failed: {e}"))
