@@ -12,3 +12,5 @@ mod reload;
 mod resilience;
 mod split;
 mod tls;
+mod tls_reload;
+mod tls_upstream;

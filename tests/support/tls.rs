@@ -371,3 +371,19 @@ fn common_name(cert: &CertificateDer<'_>) -> String {
     let len = usize::from(value.get(1).copied().unwrap_or(0));
     String::from_utf8_lossy(value.get(2..2 + len).unwrap_or_default()).into_owned()
 }
+
+/// A config with one TLS listener (`tls_yaml` is its `tls:` value) in front of `backend`.
+pub fn tls_config(tls_yaml: &str, backend: &super::TestBackend) -> String {
+    format!(
+        "listeners: [{{ name: secure, bind: \"127.0.0.1:0\", tls: {tls_yaml} }}]\n\
+         admin: {{ bind: \"127.0.0.1:0\" }}\n\
+         upstreams:\n  app: {{ backends: {} }}\n\
+         routes:\n  - {{ name: r, split: [{{ upstream: app, weight: 1 }}] }}\n",
+        super::addrs(&[backend])
+    )
+}
+
+/// A path as YAML text.
+pub fn p(path: &Path) -> String {
+    path.display().to_string()
+}
