@@ -214,10 +214,38 @@ pub(super) fn listener_tls(
             seen.push((pattern.clone(), i));
             names.push(pattern);
         }
+        let before_pair = errs.len();
         let files = checked_pair(&spath, "cert", &s.cert, "key", &s.key, errs);
+        if errs.len() == before_pair
+            && let Ok(ck) = load_certified(&files)
+        {
+            for (j, n) in s.server_names.iter().enumerate() {
+                if let Some(why) = name_pattern(n).and_then(|p| not_covered(&ck, &p, &files)) {
+                    errs.push(format!("{spath}.server_names[{j}]"), why);
+                }
+            }
+        }
         sni.push(SniCert { names, files });
     }
     (errs.len() == before).then_some(ListenerTls { default, sni })
+}
+
+/// Why clients asking for `pattern` would refuse this certificate, if they would: its names
+/// (SAN) do not cover the pattern. A wildcard pattern needs a wildcard certificate.
+pub fn not_covered(ck: &CertifiedKey, pattern: &NamePattern, files: &CertFiles) -> Option<String> {
+    let (probe, shown) = match pattern {
+        NamePattern::Exact(n) => (n.clone(), n.clone()),
+        NamePattern::Wildcard(n) => (format!("switchyard-sni-check.{n}"), format!("*.{n}")),
+    };
+    let leaf = ck.end_entity_cert().ok()?;
+    let cert = webpki::EndEntityCert::try_from(leaf).ok()?;
+    let name = rustls::pki_types::ServerName::try_from(probe.as_str()).ok()?;
+    cert.verify_is_valid_for_subject_name(&name).err().map(|_| {
+        format!(
+            "the certificate in `{}` is not valid for `{shown}` (see its subject alternative names), so clients asking for it would refuse the connection",
+            files.cert.display()
+        )
+    })
 }
 
 /// `shop.example.com` or `*.example.com`, lowercased; `None` if it is neither.

@@ -40,7 +40,7 @@ impl CertTable {
     pub fn load(spec: &ListenerTls) -> Result<CertTable, Vec<String>> {
         let mut table = CertTable::default();
         let mut errors = Vec::new();
-        let mut load = |files| match tls::load_certified(files) {
+        let load = |files, errors: &mut Vec<String>| match tls::load_certified(files) {
             Ok(ck) => Some(ck),
             Err((_, why)) => {
                 errors.push(why);
@@ -48,12 +48,19 @@ impl CertTable {
             }
         };
         if let Some(files) = &spec.default {
-            table.default = load(files);
+            table.default = load(files, &mut errors);
         }
         for entry in &spec.sni {
-            let Some(ck) = load(&entry.files) else {
+            let Some(ck) = load(&entry.files, &mut errors) else {
                 continue;
             };
+            // A new certificate must still cover the names it is served for.
+            errors.extend(
+                entry
+                    .names
+                    .iter()
+                    .filter_map(|n| tls::not_covered(&ck, n, &entry.files)),
+            );
             for name in &entry.names {
                 let (map, key) = match name {
                     NamePattern::Exact(n) => (&mut table.exact, n),

@@ -202,3 +202,49 @@ async fn a_reload_command_rereads_certificates() {
         assert_eq!(sample(&proxy.metrics().await, applied), Some(1.0));
     }
 }
+
+/// A new certificate that no longer covers an SNI entry's names is refused like a bad file.
+/// Both files change at once (a Secret-style symlink swap), so the pair itself is valid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_certificate_that_does_not_cover_its_names_is_refused() {
+    use std::os::unix::fs::symlink;
+    let backend = TestBackend::start("app").await;
+    let ca = Ca::new();
+    let dir = TempDir::new();
+    let root = &dir.0;
+    let v1 = ca.server(&["named.example.test"]);
+    std::fs::create_dir(root.join("..v1")).unwrap();
+    v1.write(&root.join("..v1"), "tls");
+    symlink("..v1", root.join("..data")).unwrap();
+    symlink("..data/tls.crt", root.join("tls.crt")).unwrap();
+    symlink("..data/tls.key", root.join("tls.key")).unwrap();
+    let (c, k) = (p(&root.join("tls.crt")), p(&root.join("tls.key")));
+    let proxy = Proxy::start(&tls_config(
+        &format!(
+            "{{ sni: [{{ server_names: [named.example.test], cert: \"{c}\", key: \"{k}\" }}] }}"
+        ),
+        &backend,
+    ))
+    .await;
+
+    let wrong = ca.server(&["other.example.test"]);
+    std::fs::create_dir(root.join("..v2")).unwrap();
+    wrong.write(&root.join("..v2"), "tls");
+    symlink("..v2", root.join("..data_tmp")).unwrap();
+    std::fs::rename(root.join("..data_tmp"), root.join("..data")).unwrap();
+
+    let rejected = "switchyard_tls_cert_reloads_total{result=\"rejected\"}";
+    let mut m = proxy.metrics().await;
+    for _ in 0..1000 {
+        if sample(&m, rejected) >= Some(1.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        m = proxy.metrics().await;
+    }
+    assert!(sample(&m, rejected) >= Some(1.0), "{m}");
+    let applied = "switchyard_tls_cert_reloads_total{result=\"applied\"}";
+    assert_eq!(sample(&m, applied), Some(0.0));
+    let stream = tls::connect(proxy.addr, "named.example.test", &[b"http/1.1"]).await;
+    assert!(tls::served(&stream) == v1.der);
+}
