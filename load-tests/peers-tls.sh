@@ -11,6 +11,9 @@
 #   handshake:  wrk -c32 with `Connection: close`, so every request is a new TCP connection and
 #               a full TLS handshake (wrk does not resume sessions) -> handshakes/s and CPU us
 #               per handshake+request
+# The client's half of each handshake costs about as much as the server's, so with one load
+# core the handshakes/s column may be wrk's limit rather than the proxy's; CPU us per handshake
+# is the figure to compare. Both columns move with other load on the machine: run it idle.
 #
 #   load-tests/peers-tls.sh                       # DURATION=8 seconds per step, release binary
 #   DURATION=2 SWITCHYARD=target/debug/switchyard load-tests/peers-tls.sh   # smoke run
