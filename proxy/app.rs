@@ -93,7 +93,8 @@ pub async fn start(opts: Options) -> Result<Running, ConfigErrors> {
     }
 
     let serve_ctx = Arc::new(ServeCtx::new(Arc::clone(&shared), tracker.clone()));
-    reloader.bind_listeners(ListenerSet::new(serve_ctx, workers.handles().to_vec()))?;
+    let set = ListenerSet::new(serve_ctx, workers.handles().to_vec()).with_cert_watch(opts.watch);
+    reloader.bind_listeners(set)?;
 
     let watch = match (&opts.source, opts.watch) {
         (ConfigSource::File(path), true) => {

@@ -12,14 +12,16 @@
 //! - [`reload`]: [`reload::watcher`] (notify; only signals), [`reload::reloader`] (the one
 //!   writer), [`reload::snapshot`] (what the request path reads, swapped with `ArcSwap`).
 //! - [`server`]: [`server::listener`] (socket2, accept, reconcile on reload),
-//!   [`server::conn`] (one connection, HTTP/1.1 or h2c), [`server::shutdown`] (stop, drain).
+//!   [`server::conn`] (one connection, HTTP/1.1 or h2c), [`server::tls`] (TLS listeners:
+//!   certificates by SNI, reloaded when their files change), [`server::shutdown`] (stop, drain).
 //! - [`http`]: [`http::handler`] (loads the snapshot once) -> [`http::route`] ->
 //!   [`http::split`] -> [`http::pick`] -> [`http::forward`]; [`http::headers`] rewrites;
 //!   [`http::ratelimit`] (token buckets, before the split) and [`http::fault`] (injected
 //!   delays and aborts, after it).
 //!   Route, split and pick are pure functions over tables compiled per snapshot.
 //! - [`backend`]: [`backend::registry`] (state by upstream + address, kept across reloads),
-//!   [`backend::state`], [`backend::transport`] (a connection pool per backend).
+//!   [`backend::state`], [`backend::pool`] (a connection pool per backend), [`backend::tls`]
+//!   (TLS and mTLS to backends).
 //! - [`stats`]: lock-free counters kept across reloads; Prometheus text exposition.
 //! - [`rollout`]: canary and blue-green rollouts: a pure policy, a state machine, a controller
 //!   that sends weights to the reloader, and a journal.

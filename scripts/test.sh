@@ -19,6 +19,8 @@ TOOLS=(
   # tests/it/metrics.rs parses /metrics with the reference Python parser.
   "python3 apt:python3"
   "py:prometheus_client pip:prometheus_client"
+  # tests/it/tls.rs: https:// backends without a ca_file trust the system's roots.
+  "update-ca-certificates apt:ca-certificates"
 )
 
 log() { printf 'test.sh: %s\n' "$*" >&2; }

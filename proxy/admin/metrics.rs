@@ -257,6 +257,8 @@ pub fn render(ctx: &AdminCtx) -> String {
         );
     }
 
+    g.tls.render(&mut e);
+
     e.family(
         "switchyard_config_generation",
         "gauge",

@@ -11,13 +11,14 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::Request;
 use http_body_util::Empty;
+use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use tokio::task::JoinHandle;
 
 use super::registry::{Backend, BackendKey};
 use super::state::BackendState;
 use crate::config::Config;
-use crate::config::model::HealthCheck;
+use crate::config::model::{HealthCheck, UpstreamTls};
 
 /// Rise and fall: the pure part of a health check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,16 +54,27 @@ impl Tracker {
 }
 
 /// One check: a 2xx or 3xx within the timeout passes.
-pub async fn probe(state: &BackendState, check: &HealthCheck) -> Result<u16, String> {
+pub async fn probe(
+    state: &BackendState,
+    check: &HealthCheck,
+    tls: Option<&UpstreamTls>,
+) -> Result<u16, String> {
     let attempt = async {
         let addr = state.addr.as_str();
         let stream = tokio::net::TcpStream::connect(addr)
             .await
             .map_err(|e| format!("connect: {e}"))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| format!("handshake: {e}"))?;
-        tokio::spawn(conn);
+        let mut sender = match tls {
+            None => checker(stream).await?,
+            Some(tls) => {
+                checker(
+                    super::tls::connect(tls, &state.addr, stream)
+                        .await
+                        .map_err(|e| format!("TLS: {e}"))?,
+                )
+                .await?
+            }
+        };
         let req = Request::get(check.path.as_str())
             .header(http::header::HOST, addr)
             .header(http::header::USER_AGENT, "switchyard-health-check")
@@ -84,13 +96,24 @@ pub async fn probe(state: &BackendState, check: &HealthCheck) -> Result<u16, Str
     }
 }
 
-async fn run(state: Arc<BackendState>, check: HealthCheck) {
+async fn checker<S>(stream: S) -> Result<SendRequest<Empty<Bytes>>, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
+async fn run(state: Arc<BackendState>, check: HealthCheck, tls: Option<UpstreamTls>) {
     let mut tracker = Tracker::new(state.is_healthy());
     let mut ticks = tokio::time::interval(check.interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        let result = probe(&state, &check).await;
+        let result = probe(&state, &check, tls.as_ref()).await;
         if let Err(why) = &result {
             tracing::debug!(upstream = %state.upstream, backend = state.addr.as_str(), %why, "health check failed");
         }
@@ -110,7 +133,7 @@ async fn run(state: Arc<BackendState>, check: HealthCheck) {
 /// The running checks, one per checked backend.
 #[derive(Default)]
 pub struct HealthCheckers {
-    running: HashMap<BackendKey, (HealthCheck, JoinHandle<()>)>,
+    running: HashMap<BackendKey, (HealthCheck, Option<UpstreamTls>, JoinHandle<()>)>,
 }
 
 impl HealthCheckers {
@@ -126,21 +149,25 @@ impl HealthCheckers {
                     upstream: Arc::clone(&up.name),
                     addr: backend.state.addr.clone(),
                 };
+                let tls = &up.transport.tls;
                 let entry = match self.running.remove(&key) {
-                    Some((old, task)) if old == *check => (old, task),
+                    Some((old, old_tls, task)) if old == *check && old_tls == *tls => {
+                        (old, old_tls, task)
+                    }
                     previous => {
-                        if let Some((_, task)) = previous {
+                        if let Some((_, _, task)) = previous {
                             task.abort();
                         }
-                        let task = tokio::spawn(run(Arc::clone(&backend.state), check.clone()));
-                        (check.clone(), task)
+                        let state = Arc::clone(&backend.state);
+                        let task = tokio::spawn(run(state, check.clone(), tls.clone()));
+                        (check.clone(), tls.clone(), task)
                     }
                 };
                 next.insert(key, entry);
             }
         }
         // Whatever is left is no longer checked: stop it, and do not leave it marked down.
-        for (key, (_, task)) in self.running.drain() {
+        for (key, (_, _, task)) in self.running.drain() {
             task.abort();
             if let Some(b) = pools
                 .get(&key.upstream)
@@ -163,7 +190,7 @@ impl HealthCheckers {
 
 impl Drop for HealthCheckers {
     fn drop(&mut self) {
-        for (_, (_, task)) in self.running.drain() {
+        for (_, (_, _, task)) in self.running.drain() {
             task.abort();
         }
     }

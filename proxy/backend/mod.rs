@@ -5,6 +5,7 @@ pub mod health;
 pub mod pool;
 pub mod registry;
 pub mod state;
+pub mod tls;
 
 pub use registry::{Backend, BackendKey, Registry};
 pub use state::{BackendState, InFlight};

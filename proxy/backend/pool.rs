@@ -181,26 +181,30 @@ impl ConnPool {
     }
 
     async fn connect(&self) -> Result<Sender, SendError> {
-        let stream = tokio::time::timeout(self.transport.connect_timeout, self.tcp_connect())
-            .await
-            .map_err(|_| {
-                SendError::Connect(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("no connection within {:?}", self.transport.connect_timeout),
-                ))
-            })?
-            .map_err(SendError::Connect)?;
-        let _ = stream.set_nodelay(true);
-        let (sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(SendError::Handshake)?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(error = %e, "upstream connection ended with an error");
+        let timeout = self.transport.connect_timeout;
+        // One bound for the TCP connect and, for TLS backends, the TLS handshake.
+        let connected = tokio::time::timeout(timeout, async {
+            let stream = self.tcp_connect().await?;
+            let _ = stream.set_nodelay(true);
+            match &self.transport.tls {
+                None => Ok(Stream::Plain(stream)),
+                Some(tls) => super::tls::connect(tls, &self.addr, stream)
+                    .await
+                    .map(|s| Stream::Tls(Box::new(s))),
             }
-        });
-        Ok(sender)
+        })
+        .await
+        .map_err(|_| {
+            SendError::Connect(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no connection within {timeout:?}"),
+            ))
+        })?
+        .map_err(SendError::Connect)?;
+        match connected {
+            Stream::Plain(s) => handshake(s).await,
+            Stream::Tls(s) => handshake(*s).await,
+        }
     }
 
     async fn tcp_connect(&self) -> io::Result<TcpStream> {
@@ -222,6 +226,27 @@ impl ConnPool {
         }
         Err(last)
     }
+}
+
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+async fn handshake<S>(stream: S) -> Result<Sender, SendError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(SendError::Handshake)?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "upstream connection ended with an error");
+        }
+    });
+    Ok(sender)
 }
 
 impl std::fmt::Debug for ConnPool {

@@ -13,8 +13,8 @@ use serde_yaml::Value;
 use super::ConfigError;
 use super::duration::DurationStr;
 use super::resilience::{CircuitBreakerFile, HealthCheckFile, RetriesFile};
-use super::traffic::{FaultFile, RateLimitFile};
 use super::rollout::RolloutFile;
+use super::traffic::{FaultFile, RateLimitFile};
 
 #[derive(Debug, Default)]
 pub struct FileConfig {
@@ -42,6 +42,7 @@ pub struct Parsed {
 pub struct Listener {
     pub name: Option<String>,
     pub bind: String,
+    pub tls: Option<super::tls::ListenerTlsFile>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -63,6 +64,8 @@ pub struct Upstream {
     pub health_check: Option<HealthCheckFile>,
     /// Percent of open backends past which the breakers are ignored (Envoy's panic mode).
     pub panic_threshold: Option<u8>,
+    /// Client TLS to the backends (also implied by `https://` backends).
+    pub tls: Option<super::upstream_tls::UpstreamTlsFile>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -7,9 +7,11 @@ pub mod duration;
 pub mod file;
 pub mod model;
 pub mod resilience;
-pub mod secret;
-pub mod traffic;
 pub mod rollout;
+pub mod secret;
+pub mod tls;
+pub mod traffic;
+pub mod upstream_tls;
 pub mod validate;
 
 use std::fmt;

@@ -9,9 +9,11 @@ use http::uri::Authority;
 use http::{HeaderName, HeaderValue};
 
 pub use super::resilience::{BreakerConfig, HealthCheck, RetryOn, RetryPolicy};
-pub use super::secret::AdminToken;
-pub use super::traffic::{Fault, FaultAbort, FaultDelay, RateKey, RateLimit};
 pub use super::rollout::RolloutSpec;
+pub use super::secret::AdminToken;
+pub use super::tls::ListenerTls;
+pub use super::traffic::{Fault, FaultAbort, FaultDelay, RateKey, RateLimit};
+pub use super::upstream_tls::UpstreamTls;
 
 pub const DEFAULT_ADMIN_BIND: &str = "127.0.0.1:9901";
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -44,6 +46,8 @@ impl Config {
 pub struct Listener {
     pub name: String,
     pub bind: SocketAddr,
+    /// Serve TLS (HTTPS, HTTP/2 by ALPN) instead of plain HTTP.
+    pub tls: Option<ListenerTls>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,6 +76,8 @@ pub struct Upstream {
 pub struct Transport {
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
+    /// Connect to the backends over TLS.
+    pub tls: Option<UpstreamTls>,
 }
 
 /// A backend as written in the config (`host:port`); names are resolved at connect time.

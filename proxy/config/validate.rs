@@ -21,6 +21,10 @@ impl Errors {
     pub(super) fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.0.push(ConfigError::new(path, message));
     }
+
+    pub(super) fn len(&self) -> usize {
+        self.0.len()
+    }
 }
 
 pub fn validate(f: file::FileConfig) -> Result<Config, Vec<ConfigError>> {
@@ -154,7 +158,11 @@ fn listeners(list: &[file::Listener], broken: bool, errs: &mut Errors) -> Vec<Li
                 format!("{bind} is already the bind address of listeners[{first}]"),
             );
         }
-        out.push(Listener { name, bind });
+        let tls = l
+            .tls
+            .as_ref()
+            .and_then(|t| super::tls::listener_tls(&format!("{path}.tls"), t, errs));
+        out.push(Listener { name, bind, tls });
     }
     out
 }
@@ -200,9 +208,21 @@ fn upstream(name: &str, u: &file::Upstream, errs: &mut Errors) -> Option<Upstrea
     }
     let mut backends = Vec::new();
     let mut seen = HashSet::new();
+    let https = u
+        .backends
+        .iter()
+        .filter(|b| b.starts_with("https://"))
+        .count();
+    if https > 0 && https < u.backends.len() {
+        errs.push(
+            format!("{path}.backends"),
+            "some backends are https:// and some are not; an upstream is all TLS or all plain",
+        );
+    }
     for (i, b) in u.backends.iter().enumerate() {
         let bpath = format!("{path}.backends[{i}]");
-        match backend_addr(b) {
+        let b = super::upstream_tls::without_https(b);
+        match backend_addr(&b) {
             Ok(addr) => {
                 if !seen.insert(addr.clone()) {
                     errs.push(bpath, format!("backend `{b}` is listed twice"));
@@ -228,6 +248,9 @@ fn upstream(name: &str, u: &file::Upstream, errs: &mut Errors) -> Option<Upstrea
             "idle_timeout",
             errs,
         ),
+        tls: (https > 0 || u.tls.is_some())
+            .then(|| super::upstream_tls::upstream_tls(&path, u.tls.as_ref(), errs))
+            .flatten(),
     };
     let breaker = resilience::breaker(&path, u.circuit_breaker.as_ref(), errs);
     let health_check = resilience::health_check(&path, u.health_check.as_ref(), errs);
@@ -263,7 +286,9 @@ pub(super) fn positive(
 pub fn backend_addr(s: &str) -> Result<BackendAddr, String> {
     let fix = "write it as host:port, e.g. 10.0.0.11:8080 or checkout.svc:8080";
     if s.contains("://") {
-        return Err(format!("`{s}` has a scheme; {fix}"));
+        return Err(format!(
+            "`{s}` has a scheme; {fix} (or https://host:port for a TLS backend)"
+        ));
     }
     let authority: Authority = s
         .parse()

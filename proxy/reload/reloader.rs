@@ -235,6 +235,9 @@ impl Reloader {
     }
 
     fn reload(&mut self) -> ReloadResult {
+        if let Some(set) = &self.listeners {
+            set.reload_certificates();
+        }
         let result = self.try_reload();
         let counters = &self.shared.counters;
         use std::sync::atomic::Ordering::Relaxed;

@@ -1,5 +1,5 @@
-//! Watches the directories of the config (and, later, certificate) files and signals a reload
-//! when one of them changes. It only signals; the reloader decides.
+//! Watches the directories of the config and certificate files and signals when one of them
+//! changes. It only signals; the reloader (or a TLS listener's certificate reload) decides.
 //!
 //! Directories, not files, are watched: an editor's write-to-temp-and-rename and a Kubernetes
 //! ConfigMap update (a new `..2024_…` directory, then the `..data` symlink swapped) both replace
@@ -33,6 +33,15 @@ impl Drop for WatchGuard {
 
 /// Starts watching `files`; each settled change calls `handle.trigger()`.
 pub fn watch(files: &[PathBuf], handle: ReloadHandle) -> notify::Result<WatchGuard> {
+    watch_with(files, "config", move || handle.trigger())
+}
+
+/// Starts watching `files` (`what` names them in logs); each settled change calls `on_change`.
+pub fn watch_with(
+    files: &[PathBuf],
+    what: &'static str,
+    on_change: impl Fn() + Send + 'static,
+) -> notify::Result<WatchGuard> {
     let (tx, mut rx) = mpsc::unbounded_channel::<()>();
     let names: HashSet<OsString> = files
         .iter()
@@ -44,14 +53,14 @@ pub fn watch(files: &[PathBuf], handle: ReloadHandle) -> notify::Result<WatchGua
                 let _ = tx.send(());
             }
             Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "config watch error"),
+            Err(e) => tracing::warn!(error = %e, what, "file watch error"),
         })?;
     let mut dirs: Vec<PathBuf> = files.iter().map(|f| parent_dir(f)).collect();
     dirs.sort();
     dirs.dedup();
     for dir in &dirs {
         watcher.watch(dir, RecursiveMode::NonRecursive)?;
-        tracing::info!(dir = %dir.display(), "watching for config changes");
+        tracing::info!(dir = %dir.display(), what, "watching for changes");
     }
     let task = tokio::spawn(async move {
         while rx.recv().await.is_some() {
@@ -63,7 +72,7 @@ pub fn watch(files: &[PathBuf], handle: ReloadHandle) -> notify::Result<WatchGua
                     Err(_) => break,
                 }
             }
-            handle.trigger();
+            on_change();
         }
     });
     Ok(WatchGuard {

@@ -6,12 +6,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
 use tokio::runtime::Handle;
 
 use super::conn::{self, ServeCtx};
 use super::shutdown::{Stop, StopTrigger, stop_pair};
+use super::tls::TlsListener;
 use crate::config::model::Listener;
 use crate::config::{Config, ConfigError};
 
@@ -96,12 +98,20 @@ struct Running {
     spec: Listener,
     local: SocketAddr,
     stop: StopTrigger,
+    /// Swapped when a reload changes the listener's `tls:`; `None` serves plain HTTP.
+    tls: Arc<ArcSwapOption<TlsListener>>,
 }
 
 /// Listeners bound for a config but not yet serving.
 pub struct Prepared {
-    bound: Vec<(Listener, Vec<std::net::TcpListener>)>,
+    bound: Vec<(
+        Listener,
+        Vec<std::net::TcpListener>,
+        Option<Arc<TlsListener>>,
+    )>,
     wanted: Vec<Listener>,
+    /// Running listeners whose `tls:` changed, with what they serve next.
+    retls: Vec<(SocketAddr, Option<Arc<TlsListener>>)>,
 }
 
 /// The running listeners; only the reloader changes them.
@@ -110,6 +120,8 @@ pub struct ListenerSet {
     /// Where accept loops run: one per worker, each on its own socket.
     workers: Vec<Handle>,
     running: Vec<Running>,
+    /// Watch certificate files (with the config file's `watch`).
+    watch_certs: bool,
 }
 
 impl ListenerSet {
@@ -118,19 +130,56 @@ impl ListenerSet {
             ctx,
             workers,
             running: Vec::new(),
+            watch_certs: true,
+        }
+    }
+
+    /// Whether TLS listeners watch their certificate files; without, they are re-read on
+    /// SIGHUP and `POST /reload` only.
+    pub fn with_cert_watch(mut self, watch: bool) -> Self {
+        self.watch_certs = watch;
+        self
+    }
+
+    /// Re-reads the certificates of every TLS listener (a reload command, even when the config
+    /// text is unchanged: that is how certificates are reloaded by hand).
+    pub fn reload_certificates(&self) {
+        for r in &self.running {
+            if let Some(tls) = r.tls.load_full() {
+                tls.reload_certificates();
+            }
         }
     }
 
     /// Binds the listeners `config` adds; fails, binding nothing, if any bind fails.
     pub fn prepare(&self, config: &Config) -> Result<Prepared, Vec<ConfigError>> {
         let mut bound = Vec::new();
+        let mut retls = Vec::new();
         let mut errors = Vec::new();
         for (i, l) in config.listeners.iter().enumerate() {
-            if self.running.iter().any(|r| r.spec.bind == l.bind) {
+            let running = self.running.iter().find(|r| r.spec.bind == l.bind);
+            if running.is_some_and(|r| r.spec.tls == l.tls) {
+                continue;
+            }
+            let tls = match &l.tls {
+                Some(spec) => {
+                    match TlsListener::start(spec, &self.ctx.shared, &l.name, self.watch_certs) {
+                        Ok(t) => Some(Arc::new(t)),
+                        Err(why) => {
+                            let path = format!("listeners[{i}].tls");
+                            errors.extend(why.into_iter().map(|w| ConfigError::new(&path, w)));
+                            continue;
+                        }
+                    }
+                }
+                None => None,
+            };
+            if let Some(r) = running {
+                retls.push((r.spec.bind, tls));
                 continue;
             }
             match bind_group(l.bind, self.workers.len()) {
-                Ok(group) => bound.push((l.clone(), group)),
+                Ok(group) => bound.push((l.clone(), group, tls)),
                 Err(e) => errors.push(bind_error(&format!("listeners[{i}].bind"), l.bind, &e)),
             }
         }
@@ -138,6 +187,7 @@ impl ListenerSet {
             Ok(Prepared {
                 bound,
                 wanted: config.listeners.clone(),
+                retls,
             })
         } else {
             Err(errors)
@@ -151,6 +201,11 @@ impl ListenerSet {
             .retain_mut(|r| match p.wanted.iter().find(|w| w.bind == r.spec.bind) {
                 Some(w) => {
                     r.spec.name.clone_from(&w.name);
+                    if let Some((_, tls)) = p.retls.iter().find(|(b, _)| *b == r.spec.bind) {
+                        tracing::info!(listener = %w.name, tls = tls.is_some(), "listener TLS changed");
+                        r.tls.store(tls.clone());
+                        r.spec.tls.clone_from(&w.tls);
+                    }
                     true
                 }
                 None => {
@@ -159,7 +214,8 @@ impl ListenerSet {
                     false
                 }
             });
-        for (spec, group) in p.bound {
+        for (spec, group, tls) in p.bound {
+            let tls = Arc::new(ArcSwapOption::new(tls));
             let local = group
                 .first()
                 .and_then(|s| s.local_addr().ok())
@@ -170,15 +226,21 @@ impl ListenerSet {
                 let ctx = Arc::clone(&self.ctx);
                 let signal = signal.clone();
                 let name = spec.name.clone();
+                let tls = Arc::clone(&tls);
                 // Registered with the worker's own reactor, so it must happen on that worker.
                 worker.spawn(async move {
                     match TcpListener::from_std(socket) {
-                        Ok(listener) => accept_loop(listener, ctx, signal).await,
+                        Ok(listener) => accept_loop(listener, ctx, signal, tls).await,
                         Err(e) => tracing::error!(listener = %name, error = %e, "cannot register listener"),
                     }
                 });
             }
-            self.running.push(Running { spec, local, stop });
+            self.running.push(Running {
+                spec,
+                local,
+                stop,
+                tls,
+            });
         }
     }
 
@@ -198,7 +260,12 @@ impl ListenerSet {
     }
 }
 
-async fn accept_loop(listener: TcpListener, ctx: Arc<ServeCtx>, mut stop: Stop) {
+async fn accept_loop(
+    listener: TcpListener,
+    ctx: Arc<ServeCtx>,
+    mut stop: Stop,
+    tls: Arc<ArcSwapOption<TlsListener>>,
+) {
     loop {
         let accepted = tokio::select! {
             () = stop.wait() => break,
@@ -207,6 +274,16 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<ServeCtx>, mut stop: Stop) 
         match accepted {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
+                if let Some(tls) = tls.load_full() {
+                    tokio::spawn(super::tls::serve(
+                        tls,
+                        stream,
+                        peer,
+                        Arc::clone(&ctx),
+                        stop.clone(),
+                    ));
+                    continue;
+                }
                 tokio::spawn(conn::serve(
                     stream,
                     peer,

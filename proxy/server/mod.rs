@@ -4,4 +4,5 @@ pub mod clock;
 pub mod conn;
 pub mod listener;
 pub mod shutdown;
+pub mod tls;
 pub mod workers;

@@ -39,6 +39,7 @@ pub struct GlobalCounters {
     pub reloads_unchanged: AtomicU64,
     pub no_route: AtomicU64,
     pub bad_requests: AtomicU64,
+    pub tls: super::tls::TlsCounters,
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ pub mod prometheus;
 pub mod registry;
 pub mod shadow;
 pub mod target;
+pub mod tls;
 pub mod traffic;
 pub mod window;
 

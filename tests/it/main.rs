@@ -14,3 +14,6 @@ mod reload;
 mod resilience;
 mod rollout;
 mod split;
+mod tls;
+mod tls_reload;
+mod tls_upstream;

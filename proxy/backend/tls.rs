@@ -1,0 +1,42 @@
+//! The client side of TLS to a backend: SNI and certificate checks against the backend's host
+//! (or the upstream's `server_name`), the upstream's roots and optional client certificate.
+
+use std::io;
+use std::sync::Arc;
+
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+use crate::config::model::{BackendAddr, UpstreamTls};
+
+/// The name a backend's certificate must carry: `server_name` if set, else its host.
+pub fn server_name(tls: &UpstreamTls, addr: &BackendAddr) -> io::Result<ServerName<'static>> {
+    let host = match &tls.server_name {
+        Some(n) => n.as_str(),
+        None => addr
+            .authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']'),
+    };
+    ServerName::try_from(host.to_owned()).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("`{host}` cannot be checked against a certificate: {e}"),
+        )
+    })
+}
+
+/// TLS over a connected socket. A failure here is a connect failure: nothing was sent.
+pub async fn connect(
+    tls: &UpstreamTls,
+    addr: &BackendAddr,
+    stream: TcpStream,
+) -> io::Result<TlsStream<TcpStream>> {
+    let name = server_name(tls, addr)?;
+    TlsConnector::from(Arc::clone(&tls.client))
+        .connect(name, stream)
+        .await
+}
