@@ -40,6 +40,7 @@ pub struct Parsed {
 pub struct Listener {
     pub name: Option<String>,
     pub bind: String,
+    pub limits: Option<super::limits::LimitsFile>,
 }
 
 #[derive(Debug, Deserialize)]

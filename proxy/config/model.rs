@@ -41,6 +41,7 @@ impl Config {
 pub struct Listener {
     pub name: String,
     pub bind: SocketAddr,
+    pub limits: super::limits::Limits,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -115,6 +115,7 @@ fn listeners(list: &[file::Listener], broken: bool, errs: &mut Errors) -> Vec<Li
                 format!("listener name `{name}` is used twice"),
             );
         }
+        let limits = super::limits::limits(&path, l.limits.as_ref(), errs);
         let Some(bind) = socket_addr(&l.bind, &format!("{path}.bind"), errs) else {
             continue;
         };
@@ -126,7 +127,7 @@ fn listeners(list: &[file::Listener], broken: bool, errs: &mut Errors) -> Vec<Li
                 format!("{bind} is already the bind address of listeners[{first}]"),
             );
         }
-        out.push(Listener { name, bind });
+        out.push(Listener { name, bind, limits });
     }
     out
 }

@@ -1,8 +1,8 @@
 //! One request, start to end: load the snapshot once, route, split, pick, forward, count.
 
 use std::net::SocketAddr;
-use std::sync::Mutex;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
@@ -13,6 +13,7 @@ use super::forward::Exchange;
 use crate::body::RespBody;
 use crate::error::ProxyError;
 use crate::server::clock::LazyTimer;
+use crate::server::limits::ListenerLimits;
 use crate::server::shutdown::Tracker;
 use crate::shared::Shared;
 
@@ -29,6 +30,8 @@ pub struct ConnInfo {
     pub tracker: Tracker,
     /// Times the route timeout of HTTP/1.1 requests, one at a time on this connection.
     pub route_timer: Mutex<LazyTimer>,
+    /// The listener's limits and their counters.
+    pub limits: Arc<ListenerLimits>,
 }
 
 pub async fn handle(

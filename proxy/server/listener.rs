@@ -10,7 +10,10 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
 use tokio::runtime::Handle;
 
+use arc_swap::ArcSwap;
+
 use super::conn::{self, ServeCtx};
+use super::limits::{Limit, ListenerLimits, OpenConnections};
 use super::shutdown::{Stop, StopTrigger, stop_pair};
 use crate::config::model::Listener;
 use crate::config::{Config, ConfigError};
@@ -96,6 +99,8 @@ struct Running {
     spec: Listener,
     local: SocketAddr,
     stop: StopTrigger,
+    /// Read by the accept loops once per connection; replaced when a reload changes them.
+    limits: Arc<ArcSwap<ListenerLimits>>,
 }
 
 /// Listeners bound for a config but not yet serving.
@@ -150,7 +155,13 @@ impl ListenerSet {
         self.running
             .retain_mut(|r| match p.wanted.iter().find(|w| w.bind == r.spec.bind) {
                 Some(w) => {
+                    if w.name != r.spec.name || w.limits != r.spec.limits {
+                        let counters = self.ctx.shared.limit_stats.counters(&w.name);
+                        r.limits
+                            .store(Arc::new(ListenerLimits::new(w.limits, counters)));
+                    }
                     r.spec.name.clone_from(&w.name);
+                    r.spec.limits = w.limits;
                     true
                 }
                 None => {
@@ -166,19 +177,32 @@ impl ListenerSet {
                 .unwrap_or(spec.bind);
             let (stop, signal) = stop_pair();
             tracing::info!(listener = %spec.name, addr = %local, workers = group.len(), "listening");
+            let counters = self.ctx.shared.limit_stats.counters(&spec.name);
+            let limits = Arc::new(ArcSwap::from_pointee(ListenerLimits::new(
+                spec.limits,
+                counters,
+            )));
+            let open = Arc::new(OpenConnections::default());
             for (socket, worker) in group.into_iter().zip(&self.workers) {
                 let ctx = Arc::clone(&self.ctx);
                 let signal = signal.clone();
                 let name = spec.name.clone();
+                let limits = Arc::clone(&limits);
+                let open = Arc::clone(&open);
                 // Registered with the worker's own reactor, so it must happen on that worker.
                 worker.spawn(async move {
                     match TcpListener::from_std(socket) {
-                        Ok(listener) => accept_loop(listener, ctx, signal).await,
+                        Ok(listener) => accept_loop(listener, ctx, limits, open, signal).await,
                         Err(e) => tracing::error!(listener = %name, error = %e, "cannot register listener"),
                     }
                 });
             }
-            self.running.push(Running { spec, local, stop });
+            self.running.push(Running {
+                spec,
+                local,
+                stop,
+                limits,
+            });
         }
     }
 
@@ -198,7 +222,13 @@ impl ListenerSet {
     }
 }
 
-async fn accept_loop(listener: TcpListener, ctx: Arc<ServeCtx>, mut stop: Stop) {
+async fn accept_loop(
+    listener: TcpListener,
+    ctx: Arc<ServeCtx>,
+    limits: Arc<ArcSwap<ListenerLimits>>,
+    open: Arc<OpenConnections>,
+    mut stop: Stop,
+) {
     loop {
         let accepted = tokio::select! {
             () = stop.wait() => break,
@@ -206,12 +236,22 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<ServeCtx>, mut stop: Stop) 
         };
         match accepted {
             Ok((stream, peer)) => {
+                let limits = limits.load_full();
+                // Over the cap: accepted (so the client is not left in the backlog) and closed.
+                let Some(slot) = open.try_open(limits.spec.max_connections) else {
+                    limits.counters.hit(Limit::MaxConnections);
+                    tracing::debug!(%peer, "connection limit reached; closing");
+                    drop(stream);
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
                 tokio::spawn(conn::serve(
                     stream,
                     peer,
                     "http",
                     Arc::clone(&ctx),
+                    limits,
+                    slot,
                     stop.clone(),
                 ));
             }

@@ -2,6 +2,7 @@
 
 pub mod clock;
 pub mod conn;
+pub mod limits;
 pub mod listener;
 pub mod shutdown;
 pub mod workers;
