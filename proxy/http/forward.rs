@@ -284,6 +284,12 @@ pub fn clone_head(head: &Parts) -> Parts {
 fn classify(e: SendError, backend: &Backend) -> ProxyError {
     let upstream = &backend.state.upstream;
     let addr = backend.state.addr.as_str();
+    if let Some(limit) = e
+        .hyper()
+        .and_then(|h| find_in_chain::<crate::http::body_guard::BodyLimitError>(h))
+    {
+        return limit.to_proxy_error().with_source(e);
+    }
     if let Some(client) = e.hyper().and_then(|h| find_in_chain::<ClientBodyError>(h)) {
         let framing = !client.0.is_incomplete_message()
             && find_in_chain::<std::io::Error>(&client.0).is_none_or(|io| {

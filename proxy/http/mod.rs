@@ -2,6 +2,7 @@
 //! over tables the snapshot compiled; side effects stay in `handler` and `forward`.
 
 pub mod attempt;
+pub mod body_guard;
 pub mod choose;
 pub mod forward;
 pub mod handler;
@@ -10,3 +11,4 @@ pub mod pick;
 pub mod retry;
 pub mod route;
 pub mod split;
+pub mod validate;

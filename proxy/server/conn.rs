@@ -18,6 +18,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::clock::{Activity, Busy, LazyTimer};
 use super::limits::{self, Limit, ListenerLimits, OpenSlot};
 use super::shutdown::{Stop, Tracker};
+use super::sniff::{HeadWatch, Sniffed};
 use crate::http::handler::{self, ConnInfo, ProxyBody};
 use crate::shared::Shared;
 
@@ -46,6 +47,8 @@ pub async fn serve<S>(
 {
     let _live = ctx.tracker.token();
     let activity = Arc::new(Activity::default());
+    let heads = Arc::new(HeadWatch::default());
+    let stream = Sniffed::new(stream, Arc::clone(&heads));
     let info = Arc::new(ConnInfo {
         peer,
         peer_value: crate::http::headers::peer_value(peer.ip()),
@@ -53,6 +56,7 @@ pub async fn serve<S>(
         tracker: ctx.tracker.clone(),
         route_timer: Mutex::new(LazyTimer::default()),
         limits: Arc::clone(&listener),
+        heads,
     });
     // Whether the client speaks HTTP/2: its connection then idles between streams legitimately
     // and only `idle_timeout` applies; HTTP/1.1 must bring its next request head in time.

@@ -5,4 +5,5 @@ pub mod conn;
 pub mod limits;
 pub mod listener;
 pub mod shutdown;
+pub mod sniff;
 pub mod workers;

@@ -10,4 +10,5 @@ mod lifecycle;
 mod metrics;
 mod reload;
 mod resilience;
+mod smuggling;
 mod split;

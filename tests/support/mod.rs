@@ -5,6 +5,7 @@ pub mod backend;
 pub mod bin;
 pub mod client;
 pub mod proxy;
+pub mod raw;
 
 pub use backend::TestBackend;
 pub use client::{client, get, get_with, send};
