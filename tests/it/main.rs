@@ -7,6 +7,7 @@ mod admin;
 mod cli;
 mod forward;
 mod lifecycle;
+mod limits;
 mod metrics;
 mod reload;
 mod resilience;
