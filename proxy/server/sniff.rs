@@ -1,6 +1,7 @@
 //! Watches the raw bytes of HTTP/1.1 request heads for framing hyper quietly repairs: both
 //! `Content-Length` and `Transfer-Encoding` (hyper drops the length), or `Content-Length` twice
-//! with the same value (hyper keeps one). Those are smuggling attempts or broken clients; the
+//! with the same value (hyper keeps one), and lines ended by a bare LF (hyper accepts them; a
+//! backend or another proxy may not, and read the head differently). Those are smuggling attempts or broken clients; the
 //! handler refuses them with a 400 instead of forwarding a repaired request.
 //!
 //! The watcher follows the stream from head to head: after a head without a body, or with a
@@ -72,6 +73,10 @@ struct Head {
     lines: u32,
     content_lengths: u32,
     transfer_encodings: u32,
+    /// The previous byte was `\r`.
+    prev_cr: bool,
+    /// A line ended with a bare `\n`: a parser that wants CRLF would read this head differently.
+    bare_lf: bool,
     /// While on the first `Content-Length` line: its digits so far.
     in_length: bool,
     length: Option<u64>,
@@ -118,9 +123,11 @@ impl<S> Sniffed<S> {
                     let b = bytes[0];
                     bytes = &bytes[1..];
                     h.bytes += 1;
+                    let after_cr = std::mem::replace(&mut h.prev_cr, b == b'\r');
                     if h.bytes > MAX_HEAD {
                         self.state = State::Done;
                     } else if b == b'\n' {
+                        h.bare_lf |= !after_cr;
                         if let Some(next) = end_line(h) {
                             let index = h.index;
                             self.finish_head(index, next);
@@ -212,7 +219,8 @@ fn end_line(h: &mut Head) -> Option<Next> {
     if !empty || h.lines == 1 {
         return None;
     }
-    let ambiguous = h.content_lengths > 1 || (h.content_lengths > 0 && h.transfer_encodings > 0);
+    let ambiguous =
+        h.bare_lf || h.content_lengths > 1 || (h.content_lengths > 0 && h.transfer_encodings > 0);
     Some(if ambiguous {
         Next::Ambiguous
     } else if h.transfer_encodings > 0 {
@@ -291,11 +299,13 @@ mod tests {
         let dup =
             b"POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 3\r\nCONTENT-LENGTH: 3\r\n\r\nabc";
         let get = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        let lf = b"GET / HTTP/1.1\r\nHost: a\r\nX-A: 1\nX-B: 2\r\n\r\n";
         let post = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 40\r\n\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n";
         for step in [1, 3, 1000] {
             assert_eq!(flagged(cl_te, step), Some(0));
             assert_eq!(flagged(dup, step), Some(0));
             assert_eq!(flagged(get, step), None);
+            assert_eq!(flagged(lf, step), Some(0));
             // A body that looks like headers is skipped by its length.
             assert_eq!(flagged(post, step), None, "{step}");
             let mut later = get.to_vec();

@@ -104,6 +104,14 @@ const REFUSED: &[(&str, &[u8])] = &[
         b"GET / HTTP/1.1\r\nHost: a\r\nX-A: one\rtwo\r\n\r\n",
     ),
     (
+        "bare LF ending a header line",
+        b"GET / HTTP/1.1\r\nHost: a\r\nX-A: one\nX-B: two\r\n\r\n",
+    ),
+    (
+        "bare LF line endings throughout",
+        b"GET / HTTP/1.1\nHost: a\n\n",
+    ),
+    (
         "NUL in a value",
         b"GET / HTTP/1.1\r\nHost: a\r\nX-A: one\0two\r\n\r\n",
     ),
@@ -367,4 +375,32 @@ async fn http2_requests_an_http1_backend_could_misread_are_refused() {
     .await;
     assert_eq!(ok, H2Answer::Status(STATUS_200));
     assert_eq!(app.traffic(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ambiguous_framing_later_on_a_kept_alive_connection_is_refused_too() {
+    let app = TestBackend::start("app").await;
+    let proxy = Proxy::start(&config(&app, "{}")).await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    // A request without a body, then one with a body that looks like headers.
+    s.write_all(b"GET /one HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_response(&mut s).await.status(), 200);
+    s.write_all(
+        b"POST /two HTTP/1.1\r\nHost: a\r\nContent-Length: 38\r\n\r\nContent-Length: 1\r\nContent-Length: 1\r\n",
+    )
+    .await
+    .unwrap();
+    assert_eq!(read_response(&mut s).await.status(), 200);
+    // Then the attack.
+    s.write_all(
+        b"POST /three HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let reply = read_to_close(&mut s).await;
+    assert_eq!(reply.status(), 400, "{}", reply.text());
+    let paths: Vec<String> = app.seen().iter().map(|s| s.uri.path().to_owned()).collect();
+    assert_eq!(paths, ["/one", "/two"]);
 }
