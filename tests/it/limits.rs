@@ -218,3 +218,103 @@ async fn http2_streams_windows_and_header_lists_are_bounded() {
     assert!(settings.contains(&(3, 7)), "{settings:?}");
     assert!(settings.contains(&(4, 131_072)), "{settings:?}");
 }
+
+/// Reads frames until a GOAWAY arrives (`true`) or the connection ends (`false`).
+async fn until_goaway(s: &mut TcpStream) -> bool {
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let mut head = [0u8; 9];
+            if s.read_exact(&mut head).await.is_err() {
+                return false;
+            }
+            let len =
+                (usize::from(head[0]) << 16) | (usize::from(head[1]) << 8) | usize::from(head[2]);
+            let mut payload = vec![0u8; len];
+            if s.read_exact(&mut payload).await.is_err() {
+                return false;
+            }
+            if head[3] == 7 {
+                return true;
+            }
+        }
+    })
+    .await
+    .expect("the connection neither ended nor got GOAWAY")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_rapid_reset_gets_goaway() {
+    use crate::smuggling::{PREFACE, frame, h2_headers};
+    let app = TestBackend::start("app").await;
+    let proxy = Proxy::start(&config(
+        &app,
+        "{ http2: { max_pending_accept_reset_streams: 5 } }",
+    ))
+    .await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    let mut out = PREFACE.to_vec();
+    out.extend(frame(4, 0, 0, &[]));
+    // Open and cancel 200 streams in one burst (CVE-2023-44487's pattern).
+    for i in 0..200u32 {
+        let id = 2 * i + 1;
+        out.extend(frame(1, 0x5, id, &h2_headers(false, &[])));
+        out.extend(frame(3, 0, id, &8u32.to_be_bytes()));
+    }
+    let _ = s.write_all(&out).await;
+    assert!(
+        until_goaway(&mut s).await,
+        "no GOAWAY for a rapid reset flood"
+    );
+    // The proxy still serves others.
+    let ok = exchange(
+        proxy.addr,
+        b"GET /after HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(ok.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_continuation_flood_is_cut_off() {
+    use crate::smuggling::{PREFACE, frame, h2_headers};
+    let app = TestBackend::start("app").await;
+    let proxy = Proxy::start(&config(&app, "{ max_request_header_bytes: 16384 }")).await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    let mut out = PREFACE.to_vec();
+    out.extend(frame(4, 0, 0, &[]));
+    // HEADERS without END_HEADERS, then CONTINUATION frames carrying ~1 MiB of header fields.
+    out.extend(frame(1, 0x1, 1, &h2_headers(false, &[])));
+    let field = h2_headers(false, &[("x-flood", &"z".repeat(100))]);
+    let field = &field[6..];
+    let mut sent = 0;
+    while sent < 1024 * 1024 {
+        out.extend(frame(9, 0, 1, field));
+        sent += field.len();
+    }
+    let _ = s.write_all(&out).await;
+    let _ = until_goaway(&mut s).await;
+    assert_eq!(app.traffic(), 0);
+    let ok = exchange(
+        proxy.addr,
+        b"GET /after HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(ok.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_http2_connection_is_closed_after_the_idle_timeout() {
+    use crate::smuggling::{PREFACE, frame, h2_headers};
+    let app = TestBackend::start("app").await;
+    let proxy = Proxy::start(&config(&app, "{ idle_timeout: 300ms }")).await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    let mut out = PREFACE.to_vec();
+    out.extend(frame(4, 0, 0, &[]));
+    out.extend(frame(1, 0x5, 1, &h2_headers(false, &[])));
+    s.write_all(&out).await.unwrap();
+    // The answer comes, then nothing more is asked: the connection ends.
+    let _ = until_goaway(&mut s).await;
+    assert_eq!(app.traffic(), 1);
+    assert_eq!(hits(&proxy, "idle_timeout").await, 1.0);
+    assert_eq!(hits(&proxy, "header_read_timeout").await, 0.0);
+}

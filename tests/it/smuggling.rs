@@ -235,9 +235,9 @@ async fn headers_a_backend_could_misread_never_reach_it() {
 
 // ----- HTTP/2 as raw frames -----
 
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+pub(crate) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     let len = payload.len() as u32;
     let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
     f.extend_from_slice(&stream.to_be_bytes());
@@ -246,7 +246,7 @@ fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
 }
 
 /// An HPACK block without compression: pseudo-headers from the static table, the rest literal.
-fn h2_headers(post: bool, extra: &[(&str, &str)]) -> Vec<u8> {
+pub(crate) fn h2_headers(post: bool, extra: &[(&str, &str)]) -> Vec<u8> {
     let mut b = vec![if post { 0x83 } else { 0x82 }, 0x86, 0x84, 0x01, 1, b'a'];
     for (k, v) in extra {
         b.push(0x00);
