@@ -19,7 +19,11 @@ use switchyard::http::{headers, validate};
 /// Cases per property; failures are kept where CI and the next run replay them.
 fn config(cases: u32) -> ProptestConfig {
     ProptestConfig {
-        cases,
+        // `PROPTEST_CASES=100000 cargo test --test props` for a longer campaign.
+        cases: std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(cases),
         failure_persistence: Some(Box::new(FileFailurePersistence::Direct(
             "tests/props.proptest-regressions",
         ))),
