@@ -90,13 +90,14 @@ pub fn check(
     if hosts.next().is_some() {
         return Err(bad("more than one Host header"));
     }
+    if host.is_some_and(|h| !valid_host(h.as_bytes())) {
+        return Err(bad("invalid Host"));
+    }
     if host.is_none() && version == Version::HTTP_11 && uri.authority().is_none() {
         return Err(bad("HTTP/1.1 request without Host"));
     }
     if let (Some(host), Some(authority)) = (host, uri.authority())
-        && !host
-            .as_bytes()
-            .eq_ignore_ascii_case(authority.as_str().as_bytes())
+        && !same_host(host.as_bytes(), authority.as_str().as_bytes(), uri)
     {
         return Err(bad("Host disagrees with the request target's authority"));
     }
@@ -130,6 +131,58 @@ pub fn check(
         accepted.drop_underscored = true;
     }
     Ok(accepted)
+}
+
+/// `host[:port]` as RFC 3986 allows it (reg-name, IPv4 or an IPv6 literal): no user info, no
+/// path, no spaces, nothing a backend could split differently.
+fn valid_host(h: &[u8]) -> bool {
+    h.iter().all(|&b| {
+        b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+                    | b'%'
+                    | b':'
+                    | b'['
+                    | b']'
+            )
+    })
+}
+
+/// Whether `Host` names what the target's authority names: the same host (case-insensitive) and
+/// the same port, a missing port being the scheme's default (`a` and `a:80` agree for http).
+pub fn same_host(host: &[u8], authority: &[u8], uri: &Uri) -> bool {
+    let default = match uri.scheme_str() {
+        Some("https") => Some(&b"443"[..]),
+        Some("http") => Some(&b"80"[..]),
+        _ => None,
+    };
+    let split = |a: &'_ [u8]| -> (Vec<u8>, Option<Vec<u8>>) {
+        // A port follows the last `:` unless that `:` is inside an IPv6 literal.
+        match a.iter().rposition(|&b| b == b':') {
+            Some(i) if !a[i..].contains(&b']') => {
+                (a[..i].to_ascii_lowercase(), Some(a[i + 1..].to_vec()))
+            }
+            _ => (a.to_ascii_lowercase(), None),
+        }
+    };
+    let ((h1, p1), (h2, p2)) = (split(host), split(authority));
+    let p1 = p1.as_deref().or(default);
+    let p2 = p2.as_deref().or(default);
+    h1 == h2 && p1 == p2
 }
 
 /// Digits only, no sign, no list, no overflow (RFC 9110 8.6).
@@ -216,6 +269,27 @@ mod tests {
         assert!(run(Version::HTTP_11, "/", &[("host", "a"), ("host", "b")]).is_err());
         assert!(run(Version::HTTP_11, "http://evil/", &[("host", "a")]).is_err());
         assert!(run(Version::HTTP_2, "http://a/", &[("host", "b")]).is_err());
+        for bad in ["a b", "user@a", "a/b", "a?b", "a#b", "a\tb"] {
+            assert!(
+                run(Version::HTTP_11, "/", &[("host", bad)]).is_err(),
+                "{bad}"
+            );
+        }
+        assert!(run(Version::HTTP_11, "/", &[("host", "[::1]:8080")]).is_ok());
+    }
+
+    #[test]
+    fn host_and_authority_agree_up_to_the_default_port() {
+        let http: Uri = "http://a/".parse().unwrap();
+        let https: Uri = "https://a/".parse().unwrap();
+        assert!(same_host(b"a", b"A:80", &http));
+        assert!(same_host(b"a:80", b"a", &http));
+        assert!(!same_host(b"a:443", b"a", &http));
+        assert!(same_host(b"a:443", b"a", &https));
+        assert!(!same_host(b"a:8080", b"a:8081", &http));
+        assert!(!same_host(b"b", b"a", &http));
+        assert!(same_host(b"[::1]:80", b"[::1]", &http));
+        assert!(!same_host(b"[::1]", b"[::2]", &http));
     }
 
     #[test]

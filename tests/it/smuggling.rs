@@ -133,6 +133,14 @@ const REFUSED: &[(&str, &[u8])] = &[
     ),
     ("missing Host", b"GET / HTTP/1.1\r\nX-A: b\r\n\r\n"),
     (
+        "Host with user info",
+        b"GET / HTTP/1.1\r\nHost: user@a\r\n\r\n",
+    ),
+    (
+        "Host with a space",
+        b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n",
+    ),
+    (
         "absolute-form host differs from Host",
         b"GET http://internal.example/ HTTP/1.1\r\nHost: a\r\n\r\n",
     ),
