@@ -30,10 +30,12 @@ pub enum Limit {
     MalformedRequest,
     /// A header name with an underscore, refused or dropped.
     HeaderWithUnderscore,
+    /// An HTTP/2 client flooding resets or CONTINUATION frames (GOAWAY `ENHANCE_YOUR_CALM`).
+    Http2Flood,
 }
 
 impl Limit {
-    pub const ALL: [Limit; 8] = [
+    pub const ALL: [Limit; 9] = [
         Limit::RequestHeaders,
         Limit::HeaderReadTimeout,
         Limit::IdleTimeout,
@@ -42,6 +44,7 @@ impl Limit {
         Limit::MaxConnections,
         Limit::MalformedRequest,
         Limit::HeaderWithUnderscore,
+        Limit::Http2Flood,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -54,6 +57,7 @@ impl Limit {
             Limit::MaxConnections => "max_connections",
             Limit::MalformedRequest => "malformed_request",
             Limit::HeaderWithUnderscore => "headers_with_underscores",
+            Limit::Http2Flood => "http2_flood",
         }
     }
 }
@@ -183,6 +187,17 @@ impl Drop for OpenSlot {
 
 /// Which limit, if any, a connection's final error says it hit.
 pub fn limit_of_conn_error(e: &(dyn std::error::Error + 'static)) -> Option<Limit> {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        // h2 answers both rapid reset and CONTINUATION floods with this GOAWAY.
+        if let Some(h2) = c.downcast_ref::<h2::Error>()
+            && h2.is_library()
+            && h2.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM)
+        {
+            return Some(Limit::Http2Flood);
+        }
+        cause = c.source();
+    }
     let h = e.downcast_ref::<hyper::Error>()?;
     if h.is_parse_too_large() {
         Some(Limit::RequestHeaders)

@@ -24,6 +24,19 @@ async fn hits(proxy: &Proxy, limit: &str) -> f64 {
     sample(&m, &series).unwrap_or_else(|| panic!("no {series} in {m}"))
 }
 
+/// Polls `/metrics` until the counter reaches `n` (bounded: 20 s); a connection's end is
+/// counted once the proxy has finished with it, a moment after the client sees it.
+async fn wait_hits(proxy: &Proxy, limit: &str, n: f64) {
+    for _ in 0..2000 {
+        if hits(proxy, limit).await >= n {
+            assert_eq!(hits(proxy, limit).await, n);
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{limit} never counted {n}: {}", hits(proxy, limit).await);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_heads_and_too_many_headers_get_431() {
     let app = TestBackend::start("app").await;
@@ -46,7 +59,7 @@ async fn oversized_heads_and_too_many_headers_get_431() {
     let reply = exchange(proxy.addr, many.as_bytes()).await;
     assert_eq!(reply.status(), 431, "{}", reply.text());
     assert_eq!(app.traffic(), 0);
-    assert_eq!(hits(&proxy, "request_headers").await, 2.0);
+    wait_hits(&proxy, "request_headers", 2.0).await;
     // Just under both limits passes.
     let mut fine = String::from("GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n");
     for i in 0..7 {
@@ -265,6 +278,8 @@ async fn http2_rapid_reset_gets_goaway() {
         until_goaway(&mut s).await,
         "no GOAWAY for a rapid reset flood"
     );
+    drop(s);
+    wait_hits(&proxy, "http2_flood", 1.0).await;
     // The proxy still serves others.
     let ok = exchange(
         proxy.addr,
@@ -294,6 +309,8 @@ async fn http2_continuation_flood_is_cut_off() {
     let _ = s.write_all(&out).await;
     let _ = until_goaway(&mut s).await;
     assert_eq!(app.traffic(), 0);
+    drop(s);
+    wait_hits(&proxy, "http2_flood", 1.0).await;
     let ok = exchange(
         proxy.addr,
         b"GET /after HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
