@@ -335,3 +335,21 @@ async fn an_idle_http2_connection_is_closed_after_the_idle_timeout() {
     assert_eq!(hits(&proxy, "idle_timeout").await, 1.0);
     assert_eq!(hits(&proxy, "header_read_timeout").await, 0.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_changes_the_limits_of_new_connections() {
+    let app = TestBackend::start("app").await;
+    let proxy = Proxy::start(&config(&app, "{ max_request_headers: 100 }")).await;
+    let mut many = String::from("GET /many HTTP/1.1\r\nHost: a\r\nConnection: close\r\n");
+    for i in 0..12 {
+        many.push_str(&format!("X-H{i}: v\r\n"));
+    }
+    many.push_str("\r\n");
+    assert_eq!(exchange(proxy.addr, many.as_bytes()).await.status(), 200);
+    let ev = proxy
+        .rewrite(&config(&app, "{ max_request_headers: 10 }"))
+        .await;
+    assert_eq!(ev.rejected, 0);
+    assert_eq!(exchange(proxy.addr, many.as_bytes()).await.status(), 431);
+    wait_hits(&proxy, "request_headers", 1.0).await;
+}
