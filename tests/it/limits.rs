@@ -72,7 +72,7 @@ async fn oversized_heads_and_too_many_headers_get_431() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_is_closed_by_the_header_timeout_also_between_requests() {
     let app = TestBackend::start("app").await;
-    let proxy = Proxy::start(&config(&app, "{ header_read_timeout: 300ms }")).await;
+    let proxy = Proxy::start(&config(&app, "{ header_read_timeout: 1s }")).await;
     // Half a head, then nothing: the proxy closes the connection.
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: ")
@@ -323,7 +323,7 @@ async fn http2_continuation_flood_is_cut_off() {
 async fn an_idle_http2_connection_is_closed_after_the_idle_timeout() {
     use crate::smuggling::{PREFACE, frame, h2_headers};
     let app = TestBackend::start("app").await;
-    let proxy = Proxy::start(&config(&app, "{ idle_timeout: 300ms }")).await;
+    let proxy = Proxy::start(&config(&app, "{ idle_timeout: 1s }")).await;
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
     let mut out = PREFACE.to_vec();
     out.extend(frame(4, 0, 0, &[]));
