@@ -68,7 +68,7 @@ struct Head {
     line_len: usize,
     /// Whether the current line's name was already looked at.
     keyed: bool,
-    /// Bytes in the current line, `\r` excluded.
+    /// Bytes in the current line so far, `\r` included.
     line_bytes: usize,
     lines: u32,
     content_lengths: u32,
@@ -120,20 +120,33 @@ impl<S> Sniffed<S> {
                     }
                 }
                 State::Head(h) => {
-                    let b = bytes[0];
-                    bytes = &bytes[1..];
-                    h.bytes += 1;
-                    let after_cr = std::mem::replace(&mut h.prev_cr, b == b'\r');
+                    // Line by line: only a line's name and a Content-Length's value are read
+                    // byte by byte; the rest is skipped by the search for its end.
+                    let nl = bytes.iter().position(|&b| b == b'\n');
+                    let line = &bytes[..nl.unwrap_or(bytes.len())];
+                    h.bytes += line.len() + 1;
                     if h.bytes > MAX_HEAD {
                         self.state = State::Done;
-                    } else if b == b'\n' {
-                        h.bare_lf |= !after_cr;
-                        if let Some(next) = end_line(h) {
-                            let index = h.index;
-                            self.finish_head(index, next);
+                        return;
+                    }
+                    for &b in line {
+                        if h.keyed && !h.in_length {
+                            break;
                         }
-                    } else if b != b'\r' {
-                        byte(h, b);
+                        if b != b'\r' {
+                            byte(h, b);
+                        }
+                    }
+                    if let Some(&last) = line.last() {
+                        h.prev_cr = last == b'\r';
+                    }
+                    h.line_bytes += line.len();
+                    let Some(i) = nl else { return };
+                    bytes = &bytes[i + 1..];
+                    h.bare_lf |= !h.prev_cr;
+                    if let Some(next) = end_line(h) {
+                        let index = h.index;
+                        self.finish_head(index, next);
                     }
                 }
             }
@@ -200,7 +213,6 @@ fn byte(h: &mut Head, b: u8) {
             }
         }
     }
-    h.line_bytes += 1;
 }
 
 /// A line ended: `Some` when it was the empty line that ends a head.
@@ -209,7 +221,8 @@ fn end_line(h: &mut Head) -> Option<Next> {
         // The HTTP/2 preface: not ours to watch.
         return Some(Next::Unknown);
     }
-    let empty = h.line_bytes == 0;
+    let empty = h.line_bytes == 0 || (h.line_bytes == 1 && h.prev_cr);
+    h.prev_cr = false;
     h.lines += 1;
     h.line_len = 0;
     h.line_bytes = 0;
@@ -312,6 +325,40 @@ mod tests {
             later.extend_from_slice(post);
             later.extend_from_slice(cl_te);
             assert_eq!(flagged(&later, step), Some(2), "{step}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Bodies (whatever they hold) and how the bytes are split into reads never make the
+        /// watch flag a clean request, nor miss an ambiguous one after them.
+        #[test]
+        fn bodies_and_read_sizes_never_confuse_the_watch(
+            requests in proptest::collection::vec(
+                (proptest::prelude::any::<bool>(), proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64)),
+                1..6,
+            ),
+            step in 1usize..64,
+            bad_last in proptest::prelude::any::<bool>(),
+        ) {
+            let mut stream = Vec::new();
+            for (post, body) in &requests {
+                if *post {
+                    stream.extend_from_slice(
+                        format!("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n", body.len())
+                            .as_bytes(),
+                    );
+                    stream.extend_from_slice(body);
+                } else {
+                    stream.extend_from_slice(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+                }
+            }
+            if bad_last {
+                stream.extend_from_slice(
+                    b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+                );
+            }
+            let expected = bad_last.then_some(requests.len() as u32);
+            proptest::prop_assert_eq!(flagged(&stream, step), expected);
         }
     }
 
