@@ -158,8 +158,10 @@ pub fn respond(
         target.record(Outcome::Success, Some(ttfb), now);
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         let token = conn.tracker.token();
+        let slot = Arc::clone(&conn.slot);
         tokio::spawn(async move {
             let _drain = token;
+            let _slot = slot;
             let _in_flight = in_flight;
             // Hold the connection's handle until the upgrade is through.
             let _upstream_conn = upstream_conn;

@@ -13,7 +13,7 @@ use super::{attempt, validate};
 use crate::body::RespBody;
 use crate::error::ProxyError;
 use crate::server::clock::LazyTimer;
-use crate::server::limits::{Limit, ListenerLimits};
+use crate::server::limits::{Limit, ListenerLimits, OpenSlot};
 use crate::server::shutdown::Tracker;
 use crate::server::sniff::HeadWatch;
 use crate::shared::Shared;
@@ -33,6 +33,9 @@ pub struct ConnInfo {
     pub route_timer: Mutex<LazyTimer>,
     /// The listener's limits and their counters.
     pub limits: Arc<ListenerLimits>,
+    /// This connection's place under the listener's `max_connections`; an upgraded tunnel
+    /// holds it until the tunnel closes.
+    pub slot: Arc<OpenSlot>,
     /// Which HTTP/1 request head had framing hyper repaired quietly (CL+TE, CL twice).
     pub heads: Arc<HeadWatch>,
 }

@@ -40,7 +40,7 @@ pub async fn serve<S>(
     proto: &'static str,
     ctx: Arc<ServeCtx>,
     listener: Arc<ListenerLimits>,
-    _slot: OpenSlot,
+    slot: OpenSlot,
     mut stop: Stop,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -56,6 +56,7 @@ pub async fn serve<S>(
         tracker: ctx.tracker.clone(),
         route_timer: Mutex::new(LazyTimer::default()),
         limits: Arc::clone(&listener),
+        slot: Arc::new(slot),
         heads,
     });
     // Whether the client speaks HTTP/2: its connection then idles between streams legitimately

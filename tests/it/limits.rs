@@ -353,3 +353,37 @@ async fn a_reload_changes_the_limits_of_new_connections() {
     assert_eq!(exchange(proxy.addr, many.as_bytes()).await.status(), 431);
     wait_hits(&proxy, "request_headers", 1.0).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgraded_tunnel_keeps_its_place_under_the_connection_cap() {
+    use futures_util::{SinkExt, StreamExt};
+    let app = TestBackend::start("app").await;
+    let proxy = Proxy::start(&config(&app, "{ max_connections: 1 }")).await;
+    let (mut ws, resp) = tokio_tungstenite::connect_async(format!("ws://{}/ws", proxy.addr))
+        .await
+        .expect("websocket handshake through the proxy");
+    assert_eq!(resp.status(), 101);
+    // The tunnel is up (an echo went through): its HTTP connection is over, its slot is not.
+    ws.send("ping".into()).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap().to_text().unwrap(), "ping");
+    let refused = exchange(proxy.addr, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    assert!(refused.bytes.is_empty(), "{}", refused.text());
+    assert_eq!(hits(&proxy, "max_connections").await, 1.0);
+    // Closing the tunnel gives the slot back.
+    ws.close(None).await.unwrap();
+    drop(ws);
+    let mut served = false;
+    for _ in 0..200 {
+        let r = exchange(
+            proxy.addr,
+            b"GET /again HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        if r.status() == 200 {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(served, "the tunnel's slot was never given back");
+}
