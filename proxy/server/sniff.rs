@@ -7,7 +7,7 @@
 //! The watcher follows the stream from head to head: after a head without a body, or with a
 //! `Content-Length` body (skipped by count), the next byte starts the next head. A chunked body
 //! or an HTTP/2 preface ends the watch: the first would need a second chunk parser, and hyper
-//! reads both consistently anyway.
+//! reads both consistently anyway. So do `Upgrade` and `CONNECT`: what follows is a tunnel.
 
 use std::io;
 use std::pin::Pin;
@@ -73,6 +73,8 @@ struct Head {
     lines: u32,
     content_lengths: u32,
     transfer_encodings: u32,
+    /// `Upgrade:` or `CONNECT`: the bytes after this head may be a tunnel.
+    tunnel: bool,
     /// The previous byte was `\r`.
     prev_cr: bool,
     /// A line ended with a bare `\n`: a parser that wants CRLF would read this head differently.
@@ -210,6 +212,8 @@ fn byte(h: &mut Head, b: u8) {
                 h.in_length = h.content_lengths == 1;
             } else if key == b"transfer-encoding:" {
                 h.transfer_encodings += 1;
+            } else if key == b"upgrade:" || (h.lines == 0 && key.starts_with(b"connect ")) {
+                h.tunnel = true;
             }
         }
     }
@@ -236,7 +240,7 @@ fn end_line(h: &mut Head) -> Option<Next> {
         h.bare_lf || h.content_lengths > 1 || (h.content_lengths > 0 && h.transfer_encodings > 0);
     Some(if ambiguous {
         Next::Ambiguous
-    } else if h.transfer_encodings > 0 {
+    } else if h.transfer_encodings > 0 || h.tunnel {
         Next::Unknown
     } else if h.content_lengths == 1 {
         h.length.map_or(Next::Unknown, Next::Body)
@@ -319,6 +323,15 @@ mod tests {
             assert_eq!(flagged(dup, step), Some(0));
             assert_eq!(flagged(get, step), None);
             assert_eq!(flagged(lf, step), Some(0));
+            // After an upgrade or CONNECT the bytes are a tunnel's, not heads.
+            for tunnel in [
+                &b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n"[..],
+                b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n",
+            ] {
+                let mut t = tunnel.to_vec();
+                t.extend_from_slice(cl_te);
+                assert_eq!(flagged(&t, step), None, "{step}");
+            }
             // A body that looks like headers is skipped by its length.
             assert_eq!(flagged(post, step), None, "{step}");
             let mut later = get.to_vec();
