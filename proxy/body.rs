@@ -24,6 +24,8 @@ pub struct ClientBodyError(#[source] pub hyper::Error);
 pub enum ReqBody {
     Streaming(Incoming),
     Full(Option<Bytes>),
+    /// Streaming under the listener's body limits.
+    Guarded(Box<crate::http::body_guard::Guarded>),
 }
 
 impl ReqBody {
@@ -49,12 +51,14 @@ impl Body for ReqBody {
                 .poll_frame(cx)
                 .map_err(|e| Box::new(ClientBodyError(e)) as BoxError),
             ReqBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
+            ReqBody::Guarded(b) => Pin::new(b.as_mut()).poll_frame(cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             ReqBody::Streaming(b) => b.is_end_stream(),
+            ReqBody::Guarded(b) => b.is_end_stream(),
             ReqBody::Full(b) => b.is_none(),
         }
     }
@@ -62,6 +66,7 @@ impl Body for ReqBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             ReqBody::Streaming(b) => b.size_hint(),
+            ReqBody::Guarded(b) => b.size_hint(),
             ReqBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
         }
     }

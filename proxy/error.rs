@@ -39,6 +39,10 @@ pub enum ErrorKind {
     Reset,
     /// The client went away before the response was complete.
     ClientGone,
+    /// The request body was larger than the listener allows.
+    BodyTooLarge,
+    /// The request body came slower than the listener's minimum rate.
+    BodyTooSlow,
     /// Something the proxy itself got wrong.
     Internal,
 }
@@ -46,7 +50,10 @@ pub enum ErrorKind {
 impl ErrorKind {
     pub fn side(self) -> Side {
         match self {
-            ErrorKind::BadRequest | ErrorKind::ClientGone => Side::Client,
+            ErrorKind::BadRequest
+            | ErrorKind::ClientGone
+            | ErrorKind::BodyTooLarge
+            | ErrorKind::BodyTooSlow => Side::Client,
             ErrorKind::Connect | ErrorKind::Timeout | ErrorKind::Reset => Side::Upstream,
             ErrorKind::NoRoute | ErrorKind::NoBackend | ErrorKind::Internal => Side::Internal,
         }
@@ -56,6 +63,8 @@ impl ErrorKind {
         match self {
             ErrorKind::NoRoute => StatusCode::NOT_FOUND,
             ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
+            ErrorKind::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::BodyTooSlow => StatusCode::REQUEST_TIMEOUT,
             ErrorKind::NoBackend => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::Connect | ErrorKind::Reset => StatusCode::BAD_GATEWAY,
             ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
@@ -75,6 +84,8 @@ impl ErrorKind {
             ErrorKind::Timeout => "timeout",
             ErrorKind::Reset => "reset",
             ErrorKind::ClientGone => "client-gone",
+            ErrorKind::BodyTooLarge => "body-too-large",
+            ErrorKind::BodyTooSlow => "body-too-slow",
             ErrorKind::Internal => "internal",
         }
     }

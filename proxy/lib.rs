@@ -13,11 +13,14 @@
 //!   writer), [`reload::snapshot`] (what the request path reads, swapped with `ArcSwap`).
 //! - [`server`]: [`server::listener`] (socket2, accept, reconcile on reload),
 //!   [`server::conn`] (one connection, HTTP/1.1 or h2c), [`server::tls`] (TLS listeners:
-//!   certificates by SNI, reloaded when their files change), [`server::shutdown`] (stop, drain).
+//!   certificates by SNI, reloaded when their files change), [`server::shutdown`] (stop, drain),
+//!   [`server::limits`] (a listener's limits and their counters), [`server::sniff`] (raw
+//!   HTTP/1 heads watched for framing hyper repairs quietly).
 //! - [`http`]: [`http::handler`] (loads the snapshot once) -> [`http::route`] ->
 //!   [`http::split`] -> [`http::pick`] -> [`http::forward`]; [`http::headers`] rewrites;
-//!   [`http::ratelimit`] (token buckets, before the split) and [`http::fault`] (injected
-//!   delays and aborts, after it).
+//!   [`http::validate`] refuses smuggling and malformed heads; [`http::body_guard`] holds a
+//!   request body to the listener's size and rate limits; [`http::ratelimit`] (token buckets,
+//!   before the split) and [`http::fault`] (injected delays and aborts, after it).
 //!   Route, split and pick are pure functions over tables compiled per snapshot.
 //! - [`backend`]: [`backend::registry`] (state by upstream + address, kept across reloads),
 //!   [`backend::state`], [`backend::pool`] (a connection pool per backend), [`backend::tls`]

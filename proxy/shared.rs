@@ -8,11 +8,14 @@ use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
 use crate::reload::snapshot::Snapshot;
+use crate::server::limits::LimitStats;
 use crate::stats::GlobalCounters;
 
 pub struct Shared {
     snapshot: ArcSwap<Snapshot>,
     pub counters: GlobalCounters,
+    /// `switchyard_limit_rejections_total`, by listener.
+    pub limit_stats: LimitStats,
     draining: AtomicBool,
     /// Bumped after every reload attempt; lets callers wait for one without polling.
     reloads: watch::Sender<ReloadEvent>,
@@ -36,6 +39,7 @@ impl Shared {
         Shared {
             snapshot: ArcSwap::from_pointee(first),
             counters: GlobalCounters::default(),
+            limit_stats: LimitStats::default(),
             draining: AtomicBool::new(false),
             reloads: watch::Sender::new(ReloadEvent {
                 generation,

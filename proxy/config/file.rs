@@ -43,6 +43,7 @@ pub struct Listener {
     pub name: Option<String>,
     pub bind: String,
     pub tls: Option<super::tls::ListenerTlsFile>,
+    pub limits: Option<super::limits::LimitsFile>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -263,8 +264,15 @@ fn yaml_syntax_error(e: &serde_yaml::Error, text: &str) -> ConfigError {
             msg = msg.replacen(&format!(" at {at}"), "", 1);
             at
         }
-        None => String::new(),
+        // serde_yaml places no error that spans documents; the whole file is the place.
+        None => "document".to_owned(),
     };
+    if msg.contains("more than one document") {
+        return ConfigError::new(
+            at,
+            "not valid YAML: the file holds more than one document (a `---` line, or text after the first document ends, e.g. after a closing quote or bracket); keep one",
+        );
+    }
     let hint = if text.contains('\t') && msg.contains("cannot start any token") {
         "YAML indentation must use spaces, not tabs"
     } else {

@@ -5,6 +5,7 @@
 
 pub mod duration;
 pub mod file;
+pub mod limits;
 pub mod model;
 pub mod resilience;
 pub mod rollout;

@@ -48,6 +48,7 @@ pub struct Listener {
     pub bind: SocketAddr,
     /// Serve TLS (HTTPS, HTTP/2 by ALPN) instead of plain HTTP.
     pub tls: Option<ListenerTls>,
+    pub limits: super::limits::Limits,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

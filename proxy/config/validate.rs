@@ -147,6 +147,7 @@ fn listeners(list: &[file::Listener], broken: bool, errs: &mut Errors) -> Vec<Li
                 format!("listener name `{name}` is used twice"),
             );
         }
+        let limits = super::limits::limits(&path, l.limits.as_ref(), errs);
         let Some(bind) = socket_addr(&l.bind, &format!("{path}.bind"), errs) else {
             continue;
         };
@@ -162,7 +163,12 @@ fn listeners(list: &[file::Listener], broken: bool, errs: &mut Errors) -> Vec<Li
             .tls
             .as_ref()
             .and_then(|t| super::tls::listener_tls(&format!("{path}.tls"), t, errs));
-        out.push(Listener { name, bind, tls });
+        out.push(Listener {
+            name,
+            bind,
+            tls,
+            limits,
+        });
     }
     out
 }

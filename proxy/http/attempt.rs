@@ -10,6 +10,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
+use super::body_guard;
 use super::choose::{self, Aim};
 use super::fault;
 use super::forward::{self, Tried};
@@ -69,6 +70,11 @@ async fn send(
         }
     } else {
         (ReqBody::Streaming(body), None)
+    };
+    let left = deadline.saturating_duration_since(Instant::now());
+    let first_body = match body_guard::guard(first_body, conn, h2, left).await {
+        Ok(b) => b,
+        Err(e) => return answer(route, aim.target, None, &e, started),
     };
     let template = replay.as_ref().map(|_| forward::clone_head(&head));
     let mut next = Some(Request::from_parts(head, first_body));
@@ -240,7 +246,11 @@ fn answer(
         ErrorKind::Timeout => Some(Outcome::Timeout),
         ErrorKind::Reset => Some(Outcome::Reset),
         ErrorKind::NoBackend | ErrorKind::Internal => Some(Outcome::ServerError),
-        ErrorKind::BadRequest | ErrorKind::ClientGone | ErrorKind::NoRoute => None,
+        ErrorKind::BadRequest
+        | ErrorKind::ClientGone
+        | ErrorKind::NoRoute
+        | ErrorKind::BodyTooLarge
+        | ErrorKind::BodyTooSlow => None,
     };
     if let Some(o) = outcome {
         t.stats.record(o, None, now);

@@ -158,8 +158,10 @@ pub fn respond(
         target.record(Outcome::Success, Some(ttfb), now);
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         let token = conn.tracker.token();
+        let slot = Arc::clone(&conn.slot);
         tokio::spawn(async move {
             let _drain = token;
+            let _slot = slot;
             let _in_flight = in_flight;
             // Hold the connection's handle until the upgrade is through.
             let _upstream_conn = upstream_conn;
@@ -284,6 +286,12 @@ pub fn clone_head(head: &Parts) -> Parts {
 fn classify(e: SendError, backend: &Backend) -> ProxyError {
     let upstream = &backend.state.upstream;
     let addr = backend.state.addr.as_str();
+    if let Some(limit) = e
+        .hyper()
+        .and_then(|h| find_in_chain::<crate::http::body_guard::BodyLimitError>(h))
+    {
+        return limit.to_proxy_error().with_source(e);
+    }
     if let Some(client) = e.hyper().and_then(|h| find_in_chain::<ClientBodyError>(h)) {
         let framing = !client.0.is_incomplete_message()
             && find_in_chain::<std::io::Error>(&client.0).is_none_or(|io| {

@@ -1,19 +1,21 @@
 //! One request, start to end: load the snapshot once, route, split, pick, forward, count.
 
 use std::net::SocketAddr;
-use std::sync::Mutex;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use super::attempt;
 use super::forward::Exchange;
+use super::{attempt, validate};
 use crate::body::RespBody;
 use crate::error::ProxyError;
 use crate::server::clock::LazyTimer;
+use crate::server::limits::{Limit, ListenerLimits, OpenSlot};
 use crate::server::shutdown::Tracker;
+use crate::server::sniff::HeadWatch;
 use crate::shared::Shared;
 
 pub type ProxyBody = RespBody<Exchange>;
@@ -29,13 +31,44 @@ pub struct ConnInfo {
     pub tracker: Tracker,
     /// Times the route timeout of HTTP/1.1 requests, one at a time on this connection.
     pub route_timer: Mutex<LazyTimer>,
+    /// The listener's limits and their counters.
+    pub limits: Arc<ListenerLimits>,
+    /// This connection's place under the listener's `max_connections`; an upgraded tunnel
+    /// holds it until the tunnel closes.
+    pub slot: Arc<OpenSlot>,
+    /// Which HTTP/1 request head had framing hyper repaired quietly (CL+TE, CL twice).
+    pub heads: Arc<HeadWatch>,
 }
 
 pub async fn handle(
     shared: &Shared,
     conn: &ConnInfo,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Response<ProxyBody> {
+    if req.version() != http::Version::HTTP_2 && conn.heads.next_is_ambiguous() {
+        conn.limits.counters.hit(Limit::MalformedRequest);
+        return local_response(
+            StatusCode::BAD_REQUEST,
+            "bad-request",
+            "ambiguous framing: Content-Length twice, or with Transfer-Encoding",
+        );
+    }
+    match validate::check(req.version(), req.uri(), req.headers(), &conn.limits.spec) {
+        Ok(a) if a.drop_underscored => {
+            conn.limits.counters.hit(Limit::HeaderWithUnderscore);
+            validate::drop_underscored(req.headers_mut());
+        }
+        Ok(_) => {}
+        Err(r) => {
+            conn.limits.counters.hit(r.limit);
+            let token = if r.status == StatusCode::PAYLOAD_TOO_LARGE {
+                "body-too-large"
+            } else {
+                "bad-request"
+            };
+            return local_response(r.status, token, r.why);
+        }
+    }
     let snap = shared.snapshot();
     let host = request_host(&req);
     let Some(route_idx) = snap.router.find(host, req.uri().path(), req.headers()) else {
@@ -79,7 +112,11 @@ pub fn local_response(status: StatusCode, token: &'static str, text: &str) -> Re
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     h.insert("x-switchyard-error", HeaderValue::from_static(token));
-    if status == StatusCode::BAD_REQUEST {
+    // The rest of the request may be unread or unreadable: the connection cannot go on.
+    if matches!(
+        status,
+        StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE | StatusCode::REQUEST_TIMEOUT
+    ) {
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     resp

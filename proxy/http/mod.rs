@@ -2,6 +2,7 @@
 //! over tables the snapshot compiled; side effects stay in `handler` and `forward`.
 
 pub mod attempt;
+pub mod body_guard;
 pub mod choose;
 pub mod fault;
 pub mod forward;
@@ -12,3 +13,4 @@ pub mod ratelimit;
 pub mod retry;
 pub mod route;
 pub mod split;
+pub mod validate;

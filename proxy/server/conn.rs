@@ -4,55 +4,33 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::clock::{Activity, Busy, LazyTimer};
+use super::limits::{self, Limit, ListenerLimits, OpenSlot};
 use super::shutdown::{Stop, Tracker};
+use super::sniff::{HeadWatch, Sniffed};
 use crate::http::handler::{self, ConnInfo, ProxyBody};
 use crate::shared::Shared;
-
-/// Slowloris guard: a connection must bring a whole request head within this long of opening
-/// or of its previous response ending (Envoy's and NGINX's default); an idle keep-alive
-/// connection is closed after it too.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// HTTP/2 streams per connection (Envoy's edge recommendation).
-pub const MAX_CONCURRENT_STREAMS: u32 = 100;
 
 /// Everything a connection needs, shared by all connections of all listeners.
 pub struct ServeCtx {
     pub shared: Arc<Shared>,
     pub tracker: Tracker,
-    builder: auto::Builder<TokioExecutor>,
 }
 
 impl ServeCtx {
     pub fn new(shared: Arc<Shared>, tracker: Tracker) -> Self {
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            // Our own watchdog covers this (see `serve`); hyper's costs a timer per request.
-            .header_read_timeout(None)
-            .keep_alive(true);
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .max_concurrent_streams(MAX_CONCURRENT_STREAMS);
-        ServeCtx {
-            shared,
-            tracker,
-            builder,
-        }
+        ServeCtx { shared, tracker }
     }
 }
 
@@ -61,23 +39,37 @@ pub async fn serve<S>(
     peer: SocketAddr,
     proto: &'static str,
     ctx: Arc<ServeCtx>,
+    listener: Arc<ListenerLimits>,
+    slot: OpenSlot,
     mut stop: Stop,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let _live = ctx.tracker.token();
     let activity = Arc::new(Activity::default());
+    let heads = Arc::new(HeadWatch::default());
+    let stream = Sniffed::new(stream, Arc::clone(&heads));
     let info = Arc::new(ConnInfo {
         peer,
         peer_value: crate::http::headers::peer_value(peer.ip()),
         proto,
         tracker: ctx.tracker.clone(),
         route_timer: Mutex::new(LazyTimer::default()),
+        limits: Arc::clone(&listener),
+        slot: Arc::new(slot),
+        heads,
     });
+    // Whether the client speaks HTTP/2: its connection then idles between streams legitimately
+    // and only `idle_timeout` applies; HTTP/1.1 must bring its next request head in time.
+    let h2 = Arc::new(AtomicBool::new(false));
+    let saw_h2 = Arc::clone(&h2);
     let shared = Arc::clone(&ctx.shared);
     let requests = Arc::clone(&activity);
-    let service = service_fn(move |req| {
+    let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let busy = requests.start();
+        if req.version() == http::Version::HTTP_2 {
+            saw_h2.store(true, Ordering::Relaxed);
+        }
         let shared = Arc::clone(&shared);
         let info = Arc::clone(&info);
         async move {
@@ -85,21 +77,35 @@ pub async fn serve<S>(
             Ok::<_, Infallible>(resp.map(|body| Tracked { body, _busy: busy }))
         }
     });
-    let conn = ctx
+    let conn = listener
         .builder
         .serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(conn);
+    let spec = &listener.spec;
+    let head_limit = spec.header_read_timeout.min(spec.idle_timeout);
+    let idle_limit = || {
+        if h2.load(Ordering::Relaxed) {
+            spec.idle_timeout
+        } else {
+            head_limit
+        }
+    };
     let mut watchdog = LazyTimer::default();
-    watchdog.arm(tokio::time::Instant::now() + HEADER_READ_TIMEOUT);
+    watchdog.arm(tokio::time::Instant::now() + head_limit);
     let idle_too_long = std::future::poll_fn(|cx| {
-        watchdog.poll_watch(cx, HEADER_READ_TIMEOUT, || {
-            activity.idle_deadline(HEADER_READ_TIMEOUT)
-        })
+        let limit = idle_limit();
+        watchdog.poll_watch(cx, limit, || activity.idle_deadline(limit))
     });
     let result = tokio::select! {
         r = conn.as_mut() => r,
         () = idle_too_long => {
-            tracing::debug!(%peer, "no request head within {HEADER_READ_TIMEOUT:?}; closing");
+            let (limit, which) = if h2.load(Ordering::Relaxed) {
+                (spec.idle_timeout, Limit::IdleTimeout)
+            } else {
+                (head_limit, Limit::HeaderReadTimeout)
+            };
+            listener.counters.hit(which);
+            tracing::debug!(%peer, "no request head within {limit:?}; closing");
             Ok(())
         }
         () = stop.wait() => {
@@ -110,6 +116,9 @@ pub async fn serve<S>(
         }
     };
     if let Err(e) = result {
+        if let Some(limit) = limits::limit_of_conn_error(e.as_ref()) {
+            listener.counters.hit(limit);
+        }
         tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }

@@ -11,7 +11,10 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
 use tokio::runtime::Handle;
 
+use arc_swap::ArcSwap;
+
 use super::conn::{self, ServeCtx};
+use super::limits::{Limit, ListenerLimits, OpenConnections};
 use super::shutdown::{Stop, StopTrigger, stop_pair};
 use super::tls::TlsListener;
 use crate::config::model::Listener;
@@ -100,6 +103,8 @@ struct Running {
     stop: StopTrigger,
     /// Swapped when a reload changes the listener's `tls:`; `None` serves plain HTTP.
     tls: Arc<ArcSwapOption<TlsListener>>,
+    /// Read by the accept loops once per connection; replaced when a reload changes them.
+    limits: Arc<ArcSwap<ListenerLimits>>,
 }
 
 /// Listeners bound for a config but not yet serving.
@@ -200,7 +205,13 @@ impl ListenerSet {
         self.running
             .retain_mut(|r| match p.wanted.iter().find(|w| w.bind == r.spec.bind) {
                 Some(w) => {
+                    if w.name != r.spec.name || w.limits != r.spec.limits {
+                        let counters = self.ctx.shared.limit_stats.counters(&w.name);
+                        r.limits
+                            .store(Arc::new(ListenerLimits::new(w.limits, counters)));
+                    }
                     r.spec.name.clone_from(&w.name);
+                    r.spec.limits = w.limits;
                     if let Some((_, tls)) = p.retls.iter().find(|(b, _)| *b == r.spec.bind) {
                         tracing::info!(listener = %w.name, tls = tls.is_some(), "listener TLS changed");
                         r.tls.store(tls.clone());
@@ -222,15 +233,23 @@ impl ListenerSet {
                 .unwrap_or(spec.bind);
             let (stop, signal) = stop_pair();
             tracing::info!(listener = %spec.name, addr = %local, workers = group.len(), "listening");
+            let counters = self.ctx.shared.limit_stats.counters(&spec.name);
+            let limits = Arc::new(ArcSwap::from_pointee(ListenerLimits::new(
+                spec.limits,
+                counters,
+            )));
+            let open = Arc::new(OpenConnections::default());
             for (socket, worker) in group.into_iter().zip(&self.workers) {
                 let ctx = Arc::clone(&self.ctx);
                 let signal = signal.clone();
                 let name = spec.name.clone();
                 let tls = Arc::clone(&tls);
+                let limits = Arc::clone(&limits);
+                let open = Arc::clone(&open);
                 // Registered with the worker's own reactor, so it must happen on that worker.
                 worker.spawn(async move {
                     match TcpListener::from_std(socket) {
-                        Ok(listener) => accept_loop(listener, ctx, signal, tls).await,
+                        Ok(listener) => accept_loop(listener, ctx, limits, open, signal, tls).await,
                         Err(e) => tracing::error!(listener = %name, error = %e, "cannot register listener"),
                     }
                 });
@@ -240,6 +259,7 @@ impl ListenerSet {
                 local,
                 stop,
                 tls,
+                limits,
             });
         }
     }
@@ -263,6 +283,8 @@ impl ListenerSet {
 async fn accept_loop(
     listener: TcpListener,
     ctx: Arc<ServeCtx>,
+    limits: Arc<ArcSwap<ListenerLimits>>,
+    open: Arc<OpenConnections>,
     mut stop: Stop,
     tls: Arc<ArcSwapOption<TlsListener>>,
 ) {
@@ -273,6 +295,14 @@ async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
+                let limits = limits.load_full();
+                // Over the cap: accepted (so the client is not left in the backlog) and closed.
+                let Some(slot) = open.try_open(limits.spec.max_connections) else {
+                    limits.counters.hit(Limit::MaxConnections);
+                    tracing::debug!(%peer, "connection limit reached; closing");
+                    drop(stream);
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
                 if let Some(tls) = tls.load_full() {
                     tokio::spawn(super::tls::serve(
@@ -280,6 +310,8 @@ async fn accept_loop(
                         stream,
                         peer,
                         Arc::clone(&ctx),
+                        limits,
+                        slot,
                         stop.clone(),
                     ));
                     continue;
@@ -289,6 +321,8 @@ async fn accept_loop(
                     peer,
                     "http",
                     Arc::clone(&ctx),
+                    limits,
+                    slot,
                     stop.clone(),
                 ));
             }

@@ -2,7 +2,9 @@
 
 pub mod clock;
 pub mod conn;
+pub mod limits;
 pub mod listener;
 pub mod shutdown;
+pub mod sniff;
 pub mod tls;
 pub mod workers;

@@ -15,7 +15,8 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio_rustls::TlsAcceptor;
 
-use super::conn::{self, HEADER_READ_TIMEOUT, ServeCtx};
+use super::conn::{self, ServeCtx};
+use super::limits::{ListenerLimits, OpenSlot};
 use super::shutdown::Stop;
 use crate::config::tls::{self, ListenerTls, NamePattern};
 use crate::reload::watcher::{self, WatchGuard};
@@ -122,12 +123,16 @@ pub async fn serve(
     stream: tokio::net::TcpStream,
     peer: std::net::SocketAddr,
     ctx: Arc<ServeCtx>,
+    limits: Arc<ListenerLimits>,
+    slot: OpenSlot,
     stop: Stop,
 ) {
-    let handshake = tokio::time::timeout(HEADER_READ_TIMEOUT, tls.acceptor.accept(stream));
+    // The handshake is the first part of a request head: the same bound holds it.
+    let bound = limits.spec.header_read_timeout;
+    let handshake = tokio::time::timeout(bound, tls.acceptor.accept(stream));
     drop(tls);
     match handshake.await {
-        Ok(Ok(stream)) => conn::serve(stream, peer, "https", ctx, stop).await,
+        Ok(Ok(stream)) => conn::serve(stream, peer, "https", ctx, limits, slot, stop).await,
         Ok(Err(e)) => {
             ctx.shared
                 .counters
@@ -142,7 +147,7 @@ pub async fn serve(
                 .tls
                 .handshake_errors
                 .fetch_add(1, Relaxed);
-            tracing::debug!(%peer, "no TLS handshake within {HEADER_READ_TIMEOUT:?}; closing");
+            tracing::debug!(%peer, "no TLS handshake within {bound:?}; closing");
         }
     }
 }
