@@ -218,6 +218,8 @@ pub fn render(ctx: &AdminCtx) -> String {
         }
     }
 
+    super::shadow::metrics(&snap, &mut e);
+
     e.family(
         "switchyard_unrouted_requests_total",
         "counter",

@@ -2,6 +2,7 @@
 
 pub mod client;
 mod metrics;
+mod shadow;
 mod status;
 
 use std::convert::Infallible;
@@ -85,12 +86,16 @@ async fn route(ctx: &AdminCtx, req: Request<Incoming>) -> AdminResponse {
             resp
         }
         (&Method::POST, "/reload") => reload(ctx).await,
+        (&Method::GET, p) if p.starts_with("/shadow/") => {
+            let (status, body) = shadow::render(&ctx.shared.snapshot(), &p["/shadow/".len()..]);
+            json_response(status, &body)
+        }
         (_, "/livez" | "/readyz" | "/status" | "/metrics") => method_not_allowed("GET"),
         (_, "/reload") => method_not_allowed("POST"),
         _ => json_response(
             StatusCode::NOT_FOUND,
             &json!({ "error": format!("no admin endpoint {path}"),
-                     "endpoints": ["GET /livez", "GET /readyz", "GET /status", "GET /metrics", "POST /reload"] }),
+                     "endpoints": ["GET /livez", "GET /readyz", "GET /status", "GET /metrics", "GET /shadow/{route}", "POST /reload"] }),
         ),
     }
 }

@@ -13,6 +13,7 @@ use serde_yaml::Value;
 use super::ConfigError;
 use super::duration::DurationStr;
 use super::resilience::{CircuitBreakerFile, HealthCheckFile, RetriesFile};
+use super::shadow::ShadowFile;
 
 #[derive(Debug, Default)]
 pub struct FileConfig {
@@ -72,6 +73,7 @@ pub struct Route {
     pub sticky: Option<Sticky>,
     pub override_header: Option<String>,
     pub retries: Option<RetriesFile>,
+    pub shadow: Option<ShadowFile>,
 }
 
 #[derive(Debug, Default, Deserialize)]

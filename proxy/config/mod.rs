@@ -7,6 +7,7 @@ pub mod duration;
 pub mod file;
 pub mod model;
 pub mod resilience;
+pub mod shadow;
 pub mod validate;
 
 use std::fmt;

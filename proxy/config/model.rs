@@ -9,6 +9,7 @@ use http::uri::Authority;
 use http::{HeaderName, HeaderValue};
 
 pub use super::resilience::{BreakerConfig, HealthCheck, RetryOn, RetryPolicy};
+pub use super::shadow::{Sample, Shadow};
 
 pub const DEFAULT_ADMIN_BIND: &str = "127.0.0.1:9901";
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -88,6 +89,8 @@ pub struct Route {
     pub sticky: Option<StickyKey>,
     pub override_header: Option<HeaderName>,
     pub retries: Option<RetryPolicy>,
+    /// Mirroring to another upstream (`shadow:`).
+    pub shadow: Option<Shadow>,
 }
 
 impl Route {

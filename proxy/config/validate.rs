@@ -10,7 +10,7 @@ use http::{HeaderName, HeaderValue};
 
 use super::file::{self, did_you_mean};
 use super::model::*;
-use super::{ConfigError, resilience};
+use super::{ConfigError, resilience, shadow};
 
 /// Collects errors while the model is built, so that one pass reports all of them.
 #[derive(Default)]
@@ -330,6 +330,14 @@ fn route(
         .and_then(|h| header_name(h, &format!("{path}.override_header"), errs));
     let timeout = positive(r.timeout, DEFAULT_ROUTE_TIMEOUT, path, "timeout", errs);
     let retries = resilience::retries(path, r.retries.as_ref(), errs);
+    let known = |name: &str| {
+        if broken_upstreams.contains(&name) || upstreams.contains(&name) {
+            Ok(())
+        } else {
+            Err(unknown_upstream(name, upstreams))
+        }
+    };
+    let shadow = shadow::shadow(path, r.shadow.as_ref(), &known, r.sticky.is_some(), errs);
 
     (errs.0.len() == before).then(|| Route {
         name: r.name.as_str().into(),
@@ -339,6 +347,7 @@ fn route(
         sticky,
         override_header,
         retries,
+        shadow,
     })
 }
 

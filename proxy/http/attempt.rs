@@ -15,6 +15,7 @@ use super::forward::{self, Tried};
 use super::handler::{ConnInfo, ProxyBody, error_response};
 use super::headers;
 use super::retry::{self, Failure};
+use super::shadow;
 use crate::body::{ClientBodyError, ReqBody};
 use crate::config::resilience::MAX_REPLAY_BODY;
 use crate::error::{ErrorKind, ProxyError};
@@ -42,6 +43,10 @@ pub async fn proxy(
     let method = req.method().clone();
     let (mut head, body) = req.into_parts();
     forward::prepare(&mut head, conn, upgrade);
+    let mirror = route
+        .shadow
+        .as_ref()
+        .and_then(|s| shadow::start(s, &aim, &head, upgrade));
 
     // A small body is kept whole so that a failed try can be replayed; a large one streams.
     let (first_body, replay) = if policy.is_some() && !upgrade {
@@ -51,6 +56,10 @@ pub async fn proxy(
         }
     } else {
         (ReqBody::Streaming(body), None)
+    };
+    let (first_body, mut primary_tap) = match mirror {
+        Some((m, tap)) => (m.attach(first_body, replay.as_ref()), tap),
+        None => (first_body, None),
     };
     let template = replay.as_ref().map(|_| forward::clone_head(&head));
     let mut next = Some(Request::from_parts(head, first_body));
@@ -122,6 +131,7 @@ pub async fn proxy(
                         ttfb,
                         client_upgrade.take(),
                         conn,
+                        primary_tap.take(),
                     );
                 }
                 // Recorded now (the body is never read): the connection closes with it.

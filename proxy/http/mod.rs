@@ -3,10 +3,12 @@
 
 pub mod attempt;
 pub mod choose;
+pub mod compare;
 pub mod forward;
 pub mod handler;
 pub mod headers;
 pub mod pick;
 pub mod retry;
 pub mod route;
+pub mod shadow;
 pub mod split;

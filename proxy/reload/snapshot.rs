@@ -9,6 +9,7 @@ use crate::backend::Backend;
 use crate::config::Config;
 use crate::config::model::{Route, Upstream};
 use crate::http::route::Router;
+use crate::http::shadow::ShadowRuntime;
 use crate::http::split::Split;
 use crate::stats::{RequestCounters, RetryBudget, ShadowStats, StatsRegistry, TargetStats};
 
@@ -55,6 +56,8 @@ pub struct RouteRuntime {
     pub budget: Option<Arc<RetryBudget>>,
     /// What the route's shadow traffic found (kept across reloads).
     pub shadow_stats: Arc<ShadowStats>,
+    /// Present when the route mirrors traffic (`shadow:`).
+    pub shadow: Option<Arc<ShadowRuntime>>,
     seq: AtomicU64,
 }
 
@@ -125,12 +128,24 @@ pub fn build(
                 .retries
                 .as_ref()
                 .map(|r| stats.budget(&spec.name, r.budget_percent, r.min_per_second));
+            let shadow_stats = stats.shadow(&spec.name);
+            let shadow = spec.shadow.as_ref().and_then(|s| {
+                let pool = by_name.get(&*s.upstream)?;
+                Some(ShadowRuntime::new(
+                    &spec.name,
+                    s,
+                    pool,
+                    &shadow_stats,
+                    stats,
+                ))
+            });
             RouteRuntime {
                 split: Split::new(&names, live, spec.sticky.is_some()),
                 spec: Arc::clone(spec),
                 targets,
                 budget,
-                shadow_stats: stats.shadow(&spec.name),
+                shadow_stats,
+                shadow,
                 seq: AtomicU64::new(0),
             }
         })

@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
 use std::sync::Arc;
 
-use super::{RequestCounters, RetryBudget, ShadowStats, TargetStats};
+use super::{MirrorStats, RequestCounters, RetryBudget, ShadowStats, TargetStats};
 
 /// A map that forgets entries not asked for since the last [`Kept::retain_seen`].
 struct Kept<K, V> {
@@ -56,6 +56,7 @@ pub struct StatsRegistry {
     targets: Kept<(Name, Name), TargetStats>,
     budgets: Kept<Name, RetryBudget>,
     shadows: Kept<Name, ShadowStats>,
+    mirrors: Kept<(Name, Name), MirrorStats>,
 }
 
 impl StatsRegistry {
@@ -66,6 +67,7 @@ impl StatsRegistry {
             targets: Kept::default(),
             budgets: Kept::default(),
             shadows: Kept::default(),
+            mirrors: Kept::default(),
         }
     }
 
@@ -107,12 +109,21 @@ impl StatsRegistry {
         self.shadows.get_or(Arc::clone(route), ShadowStats::default)
     }
 
+    /// What a route's shadow copies to `upstream` came to, and how many are in flight.
+    pub fn mirror(&mut self, route: &Name, upstream: &Name) -> Arc<MirrorStats> {
+        self.mirrors.get_or(
+            (Arc::clone(route), Arc::clone(upstream)),
+            MirrorStats::default,
+        )
+    }
+
     /// Forgets every statistic not asked for since the last call (after a snapshot build).
     pub fn retain_seen(&mut self) {
         self.counters.retain_seen();
         self.targets.retain_seen();
         self.budgets.retain_seen();
         self.shadows.retain_seen();
+        self.mirrors.retain_seen();
     }
 }
 
