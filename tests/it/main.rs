@@ -10,4 +10,5 @@ mod lifecycle;
 mod metrics;
 mod reload;
 mod resilience;
+mod shadow;
 mod split;
