@@ -252,6 +252,58 @@ pub fn json_pointer(p: &str) -> Result<(), String> {
 mod tests {
     use super::*;
 
+    fn route_shadow(block: &str) -> Result<Shadow, Vec<String>> {
+        let text = format!(
+            "listeners: [{{ bind: '127.0.0.1:0' }}]\n\
+             upstreams: {{ a: {{ backends: ['h:1'] }}, b: {{ backends: ['h:2'] }} }}\n\
+             routes: [{{ name: r, split: [{{ upstream: a, weight: 1 }}], shadow: {block} }}]\n"
+        );
+        match crate::config::parse_str(&text) {
+            Ok(c) => Ok(c.routes[0].shadow.clone().unwrap()),
+            Err(e) => Err(e.0.iter().map(|e| e.to_string()).collect()),
+        }
+    }
+
+    #[test]
+    fn defaults_are_the_safe_ones() {
+        let s = route_shadow("{ upstream: b, percent: 12.5 }").unwrap();
+        assert_eq!(&*s.upstream, "b");
+        assert_eq!(s.basis_points, 1250);
+        assert_eq!(s.sample, Sample::Random);
+        assert_eq!(s.host, None);
+        assert_eq!(s.max_body_bytes, 65536);
+        assert_eq!(s.max_in_flight, 100);
+        assert_eq!(s.timeout, Duration::from_secs(5));
+        assert_eq!(s.methods, default_methods());
+        assert!(!s.methods.contains(&Method::POST));
+        assert!(!s.compare);
+        assert_eq!(s.compare_headers, [http::header::CONTENT_TYPE]);
+        assert!(s.ignore_fields.is_empty());
+    }
+
+    #[test]
+    fn every_mistake_is_reported_with_its_path() {
+        let errs = route_shadow(
+            "{ upstream: c, percent: -1, host: 'http://x/', max_body_bytes: 99999999999, methods: [get, 'B AD'], ignore_fields: [x] }",
+        )
+        .unwrap_err();
+        let paths: Vec<&str> = errs.iter().map(|e| e.split(':').next().unwrap()).collect();
+        assert_eq!(
+            paths,
+            [
+                "routes[0].shadow.upstream",
+                "routes[0].shadow.percent",
+                "routes[0].shadow.host",
+                "routes[0].shadow.max_body_bytes",
+                "routes[0].shadow.methods[1]",
+                "routes[0].shadow.ignore_fields[0]",
+            ],
+            "{errs:#?}"
+        );
+        let ok = route_shadow("{ upstream: b, percent: 100, methods: [post, patch] }").unwrap();
+        assert_eq!(ok.methods, [Method::POST, Method::PATCH]);
+    }
+
     #[test]
     fn json_pointers_are_checked() {
         for good in ["/timestamp", "/a/0/b", "/a~1b", "/~0x", "/"] {
