@@ -50,9 +50,7 @@ fn view(sh: &ShadowRuntime) -> Value {
                 "primary_status": r.primary_status,
                 "shadow_status": r.shadow_status,
                 "difference": r.difference,
-                "request_headers": r.request_headers.iter()
-                    .map(|(k, v)| json!([k, v]))
-                    .collect::<Vec<_>>(),
+                "request_headers": headers_object(&r.request_headers),
             });
             if let Some((p, s)) = r.header_values {
                 v["header_values"] = json!({ "primary": p, "shadow": s });
@@ -80,6 +78,23 @@ fn view(sh: &ShadowRuntime) -> Value {
         "mismatches": by_kind,
         "recent_mismatches": recent,
     })
+}
+
+/// Header name -> value; a repeated header's values joined with `, `.
+fn headers_object(headers: &[(String, String)]) -> Value {
+    let mut map = serde_json::Map::new();
+    for (k, v) in headers {
+        match map.get_mut(k) {
+            Some(Value::String(joined)) => {
+                joined.push_str(", ");
+                joined.push_str(v);
+            }
+            _ => {
+                map.insert(k.clone(), json!(v));
+            }
+        }
+    }
+    Value::Object(map)
 }
 
 /// `switchyard_shadow_requests_total`, `switchyard_shadow_mismatches_total` and
