@@ -16,6 +16,8 @@
 //! - [`http`]: [`http::handler`] (loads the snapshot once) -> [`http::route`] ->
 //!   [`http::split`] -> [`http::pick`] -> [`http::forward`]; [`http::headers`] rewrites.
 //!   Route, split and pick are pure functions over tables compiled per snapshot.
+//!   [`http::shadow`] copies sampled requests to a route's shadow upstream in tasks of their
+//!   own; [`http::compare`] (pure) diffs the two answers.
 //! - [`backend`]: [`backend::registry`] (state by upstream + address, kept across reloads),
 //!   [`backend::state`], [`backend::transport`] (a connection pool per backend).
 //! - [`stats`]: lock-free counters kept across reloads; Prometheus text exposition.

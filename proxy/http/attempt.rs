@@ -43,6 +43,8 @@ pub async fn proxy(
     let method = req.method().clone();
     let (mut head, body) = req.into_parts();
     forward::prepare(&mut head, conn, upgrade);
+    // Only switchyard marks copies: a client must not make a primary skip its side effects.
+    head.headers.remove(&shadow::X_SWITCHYARD_SHADOW);
     let mirror = route
         .shadow
         .as_ref()

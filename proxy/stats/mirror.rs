@@ -23,7 +23,8 @@ pub enum ShadowResult {
     SkippedInFlight,
     /// The method is not one of `methods`.
     SkippedMethod,
-    /// The client's request body never completed, so there was nothing whole to copy.
+    /// The request body was not read to its end (the client left, or the primary failed
+    /// before reading it), so there was nothing whole to copy.
     Abandoned,
 }
 

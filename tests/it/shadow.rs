@@ -248,8 +248,10 @@ async fn the_client_gets_the_same_answers_with_shadowing_on_and_off() {
     let requests = |host: &'static str| {
         let url = |p: &str| proxy.url(p);
         vec![
+            // A client claiming to be a shadow copy: the claim never reaches a backend.
             Request::get(url("/"))
                 .header("host", host)
+                .header("x-switchyard-shadow", "1")
                 .body(Full::default())
                 .unwrap(),
             Request::get(url("/status/404"))
