@@ -733,3 +733,36 @@ async fn shadow_counts_survive_a_reload_and_a_new_shadow_upstream_starts_its_own
     assert_eq!(other.got().len(), 1);
     assert_eq!(next.got().len(), 4);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_never_completes_is_not_mirrored_and_h2_requests_are() {
+    let app = TestBackend::start("app").await;
+    let next = Scripted::start(|_| (200, "text/plain", "ok".into())).await;
+    let proxy = Proxy::start(&config(
+        app.addr,
+        next.addr,
+        "percent: 100, methods: [GET, POST]",
+        "",
+    ))
+    .await;
+    // Half a chunked body, then the client goes away.
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(
+        b"POST /count HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n",
+    )
+    .await
+    .unwrap();
+    app.wait_for_path("/count").await;
+    drop(s);
+    let v = wait_shadow(&proxy, "abandoned the copy", |v| n(v, "abandoned") == 1).await;
+    assert_eq!(settled(&v), 1, "{v}");
+    // HTTP/2 from the client: the copy goes out as HTTP/1.1 with the same request.
+    let r = get(&client::h2c_client(), &proxy.url("/h2?x=1")).await;
+    assert_eq!(r.status, 200);
+    let v = wait_shadow(&proxy, "sent the h2 copy", |v| n(v, "success") == 1).await;
+    assert_eq!(settled(&v), 2, "{v}");
+    let got = next.got();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].path, "/h2");
+    assert_eq!(got[0].headers["x-switchyard-shadow"], "1");
+}
