@@ -283,7 +283,10 @@ impl PrimaryTap {
     }
 
     pub fn data(&mut self, chunk: &[u8]) {
-        self.capture.push(chunk);
+        // No copy went out after all (skipped, or already over): nothing will compare this.
+        if !self.tx.is_closed() {
+            self.capture.push(chunk);
+        }
     }
 
     /// The primary's body reached the client whole: hand it to the comparison.
