@@ -108,6 +108,16 @@ pub struct Mirror {
     rt: Arc<ShadowRuntime>,
     head: Parts,
     primary: Option<oneshot::Receiver<Answer>>,
+    /// Not counted in any result yet: dropped like this, the copy was abandoned.
+    open: bool,
+}
+
+impl Drop for Mirror {
+    fn drop(&mut self) {
+        if self.open {
+            self.rt.mirror.count(ShadowResult::Abandoned);
+        }
+    }
 }
 
 /// The primary's response, on its way to the client, copied for the comparison.
@@ -166,6 +176,7 @@ pub fn start(
         rt: Arc::clone(rt),
         head: copy,
         primary,
+        open: true,
     };
     Some((mirror, tap))
 }
@@ -185,7 +196,7 @@ impl Mirror {
         };
         if let Some(bytes) = whole {
             if bytes.len() > max {
-                self.rt.mirror.count(ShadowResult::SkippedBody);
+                self.close(ShadowResult::SkippedBody);
             } else {
                 self.send(bytes);
             }
@@ -197,7 +208,7 @@ impl Mirror {
                     .exact()
                     .is_some_and(|n| n > max as u64);
                 if too_big {
-                    self.rt.mirror.count(ShadowResult::SkippedBody);
+                    self.close(ShadowResult::SkippedBody);
                     return ReqBody::Streaming(incoming);
                 }
                 ReqBody::Tapped {
@@ -212,13 +223,21 @@ impl Mirror {
         }
     }
 
+    /// Counts the request in `result`: no copy goes out.
+    fn close(mut self, result: ShadowResult) {
+        self.rt.mirror.count(result);
+        self.open = false;
+    }
+
     /// Spawns the shadow exchange, if an in-flight place is free.
-    fn send(self, body: Bytes) {
+    fn send(mut self, body: Bytes) {
         let rt = &self.rt;
         if !rt.mirror.try_start(rt.spec.max_in_flight) {
-            rt.mirror.count(ShadowResult::SkippedInFlight);
+            self.close(ShadowResult::SkippedInFlight);
             return;
         }
+        // From here the task counts the result, however the exchange goes.
+        self.open = false;
         let place = Place(Arc::clone(&rt.mirror));
         tokio::spawn(async move {
             let _place = place;
@@ -248,8 +267,9 @@ impl BodyTap for Tap {
     fn data(&mut self, chunk: &Bytes) {
         let Some(m) = &self.mirror else { return };
         if self.copy.len() + chunk.len() > m.rt.spec.max_body_bytes {
-            m.rt.mirror.count(ShadowResult::SkippedBody);
-            self.mirror = None;
+            if let Some(m) = self.mirror.take() {
+                m.close(ShadowResult::SkippedBody);
+            }
             self.copy = Vec::new();
             return;
         }
@@ -259,14 +279,6 @@ impl BodyTap for Tap {
     fn end(mut self: Box<Self>) {
         if let Some(m) = self.mirror.take() {
             m.send(Bytes::from(std::mem::take(&mut self.copy)));
-        }
-    }
-}
-
-impl Drop for Tap {
-    fn drop(&mut self) {
-        if let Some(m) = self.mirror.take() {
-            m.rt.mirror.count(ShadowResult::Abandoned);
         }
     }
 }
@@ -324,8 +336,11 @@ fn is_json(headers: &HeaderMap) -> bool {
 
 // ----- the shadow task -----
 
-async fn run(m: Mirror, body: Bytes) {
-    let Mirror { rt, head, primary } = m;
+async fn run(mut m: Mirror, body: Bytes) {
+    let rt = Arc::clone(&m.rt);
+    let head = std::mem::replace(&mut m.head, Request::new(()).into_parts().0);
+    let primary = m.primary.take();
+    drop(m);
     let spec = &rt.spec;
     let record_of = spec.compare.then(|| request_record(&head));
     let now = Instant::now();
