@@ -766,3 +766,33 @@ async fn a_body_that_never_completes_is_not_mirrored_and_h2_requests_are() {
     assert_eq!(got[0].path, "/h2");
     assert_eq!(got[0].headers["x-switchyard-shadow"], "1");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_with_retries_mirrors_the_body_it_kept_for_replay() {
+    let app = TestBackend::start("app").await;
+    let next = Scripted::start(|_| (200, "text/plain", "ok".into())).await;
+    let proxy = Proxy::start(&config(
+        app.addr,
+        next.addr,
+        "percent: 100, max_body_bytes: 1024",
+        "    retries: { attempts: 1 }\n",
+    ))
+    .await;
+    let put = |body: Vec<u8>| {
+        Request::put(proxy.url("/count"))
+            .body(Full::new(Bytes::from(body)))
+            .unwrap()
+    };
+    let c = client();
+    assert_eq!(send(&c, put(vec![5; 100])).await.text(), "100\n");
+    assert_eq!(send(&c, put(vec![6; 2000])).await.text(), "2000\n");
+    let v = wait_shadow(&proxy, "settled", |v| {
+        settled(v) == 2 && v["in_flight"] == 0
+    })
+    .await;
+    assert_eq!(n(&v, "success"), 1, "{v}");
+    assert_eq!(n(&v, "skipped_body_too_large"), 1, "{v}");
+    let got = next.got();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].body, vec![5u8; 100]);
+}
