@@ -7,7 +7,8 @@
 #                                   # to a second (fast) backend, and the same without shadow
 #
 # Knobs (latency mode): RATE (default 1000 req/s), DURATION (s, default 20), CONNECTIONS (16),
-# SLEEP (the shadow's delay, default 2 s), MAX_IN_FLIGHT (100), PROFILE (release | debug).
+# SLEEP (the shadow's delay, default 2 s), MAX_IN_FLIGHT (100), ROUNDS (3: off/on pairs, order
+# alternating; the medians are compared), PROFILE (release | debug).
 # Knobs (peers mode): PEERS_SECONDS (peers.sh duration, default 8), PEERS (path to peers.sh),
 # RATE (peers.sh fixed-rate latency run; its default is 5000).
 # Load: oha at a fixed rate with --latency-correction if installed, else load-tests/fixed_rate.py
@@ -24,6 +25,7 @@ DURATION=${DURATION:-20}
 CONNECTIONS=${CONNECTIONS:-16}
 SLEEP=${SLEEP:-2}
 MAX_IN_FLIGHT=${MAX_IN_FLIGHT:-100}
+ROUNDS=${ROUNDS:-3}
 W=$(mktemp -d /tmp/switchyard-shadow.XXXX)
 PIDS=()
 cleanup() {
@@ -142,28 +144,40 @@ for shadow in off on; do
     echo '    split: [{ upstream: app, weight: 1 }]'
     [ $shadow = on ] && echo "    shadow: { upstream: slow, percent: 100, max_in_flight: $MAX_IN_FLIGHT, timeout: $((SLEEP * 2 + 1))s }"
   } > "$W/$shadow.yaml"
-  RUST_LOG=warn $BIN run -c "$W/$shadow.yaml" 2> "$W/switchyard-$shadow.log" &
-  SY=$!; PIDS+=($SY)
-  wait_http http://127.0.0.1:18280/
-  load http://127.0.0.1:18280/ 2 > /dev/null   # warm-up
-  load http://127.0.0.1:18280/ "$DURATION" > "$W/$shadow.json"
-  [ $shadow = on ] && curl -sf http://127.0.0.1:19280/shadow/r > "$W/shadow-stats.json"
-  kill $SY; wait $SY 2>/dev/null || true
 done
 
-python3 - "$W" "$GEN" "$RATE" "$DURATION" "$SLEEP" <<'PY'
-import json, sys
-w, gen, rate, dur, sleep = sys.argv[1:]
-off, on = (json.load(open(f"{w}/{s}.json")) for s in ("off", "on"))
+# Rounds alternate the order (off on, on off, ...) so that a machine getting busier or quieter
+# during the run does not favour one side; each run has a fresh switchyard and a warm-up.
+for round in $(seq "$ROUNDS"); do
+  order="off on"; [ $((round % 2)) -eq 0 ] && order="on off"
+  for shadow in $order; do
+    RUST_LOG=warn $BIN run -c "$W/$shadow.yaml" 2>> "$W/switchyard-$shadow.log" &
+    SY=$!; PIDS+=($SY)
+    wait_http http://127.0.0.1:18280/
+    load http://127.0.0.1:18280/ 2 > /dev/null   # warm-up
+    load http://127.0.0.1:18280/ "$DURATION" > "$W/$shadow-$round.json"
+    [ $shadow = on ] && curl -sf http://127.0.0.1:19280/shadow/r > "$W/shadow-stats.json"
+    kill $SY; wait $SY 2>/dev/null || true
+  done
+done
+
+python3 - "$W" "$GEN" "$RATE" "$DURATION" "$SLEEP" "$ROUNDS" <<'PY'
+import json, statistics, sys
+w, gen, rate, dur, sleep, rounds = sys.argv[1:]
 st = json.load(open(f"{w}/shadow-stats.json"))
-print(f"load: {gen}, {rate} req/s for {dur} s; shadow sleeps {sleep} s per request")
-print(f"{'shadow':8} {'requests':>9} {'errors':>7} {'non2xx':>7} {'p50_us':>8} {'p99_us':>8} {'p99.9_us':>9}")
-for name, d in (("off", off), ("on 100%", on)):
-    print(f"{name:8} {d['requests']:>9} {d['errors']:>7} {d['non2xx']:>7} {d['p50_us']:>8} {d['p99_us']:>8} {d['p999_us']:>9}")
-ratio = on["p99_us"] / max(off["p99_us"], 1)
-print(f"p99 with shadow / without: {ratio:.3f} ({'within' if ratio <= 1.10 else 'NOT within'} 10%)")
+print(f"load: {gen}, {rate} req/s for {dur} s per run, {rounds} round(s); shadow sleeps {sleep} s per request")
+print(f"{'round':5} {'shadow':8} {'requests':>9} {'errors':>7} {'non2xx':>7} {'p50_us':>8} {'p99_us':>8} {'p99.9_us':>9}")
+p99 = {"off": [], "on": []}
+for r in range(1, int(rounds) + 1):
+    for s, name in (("off", "off"), ("on", "on 100%")):
+        d = json.load(open(f"{w}/{s}-{r}.json"))
+        p99[s].append(d["p99_us"])
+        print(f"{r:<5} {name:8} {d['requests']:>9} {d['errors']:>7} {d['non2xx']:>7} {d['p50_us']:>8} {d['p99_us']:>8} {d['p999_us']:>9}")
+off, on = statistics.median(p99["off"]), statistics.median(p99["on"])
+ratio = on / max(off, 1)
+print(f"median p99: off {off:.0f} us, on {on:.0f} us; with shadow / without: {ratio:.3f} ({'within' if ratio <= 1.10 else 'NOT within'} 10%)")
 r = st["requests"]
-print("shadow copies: " + ", ".join(f"{k} {v}" for k, v in r.items() if v) + f"; in flight at the end: {st['in_flight']}")
+print("shadow copies (last run): " + ", ".join(f"{k} {v}" for k, v in r.items() if v) + f"; in flight at the end: {st['in_flight']}")
 PY
 echo "raw results: $W"
 trap - EXIT; cleanup

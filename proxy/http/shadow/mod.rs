@@ -128,6 +128,12 @@ pub fn start(
         rt.mirror.count(ShadowResult::SkippedMethod);
         return None;
     }
+    // A slow or dead shadow pool keeps every place taken: skip before copying anything, so that
+    // it costs the client's request next to nothing. (The place itself is taken at send time.)
+    if rt.mirror.in_flight() >= spec.max_in_flight {
+        rt.mirror.count(ShadowResult::SkippedInFlight);
+        return None;
+    }
     let mut copy = clone_head(head);
     copy.headers
         .insert(&X_SWITCHYARD_SHADOW, HeaderValue::from_static("1"));
