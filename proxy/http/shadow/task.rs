@@ -40,29 +40,26 @@ pub(super) async fn run(mut m: Mirror, body: Bytes) {
         let (resp, conn) = backend.pool.send(req).await.map_err(|f| f.error)?;
         let ttfb = sent_at.elapsed();
         let (parts, mut incoming) = resp.into_parts();
-        let mut capture = Capture::new(max_body);
+        // Without a comparison the body is only drained (the connection is reused after it).
+        let mut capture = spec.compare.then(|| Capture::new(max_body));
         while let Some(frame) = incoming.frame().await {
             let frame = frame.map_err(crate::backend::pool::SendError::Exchange)?;
-            if let Some(d) = frame.data_ref() {
-                capture.push(d);
+            if let (Some(c), Some(d)) = (capture.as_mut(), frame.data_ref()) {
+                c.push(d);
             }
         }
-        let answer = Answer {
+        let answer = capture.map(|c| Answer {
             status: parts.status.as_u16(),
             headers: compared_headers(&spec.compare_headers, &parts.headers),
             json: is_json(&parts.headers),
-            body: capture.finish(),
-        };
-        Ok::<_, crate::backend::pool::SendError>((answer, conn, ttfb))
+            body: c.finish(),
+        });
+        Ok::<_, crate::backend::pool::SendError>((parts.status.as_u16(), answer, conn, ttfb))
     };
     let (outcome, ttfb, answer) = match tokio::time::timeout(spec.timeout, exchange).await {
-        Ok(Ok((answer, conn, ttfb))) => {
+        Ok(Ok((status, answer, conn, ttfb))) => {
             backend.pool.checkin(conn);
-            (
-                Outcome::from_status(answer.status),
-                Some(ttfb),
-                Some(answer),
-            )
+            (Outcome::from_status(status), Some(ttfb), answer)
         }
         Ok(Err(e)) if e.is_connect() => (Outcome::ConnectFailure, None, None),
         Ok(Err(_)) => (Outcome::Reset, None, None),
