@@ -2,10 +2,11 @@
 //! of its own that the client's request never waits for.
 //!
 //! The primary request streams exactly as without shadowing; its body is copied as it goes by
-//! (at most `max_body_bytes`, else the copy is dropped and counted). Only once the body is
-//! whole is the copy sent, with `x-switchyard-shadow: 1`, within `timeout`, if fewer than
-//! `max_in_flight` copies are outstanding, to a backend of the shadow pool picked by its own
-//! breakers, whose statistics it feeds; never retried. With `compare`, the primary's response
+//! (at most `max_body_bytes`, else the copy is dropped and counted). Once the body is whole
+//! and the primary's response head is in (so the copy's work never runs in front of the
+//! client's answer), the copy is sent, with `x-switchyard-shadow: 1`, within `timeout`, if
+//! fewer than `max_in_flight` copies are outstanding, to a backend of the shadow pool picked
+//! by its own breakers, whose statistics it feeds; never retried. With `compare`, the primary's response
 //! is copied the same way on its way to the client and the two are compared
 //! ([`super::compare`]) once both are complete.
 //!
@@ -81,6 +82,8 @@ impl std::fmt::Debug for ShadowRuntime {
 pub struct Mirror {
     rt: Arc<ShadowRuntime>,
     head: Parts,
+    /// Resolves when the primary's response head is in, or the primary failed.
+    go: oneshot::Receiver<()>,
     primary: Option<oneshot::Receiver<Answer>>,
     /// Not counted in any result yet: dropped like this, the copy was abandoned.
     open: bool,
@@ -97,15 +100,19 @@ impl Drop for Mirror {
 /// The primary's response, on its way to the client, copied for the comparison.
 #[derive(Debug)]
 pub struct PrimaryTap {
-    tx: oneshot::Sender<Answer>,
+    /// Fired when the primary's response head is in (dropped unfired when the primary failed):
+    /// the copy goes out then, so its work never delays the client's own request.
+    go: Option<oneshot::Sender<()>>,
+    /// With compare: where the primary's answer goes.
+    tx: Option<oneshot::Sender<Answer>>,
     rt: Arc<ShadowRuntime>,
     /// Status and headers, once the head arrived; the body is filled in at the end.
     answer: Option<Answer>,
     capture: Capture,
 }
 
-/// Decides whether this request is shadowed; if so, the copy of its head (and, with compare,
-/// the tap for the primary's response). Costs one atomic add for a route that shadows.
+/// Decides whether this request is shadowed; if so, the copy of its head and the tap for the
+/// primary's response. Costs one atomic add for a request of a route that shadows.
 pub fn start(
     rt: &Arc<ShadowRuntime>,
     aim: &Aim,
@@ -140,25 +147,28 @@ pub fn start(
     if let Some(host) = &spec.host {
         copy.headers.insert(header::HOST, host.clone());
     }
-    let (tap, primary) = if spec.compare {
+    let (go_tx, go) = oneshot::channel();
+    let (tx, primary) = if spec.compare {
         let (tx, rx) = oneshot::channel();
-        let tap = PrimaryTap {
-            tx,
-            rt: Arc::clone(rt),
-            answer: None,
-            capture: Capture::new(spec.max_body_bytes),
-        };
-        (Some(tap), Some(rx))
+        (Some(tx), Some(rx))
     } else {
         (None, None)
+    };
+    let tap = PrimaryTap {
+        go: Some(go_tx),
+        tx,
+        rt: Arc::clone(rt),
+        answer: None,
+        capture: Capture::new(if spec.compare { spec.max_body_bytes } else { 0 }),
     };
     let mirror = Mirror {
         rt: Arc::clone(rt),
         head: copy,
+        go,
         primary,
         open: true,
     };
-    Some((mirror, tap))
+    Some((mirror, Some(tap)))
 }
 
 impl Mirror {
@@ -266,6 +276,12 @@ impl BodyTap for Tap {
 impl PrimaryTap {
     /// The primary's response head arrived.
     pub fn begin(&mut self, status: u16, headers: &HeaderMap) {
+        if let Some(go) = self.go.take() {
+            let _ = go.send(());
+        }
+        if self.tx.is_none() {
+            return;
+        }
         self.answer = Some(Answer {
             status,
             headers: compared_headers(&self.rt.spec.compare_headers, headers),
@@ -275,17 +291,17 @@ impl PrimaryTap {
     }
 
     pub fn data(&mut self, chunk: &[u8]) {
-        // No copy went out after all (skipped, or already over): nothing will compare this.
-        if !self.tx.is_closed() {
+        // Not comparing, or no copy went out after all (skipped, or already over).
+        if self.tx.as_ref().is_some_and(|tx| !tx.is_closed()) {
             self.capture.push(chunk);
         }
     }
 
     /// The primary's body reached the client whole: hand it to the comparison.
     pub fn finish(self) {
-        if let Some(mut answer) = self.answer {
+        if let (Some(tx), Some(mut answer)) = (self.tx, self.answer) {
             answer.body = self.capture.finish();
-            let _ = self.tx.send(answer);
+            let _ = tx.send(answer);
         }
     }
 }

@@ -9,6 +9,7 @@ use http::Request;
 use http::header::HeaderName;
 use http::request::Parts;
 use http_body_util::BodyExt;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::{Mirror, compared_headers, is_json};
@@ -23,8 +24,13 @@ pub(super) async fn run(mut m: Mirror, body: Bytes) {
     let rt = Arc::clone(&m.rt);
     let head = std::mem::replace(&mut m.head, Request::new(()).into_parts().0);
     let primary = m.primary.take();
+    let (_, closed) = oneshot::channel();
+    let go = std::mem::replace(&mut m.go, closed);
     drop(m);
     let spec = &rt.spec;
+    // Out once the primary's response head is in (or the primary failed): the copy's work then
+    // runs while the client's answer is already on its way, not in front of it.
+    let _ = tokio::time::timeout(spec.timeout, go).await;
     let record_of = spec.compare.then(|| request_record(&head));
     let now = Instant::now();
     let Some((index, ticket)) = choose::pick_in(&rt.pool, &|_| false, now) else {
