@@ -214,3 +214,27 @@ async fn shadow_5xx_never_open_a_primary_breaker() {
         "{metrics}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_copy_waits_for_the_primary_answer_to_be_under_way() {
+    let app = TestBackend::start("app").await;
+    let next = Scripted::start(|_| (200, "text/plain", "ok".into())).await;
+    let proxy = Proxy::start(&config(app.addr, next.addr, "percent: 100", "")).await;
+    let url = proxy.url("/hold/k");
+    let client_req = tokio::spawn(async move { get(&client(), &url).await });
+    app.wait_for_path("/hold/k").await;
+    // While the primary has not answered, the copy stays back (its place is taken already).
+    for _ in 0..30 {
+        assert!(
+            next.got().is_empty(),
+            "the copy went out before the primary answered"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(shadow_view(&proxy).await["in_flight"], 1);
+    app.release("k");
+    assert_eq!(client_req.await.unwrap().status, 200);
+    let v = wait_shadow(&proxy, "sent the copy", |v| n(v, "success") == 1).await;
+    assert_eq!(v["in_flight"], 0);
+    assert_eq!(next.got()[0].path, "/hold/k");
+}
