@@ -20,7 +20,10 @@ use crate::http::compare::{self, Answer, Capture, Difference};
 use crate::stats::mirror::MismatchRecord;
 use crate::stats::{Outcome, ShadowResult};
 
+/// One copy, start to end; the caller holds its in-flight place until this returns. Every way
+/// out counts exactly one result.
 pub(super) async fn run(mut m: Mirror, body: Bytes) {
+    // `Mirror` counts itself abandoned when dropped open, so its parts are taken, not moved.
     let rt = Arc::clone(&m.rt);
     let head = std::mem::replace(&mut m.head, Request::new(()).into_parts().0);
     let primary = m.primary.take();
