@@ -27,6 +27,29 @@ pub fn render(snap: &Snapshot, route: &str) -> (StatusCode, Value) {
     (StatusCode::OK, view(sh))
 }
 
+/// The route's shadow in `/status`: where copies go and how they compare (details at
+/// `/shadow/{route}`).
+pub fn summary(sh: &ShadowRuntime) -> Value {
+    let counts = sh.stats.read();
+    let sent: u64 = [
+        ShadowResult::Success,
+        ShadowResult::ServerError,
+        ShadowResult::Timeout,
+        ShadowResult::Failed,
+    ]
+    .iter()
+    .map(|r| sh.mirror.result(*r))
+    .sum();
+    json!({
+        "upstream": &*sh.spec.upstream,
+        "percent": sh.spec.percent,
+        "in_flight": sh.mirror.in_flight(),
+        "sent": sent,
+        "compared": counts.compared,
+        "mismatched": counts.mismatched,
+    })
+}
+
 fn view(sh: &ShadowRuntime) -> Value {
     let spec = &sh.spec;
     let m = &sh.mirror;

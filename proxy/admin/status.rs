@@ -60,6 +60,7 @@ pub fn render(ctx: &AdminCtx) -> Value {
                     StickyKey::Cookie(c) => json!({ "cookie": c }),
                 }),
                 "override_header": spec.override_header.as_ref().map(|h| h.as_str()),
+                "shadow": r.shadow.as_deref().map(super::shadow::summary),
             })
         })
         .collect();

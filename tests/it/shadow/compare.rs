@@ -67,6 +67,11 @@ async fn a_shadow_returning_different_json_is_counted_and_shown_with_the_path() 
         ),
         Some(1.0)
     );
+    let status = proxy.status().await;
+    let summary = &status["routes"][0]["shadow"];
+    assert_eq!(summary["upstream"], "next", "{status}");
+    assert_eq!(summary["sent"], 1);
+    assert_eq!(summary["mismatched"], 1);
     // The rollout controller's reading.
     let snap = proxy.running().shared.snapshot();
     let counts = snap.route("r").unwrap().shadow_stats.read();
