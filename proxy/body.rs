@@ -19,6 +19,13 @@ use crate::error::BoxError;
 #[error("reading the client's request body failed")]
 pub struct ClientBodyError(#[source] pub hyper::Error);
 
+/// Sees a request body's bytes as they go to the backend (the shadow mirror's copy).
+pub trait BodyTap: Send + std::fmt::Debug + 'static {
+    fn data(&mut self, chunk: &Bytes);
+    /// The body arrived whole. A tap dropped without this call saw an incomplete body.
+    fn end(self: Box<Self>);
+}
+
 /// A request body on its way to a backend.
 #[derive(Debug)]
 pub enum ReqBody {
@@ -26,6 +33,11 @@ pub enum ReqBody {
     Full(Option<Bytes>),
     /// Streaming under the listener's body limits.
     Guarded(Box<crate::http::body_guard::Guarded>),
+    /// Streaming (guarded or not), with a tap that sees every chunk.
+    Tapped {
+        body: Box<ReqBody>,
+        tap: Option<Box<dyn BodyTap>>,
+    },
 }
 
 impl ReqBody {
@@ -52,21 +64,45 @@ impl Body for ReqBody {
                 .map_err(|e| Box::new(ClientBodyError(e)) as BoxError),
             ReqBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
             ReqBody::Guarded(b) => Pin::new(b.as_mut()).poll_frame(cx),
+            ReqBody::Tapped { body, tap } => {
+                let polled = Pin::new(body.as_mut()).poll_frame(cx);
+                let ended = match &polled {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let (Some(t), Some(d)) = (tap.as_mut(), frame.data_ref()) {
+                            t.data(d);
+                        }
+                        body.is_end_stream()
+                    }
+                    Poll::Ready(None) => true,
+                    Poll::Ready(Some(Err(_))) => {
+                        // Incomplete: the tap learns it by being dropped.
+                        tap.take();
+                        false
+                    }
+                    Poll::Pending => false,
+                };
+                if ended && let Some(t) = tap.take() {
+                    t.end();
+                }
+                polled
+            }
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ReqBody::Streaming(b) => b.is_end_stream(),
             ReqBody::Guarded(b) => b.is_end_stream(),
+            ReqBody::Streaming(b) => b.is_end_stream(),
+            ReqBody::Tapped { body, .. } => body.is_end_stream(),
             ReqBody::Full(b) => b.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ReqBody::Streaming(b) => b.size_hint(),
             ReqBody::Guarded(b) => b.size_hint(),
+            ReqBody::Streaming(b) => b.size_hint(),
+            ReqBody::Tapped { body, .. } => body.size_hint(),
             ReqBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
         }
     }
@@ -86,6 +122,9 @@ pub enum BodyEnd {
 /// Told once, when a streamed response ends, however it ends.
 pub trait BodyGuard: Send + Unpin + 'static {
     fn finish(self, end: BodyEnd);
+
+    /// Sees each chunk of the body on its way to the client.
+    fn data(&mut self, _chunk: &Bytes) {}
 }
 
 /// A response body on its way to the client.
@@ -131,6 +170,11 @@ impl<G: BodyGuard> Body for RespBody<G> {
         match self.get_mut() {
             RespBody::Upstream { body, guard } => {
                 let polled = Pin::new(&mut *body).poll_frame(cx);
+                if let Poll::Ready(Some(Ok(frame))) = &polled
+                    && let (Some(g), Some(d)) = (guard.as_mut(), frame.data_ref())
+                {
+                    g.data(d);
+                }
                 let end = match &polled {
                     Poll::Ready(None) => Some(BodyEnd::Complete),
                     Poll::Ready(Some(Err(_))) => Some(BodyEnd::UpstreamError),

@@ -22,6 +22,8 @@
 //!   request body to the listener's size and rate limits; [`http::ratelimit`] (token buckets,
 //!   before the split) and [`http::fault`] (injected delays and aborts, after it).
 //!   Route, split and pick are pure functions over tables compiled per snapshot.
+//!   [`http::shadow`] copies sampled requests to a route's shadow upstream in tasks of their
+//!   own; [`http::compare`] (pure) diffs the two answers.
 //! - [`backend`]: [`backend::registry`] (state by upstream + address, kept across reloads),
 //!   [`backend::state`], [`backend::pool`] (a connection pool per backend), [`backend::tls`]
 //!   (TLS and mTLS to backends).

@@ -228,6 +228,7 @@ pub fn render(ctx: &AdminCtx) -> String {
     }
 
     traffic(&mut e, &snap);
+    super::shadow::metrics(&snap, &mut e);
 
     e.family(
         "switchyard_unrouted_requests_total",

@@ -4,6 +4,7 @@ mod auth;
 pub mod client;
 mod metrics;
 mod rollouts;
+mod shadow;
 mod status;
 mod traffic;
 
@@ -101,12 +102,16 @@ async fn route(ctx: &AdminCtx, req: Request<Incoming>) -> AdminResponse {
         (_, p) if p == "/rollouts" || p.starts_with("/rollouts/") => {
             rollouts::route(ctx, req.method(), p).await
         }
+        (&Method::GET, p) if p.starts_with("/shadow/") => {
+            let (status, body) = shadow::render(&ctx.shared.snapshot(), &p["/shadow/".len()..]);
+            json_response(status, &body)
+        }
         (_, "/livez" | "/readyz" | "/status" | "/metrics") => method_not_allowed("GET"),
         (_, "/reload") => method_not_allowed("POST"),
         _ => json_response(
             StatusCode::NOT_FOUND,
             &json!({ "error": format!("no admin endpoint {path}"),
-                     "endpoints": ["GET /livez", "GET /readyz", "GET /status", "GET /metrics", "POST /reload", "GET /rollouts", "GET /rollouts/{route}", "POST /rollouts/{route}/{promote|pause|resume|abort}"] }),
+                     "endpoints": ["GET /livez", "GET /readyz", "GET /status", "GET /metrics", "GET /shadow/{route}", "POST /reload", "GET /rollouts", "GET /rollouts/{route}", "POST /rollouts/{route}/{promote|pause|resume|abort}"] }),
         ),
     }
 }

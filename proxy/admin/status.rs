@@ -62,6 +62,7 @@ pub fn render(ctx: &AdminCtx) -> Value {
                 "override_header": spec.override_header.as_ref().map(|h| h.as_str()),
                 "rate_limit": super::traffic::rate_limit(r),
                 "fault": super::traffic::fault(r),
+                "shadow": r.shadow.as_deref().map(super::shadow::summary),
             })
         })
         .collect();

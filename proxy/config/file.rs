@@ -14,6 +14,7 @@ use super::ConfigError;
 use super::duration::DurationStr;
 use super::resilience::{CircuitBreakerFile, HealthCheckFile, RetriesFile};
 use super::rollout::RolloutFile;
+use super::shadow::ShadowFile;
 use super::traffic::{FaultFile, RateLimitFile};
 
 #[derive(Debug, Default)]
@@ -83,6 +84,7 @@ pub struct Route {
     pub rate_limit: Option<RateLimitFile>,
     pub fault: Option<FaultFile>,
     pub rollout: Option<RolloutFile>,
+    pub shadow: Option<ShadowFile>,
 }
 
 #[derive(Debug, Default, Deserialize)]

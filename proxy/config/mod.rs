@@ -10,6 +10,7 @@ pub mod model;
 pub mod resilience;
 pub mod rollout;
 pub mod secret;
+pub mod shadow;
 pub mod tls;
 pub mod traffic;
 pub mod upstream_tls;

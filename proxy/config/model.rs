@@ -11,6 +11,7 @@ use http::{HeaderName, HeaderValue};
 pub use super::resilience::{BreakerConfig, HealthCheck, RetryOn, RetryPolicy};
 pub use super::rollout::RolloutSpec;
 pub use super::secret::AdminToken;
+pub use super::shadow::{Sample, Shadow};
 pub use super::tls::ListenerTls;
 pub use super::traffic::{Fault, FaultAbort, FaultDelay, RateKey, RateLimit};
 pub use super::upstream_tls::UpstreamTls;
@@ -105,6 +106,8 @@ pub struct Route {
     pub rate_limit: Option<RateLimit>,
     pub fault: Option<Fault>,
     pub rollout: Option<Arc<RolloutSpec>>,
+    /// Mirroring to another upstream (`shadow:`).
+    pub shadow: Option<Shadow>,
 }
 
 impl Route {

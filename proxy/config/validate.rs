@@ -11,7 +11,7 @@ use http::{HeaderName, HeaderValue};
 use super::file::{self, did_you_mean};
 use super::model::*;
 use super::secret::AdminToken;
-use super::{ConfigError, resilience, rollout, traffic};
+use super::{ConfigError, resilience, rollout, shadow, traffic};
 
 /// Collects errors while the model is built, so that one pass reports all of them.
 #[derive(Default)]
@@ -393,6 +393,14 @@ fn route(
     let names: Vec<&str> = r.split.iter().map(|s| s.upstream.as_str()).collect();
     let fault = traffic::fault(path, r.fault.as_ref(), &names, errs);
     let rollout = rollout::rollout(path, r.rollout.as_ref(), &names, errs).map(Arc::new);
+    let known = |name: &str| {
+        if broken_upstreams.contains(&name) || upstreams.contains(&name) {
+            Ok(())
+        } else {
+            Err(unknown_upstream(name, upstreams))
+        }
+    };
+    let shadow = shadow::shadow(path, r.shadow.as_ref(), &known, r.sticky.is_some(), errs);
 
     (errs.0.len() == before).then(|| Route {
         name: r.name.as_str().into(),
@@ -405,6 +413,7 @@ fn route(
         rate_limit,
         fault,
         rollout,
+        shadow,
     })
 }
 

@@ -17,6 +17,7 @@ use super::forward::{self, Tried};
 use super::handler::{ConnInfo, ProxyBody, error_response};
 use super::headers;
 use super::retry::{self, Failure};
+use super::shadow;
 use crate::body::{ClientBodyError, ReqBody};
 use crate::config::resilience::MAX_REPLAY_BODY;
 use crate::error::{ErrorKind, ProxyError};
@@ -61,6 +62,12 @@ async fn send(
     let method = req.method().clone();
     let (mut head, body) = req.into_parts();
     forward::prepare(&mut head, conn, upgrade);
+    // Only switchyard marks copies: a client must not make a primary skip its side effects.
+    head.headers.remove(&shadow::X_SWITCHYARD_SHADOW);
+    let mirror = route
+        .shadow
+        .as_ref()
+        .and_then(|s| shadow::start(s, &aim, &head, upgrade));
 
     // A small body is kept whole so that a failed try can be replayed; a large one streams.
     let (first_body, replay) = if policy.is_some() && !upgrade {
@@ -75,6 +82,11 @@ async fn send(
     let first_body = match body_guard::guard(first_body, conn, h2, left).await {
         Ok(b) => b,
         Err(e) => return answer(route, aim.target, None, &e, started),
+    };
+    // The tap sits outside the guard: the copy sees only what the limits let through.
+    let (first_body, mut primary_tap) = match mirror {
+        Some((m, tap)) => (m.attach(first_body, replay.as_ref()), tap),
+        None => (first_body, None),
     };
     let template = replay.as_ref().map(|_| forward::clone_head(&head));
     let mut next = Some(Request::from_parts(head, first_body));
@@ -146,6 +158,7 @@ async fn send(
                         ttfb,
                         client_upgrade.take(),
                         conn,
+                        primary_tap.take(),
                     );
                 }
                 // Recorded now (the body is never read): the connection closes with it.

@@ -121,7 +121,11 @@ pub fn choose(
 /// A backend of `pool` not excluded, healthy and admitted by its breaker. Past the pool's panic
 /// threshold (more than that share out, but not all), every backend is fair game again, so that
 /// a partial outage does not pile everything onto the few left.
-fn pick_in(pool: &Pool, excluded: &dyn Fn(usize) -> bool, now: Instant) -> Option<(usize, Ticket)> {
+pub(crate) fn pick_in(
+    pool: &Pool,
+    excluded: &dyn Fn(usize) -> bool,
+    now: Instant,
+) -> Option<(usize, Ticket)> {
     let backends = &pool.backends;
     let n = backends.len();
     if n == 0 {

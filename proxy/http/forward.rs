@@ -17,6 +17,7 @@ use hyper::upgrade::OnUpgrade;
 use tokio::time::Instant;
 
 use super::handler::{ConnInfo, ProxyBody};
+use super::shadow::PrimaryTap;
 use super::{choose, headers};
 use crate::backend::pool::{Conn, ConnPool, Failed, SendError};
 use crate::backend::state::Ticket;
@@ -38,10 +39,21 @@ pub struct Exchange {
     started: Instant,
     ttfb: Duration,
     status: u16,
+    /// The copy of the response a shadow comparison waits for.
+    compare: Option<Box<PrimaryTap>>,
 }
 
 impl BodyGuard for Exchange {
+    fn data(&mut self, chunk: &bytes::Bytes) {
+        if let Some(c) = &mut self.compare {
+            c.data(chunk);
+        }
+    }
+
     fn finish(self, end: BodyEnd) {
+        if let (BodyEnd::Complete, Some(c)) = (end, self.compare) {
+            c.finish();
+        }
         let now = Instant::now();
         let outcome = match end {
             BodyEnd::UpstreamError => Outcome::Reset,
@@ -146,6 +158,7 @@ pub fn respond(
     ttfb: Duration,
     client_upgrade: Option<OnUpgrade>,
     conn: &ConnInfo,
+    compare: Option<PrimaryTap>,
 ) -> Response<ProxyBody> {
     let status = resp.status().as_u16();
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS
@@ -177,6 +190,10 @@ pub fn respond(
         return resp.map(|_| RespBody::empty());
     }
     headers::strip_hop_by_hop(resp.headers_mut(), false);
+    let compare = compare.map(|mut c| {
+        c.begin(status, resp.headers());
+        Box::new(c)
+    });
     resp.map(|b| {
         RespBody::upstream(
             b,
@@ -188,6 +205,7 @@ pub fn respond(
                 started,
                 ttfb,
                 status,
+                compare,
             },
         )
     })

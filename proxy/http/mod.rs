@@ -4,6 +4,7 @@
 pub mod attempt;
 pub mod body_guard;
 pub mod choose;
+pub mod compare;
 pub mod fault;
 pub mod forward;
 pub mod handler;
@@ -12,5 +13,6 @@ pub mod pick;
 pub mod ratelimit;
 pub mod retry;
 pub mod route;
+pub mod shadow;
 pub mod split;
 pub mod validate;

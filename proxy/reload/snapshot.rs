@@ -11,6 +11,7 @@ use crate::config::model::{Route, Upstream};
 use crate::http::fault::RouteFault;
 use crate::http::ratelimit::RouteRateLimit;
 use crate::http::route::Router;
+use crate::http::shadow::ShadowRuntime;
 use crate::http::split::Split;
 use crate::stats::{RequestCounters, RetryBudget, ShadowStats, StatsRegistry, TargetStats};
 
@@ -61,6 +62,8 @@ pub struct RouteRuntime {
     pub rate_limit: Option<RouteRateLimit>,
     /// Present when the route has a `fault`.
     pub fault: Option<RouteFault>,
+    /// Present when the route mirrors traffic (`shadow:`).
+    pub shadow: Option<Arc<ShadowRuntime>>,
     seq: AtomicU64,
 }
 
@@ -142,6 +145,17 @@ pub fn build(
                 .fault
                 .as_ref()
                 .map(|f| RouteFault::new(f, &names, |u| stats.fault_counts(&spec.name, u)));
+            let shadow_stats = stats.shadow(&spec.name);
+            let shadow = spec.shadow.as_ref().and_then(|s| {
+                let pool = by_name.get(&*s.upstream)?;
+                Some(ShadowRuntime::new(
+                    &spec.name,
+                    s,
+                    pool,
+                    &shadow_stats,
+                    stats,
+                ))
+            });
             RouteRuntime {
                 rate_limit,
                 fault,
@@ -149,7 +163,8 @@ pub fn build(
                 spec: Arc::clone(spec),
                 targets,
                 budget,
-                shadow_stats: stats.shadow(&spec.name),
+                shadow_stats,
+                shadow,
                 seq: AtomicU64::new(0),
             }
         })

@@ -3,6 +3,7 @@
 pub mod budget;
 pub mod counters;
 pub mod histogram;
+pub mod mirror;
 pub mod outcome;
 pub mod prometheus;
 pub mod registry;
@@ -15,6 +16,7 @@ pub mod window;
 pub use budget::RetryBudget;
 pub use counters::{GlobalCounters, RequestCounters};
 pub use histogram::{Buckets, Percentiles, Recorder};
+pub use mirror::{MirrorStats, ShadowResult};
 pub use outcome::Outcome;
 pub use registry::StatsRegistry;
 pub use shadow::{ShadowCounts, ShadowStats};

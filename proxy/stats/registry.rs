@@ -6,7 +6,7 @@ use std::hash::Hash;
 use std::sync::Arc;
 
 use super::traffic::{FaultCounts, RateLimitCounts, RateState};
-use super::{RequestCounters, RetryBudget, ShadowStats, TargetStats};
+use super::{MirrorStats, RequestCounters, RetryBudget, ShadowStats, TargetStats};
 use crate::config::model::{RateKey, RateLimit};
 
 /// A map that forgets entries not asked for since the last [`Kept::retain_seen`].
@@ -61,6 +61,7 @@ pub struct StatsRegistry {
     rate_states: Kept<Name, RateState>,
     rate_counts: Kept<Name, RateLimitCounts>,
     fault_counts: Kept<(Name, Name), FaultCounts>,
+    mirrors: Kept<(Name, Name), MirrorStats>,
 }
 
 impl StatsRegistry {
@@ -74,6 +75,7 @@ impl StatsRegistry {
             rate_states: Kept::default(),
             rate_counts: Kept::default(),
             fault_counts: Kept::default(),
+            mirrors: Kept::default(),
         }
     }
 
@@ -139,6 +141,14 @@ impl StatsRegistry {
         )
     }
 
+    /// What a route's shadow copies to `upstream` came to, and how many are in flight.
+    pub fn mirror(&mut self, route: &Name, upstream: &Name) -> Arc<MirrorStats> {
+        self.mirrors.get_or(
+            (Arc::clone(route), Arc::clone(upstream)),
+            MirrorStats::default,
+        )
+    }
+
     /// Forgets every statistic not asked for since the last call (after a snapshot build).
     pub fn retain_seen(&mut self) {
         self.counters.retain_seen();
@@ -148,6 +158,7 @@ impl StatsRegistry {
         self.rate_states.retain_seen();
         self.rate_counts.retain_seen();
         self.fault_counts.retain_seen();
+        self.mirrors.retain_seen();
     }
 }
 

@@ -14,6 +14,7 @@ mod metrics;
 mod reload;
 mod resilience;
 mod rollout;
+mod shadow;
 mod smuggling;
 mod split;
 mod tls;
