@@ -7,7 +7,9 @@ use super::{AdminCtx, AdminResponse, json_response, method_not_allowed};
 use crate::rollout::Op;
 
 pub async fn route(ctx: &AdminCtx, method: &Method, path: &str) -> AdminResponse {
-    let rest = path.trim_start_matches("/rollouts").trim_start_matches('/');
+    // Strip the prefix once: a route may itself be called `rollouts`.
+    let rest = path.strip_prefix("/rollouts").unwrap_or(path);
+    let rest = rest.strip_prefix('/').unwrap_or(rest);
     let mut parts = rest.split('/');
     let (route, action) = (parts.next().unwrap_or(""), parts.next());
     if parts.next().is_some() {

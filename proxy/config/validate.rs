@@ -401,6 +401,7 @@ fn route(
         }
     };
     let shadow = shadow::shadow(path, r.shadow.as_ref(), &known, r.sticky.is_some(), errs);
+    shadow_gate(path, rollout.as_deref(), shadow.as_ref(), errs);
 
     (errs.0.len() == before).then(|| Route {
         name: r.name.as_str().into(),
@@ -415,6 +416,38 @@ fn route(
         rollout,
         shadow,
     })
+}
+
+/// The shadow-mismatch gate reads the route's shadow comparisons: they must be the canary's.
+fn shadow_gate(
+    path: &str,
+    rollout: Option<&RolloutSpec>,
+    shadow: Option<&Shadow>,
+    errs: &mut Errors,
+) {
+    let Some(r) = rollout.filter(|r| r.gates.max_shadow_mismatch_rate.is_some()) else {
+        return;
+    };
+    let why = match shadow {
+        None => {
+            "needs the route to shadow to the canary: add `shadow: { upstream: ".to_owned()
+                + &r.canary
+                + ", percent: ..., compare: true }`, or remove this gate"
+        }
+        Some(s) if *s.upstream != *r.canary => format!(
+            "compares the canary's answers, but this route shadows to `{}`, not to the canary `{}`",
+            s.upstream, r.canary
+        ),
+        Some(s) if !s.compare => {
+            "needs `compare: true` under the route's `shadow:` (without it nothing is compared)"
+                .to_owned()
+        }
+        Some(_) => return,
+    };
+    errs.push(
+        format!("{path}.rollout.gates.max_shadow_mismatch_rate"),
+        why,
+    );
 }
 
 fn unknown_upstream(name: &str, upstreams: &[&str]) -> String {

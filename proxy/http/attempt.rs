@@ -18,7 +18,7 @@ use super::handler::{ConnInfo, ProxyBody, error_response};
 use super::headers;
 use super::retry::{self, Failure};
 use super::shadow;
-use crate::body::{ClientBodyError, ReqBody};
+use crate::body::ReqBody;
 use crate::config::resilience::MAX_REPLAY_BODY;
 use crate::error::{ErrorKind, ProxyError};
 use crate::reload::snapshot::RouteRuntime;
@@ -69,6 +69,12 @@ async fn send(
         .as_ref()
         .and_then(|s| shadow::start(s, &aim, &head, upgrade));
 
+    // The listener's body limits hold however the body is read, kept for replay included.
+    let left = deadline.saturating_duration_since(Instant::now());
+    let body = match body_guard::guard(ReqBody::Streaming(body), conn, h2, left).await {
+        Ok(b) => b,
+        Err(e) => return answer(route, aim.target, None, &e, started),
+    };
     // A small body is kept whole so that a failed try can be replayed; a large one streams.
     let (first_body, replay) = if policy.is_some() && !upgrade {
         match keep_small(body, deadline, h2, conn).await {
@@ -76,12 +82,7 @@ async fn send(
             Err(e) => return answer(route, aim.target, None, &e, started),
         }
     } else {
-        (ReqBody::Streaming(body), None)
-    };
-    let left = deadline.saturating_duration_since(Instant::now());
-    let first_body = match body_guard::guard(first_body, conn, h2, left).await {
-        Ok(b) => b,
-        Err(e) => return answer(route, aim.target, None, &e, started),
+        (body, None)
     };
     // The tap sits outside the guard: the copy sees only what the limits let through.
     let (first_body, mut primary_tap) = match mirror {
@@ -281,7 +282,7 @@ fn answer(
 /// Reads a body whose length is known and at most [`MAX_REPLAY_BODY`] into memory, so it can be
 /// sent again; any other body streams (and is replayable only if it never left).
 async fn keep_small(
-    body: Incoming,
+    body: ReqBody,
     deadline: Instant,
     h2: bool,
     conn: &ConnInfo,
@@ -292,7 +293,7 @@ async fn keep_small(
     }
     match body.size_hint().exact() {
         Some(n) if n as usize <= MAX_REPLAY_BODY => {}
-        _ => return Ok((ReqBody::Streaming(body), None)),
+        _ => return Ok((body, None)),
     }
     let left = deadline.saturating_duration_since(Instant::now());
     match forward::within(left, h2, conn, body.collect()).await {
@@ -300,7 +301,7 @@ async fn keep_small(
             let bytes = collected.to_bytes();
             Ok((ReqBody::full(bytes.clone()), Some(bytes)))
         }
-        Some(Err(e)) => Err(client_body_error(e)),
+        Some(Err(e)) => Err(body_guard::body_error(e)),
         None => Err(ProxyError::new(
             ErrorKind::BadRequest,
             format!(
@@ -309,13 +310,4 @@ async fn keep_small(
             ),
         )),
     }
-}
-
-fn client_body_error(e: hyper::Error) -> ProxyError {
-    let kind = if e.is_incomplete_message() {
-        ErrorKind::ClientGone
-    } else {
-        ErrorKind::BadRequest
-    };
-    ProxyError::new(kind, "the request body could not be read").with_source(ClientBodyError(e))
 }

@@ -227,7 +227,7 @@ pub async fn guard(
     Ok(ReqBody::Guarded(Box::new(g)))
 }
 
-fn body_error(e: BoxError) -> ProxyError {
+pub(crate) fn body_error(e: BoxError) -> ProxyError {
     if let Some(limit) = e.downcast_ref::<BodyLimitError>() {
         return limit.to_proxy_error();
     }

@@ -145,7 +145,6 @@ impl<S> Sniffed<S> {
                     h.line_bytes += line.len();
                     let Some(i) = nl else { return };
                     bytes = &bytes[i + 1..];
-                    h.bare_lf |= !h.prev_cr;
                     if let Some(next) = end_line(h) {
                         let index = h.index;
                         self.finish_head(index, next);
@@ -226,14 +225,21 @@ fn end_line(h: &mut Head) -> Option<Next> {
         return Some(Next::Unknown);
     }
     let empty = h.line_bytes == 0 || (h.line_bytes == 1 && h.prev_cr);
+    let bare_lf = !h.prev_cr;
     h.prev_cr = false;
-    h.lines += 1;
     h.line_len = 0;
     h.line_bytes = 0;
     h.keyed = false;
     h.in_length = false;
-    // An empty line before the request line is allowed and ignored (RFC 9112 2.2).
-    if !empty || h.lines == 1 {
+    // Empty lines before the request line are allowed and skipped (RFC 9112 2.2), however
+    // many and whether CRLF or bare LF, as hyper's parser does: they neither end a head nor
+    // make it ambiguous, so this head keeps its index.
+    if empty && h.lines == 0 {
+        return None;
+    }
+    h.bare_lf |= bare_lf;
+    h.lines += 1;
+    if !empty {
         return None;
     }
     let ambiguous =
@@ -334,6 +340,17 @@ mod tests {
             }
             // A body that looks like headers is skipped by its length.
             assert_eq!(flagged(post, step), None, "{step}");
+            // Empty lines before a request line are skipped, CRLF or bare LF, however many:
+            // they neither shift which head is which nor make a clean one ambiguous.
+            for lead in [&b"\r\n"[..], b"\n", b"\r\n\r\n", b"\n\r\n\n"] {
+                let with = |head: &[u8]| [lead, head].concat();
+                assert_eq!(flagged(&with(get), step), None, "{step}");
+                assert_eq!(flagged(&with(dup), step), Some(0), "{step}");
+                assert_eq!(
+                    flagged(&[&with(get)[..], &with(cl_te)].concat(), step),
+                    Some(1)
+                );
+            }
             let mut later = get.to_vec();
             later.extend_from_slice(post);
             later.extend_from_slice(cl_te);
@@ -347,14 +364,21 @@ mod tests {
         #[test]
         fn bodies_and_read_sizes_never_confuse_the_watch(
             requests in proptest::collection::vec(
-                (proptest::prelude::any::<bool>(), proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64)),
+                (
+                    proptest::prelude::any::<bool>(),
+                    proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+                    0usize..3,
+                ),
                 1..6,
             ),
             step in 1usize..64,
             bad_last in proptest::prelude::any::<bool>(),
         ) {
             let mut stream = Vec::new();
-            for (post, body) in &requests {
+            for (post, body, blank) in &requests {
+                for _ in 0..*blank {
+                    stream.extend_from_slice(if *blank == 1 { b"\n" } else { b"\r\n" });
+                }
                 if *post {
                     stream.extend_from_slice(
                         format!("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n", body.len())

@@ -78,6 +78,10 @@ async fn mutating_calls_need_the_token_and_reads_stay_open() {
     for path in ["/status", "/metrics", "/livez", "/readyz"] {
         assert_eq!(call(&proxy, "GET", path, None).await.status, 200, "{path}");
     }
+    // Shadow mismatch records copy request headers: never open while a token is set.
+    assert_eq!(call(&proxy, "GET", "/shadow/r", None).await.status, 401);
+    let r = call(&proxy, "GET", "/shadow/r", Some("Bearer first-token-0123")).await;
+    assert_ne!(r.status, 401, "{}", r.text());
     assert_eq!(get(&client(), &proxy.url("/")).await.status, 200);
 
     // Rotation: a new token file is picked up by the next reload (even with the config text

@@ -184,6 +184,30 @@ async fn a_trickling_body_gets_408_after_the_grace() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickling_body_gets_408_on_a_route_that_keeps_bodies_for_retries() {
+    // A route with retries reads a small body whole before sending it (to replay it): the
+    // listener's rate limit must hold while it does, and nothing reaches the backend.
+    let app = TestBackend::start("app").await;
+    let cfg = config(
+        &app,
+        "{ min_request_body_rate: { bytes_per_second: 1000, grace: 300ms } }",
+    ) + "    retries: { attempts: 2 }\n";
+    let proxy = Proxy::start(&cfg).await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"POST /count HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\nsome bytes")
+        .await
+        .unwrap();
+    let reply = read_to_close(&mut s).await;
+    assert_eq!(reply.status(), 408, "{}", reply.text());
+    assert_eq!(hits(&proxy, "min_request_body_rate").await, 1.0);
+    assert_eq!(
+        app.traffic(),
+        0,
+        "the body was never whole: nothing was sent"
+    );
+}
+
 /// The settings frame a server sends first, as (id, value) pairs.
 async fn server_settings(addr: std::net::SocketAddr) -> Vec<(u16, u32)> {
     let mut s = TcpStream::connect(addr).await.unwrap();

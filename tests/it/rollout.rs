@@ -260,6 +260,45 @@ async fn a_canary_failing_5_percent_is_rolled_back_at_its_first_step() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_whose_shadow_answers_differ_fails_the_mismatch_gate() {
+    // The route shadows every request to the canary and compares: the canary answers with its
+    // own name, so every comparison differs. Its real traffic is healthy; only the shadow
+    // gate can fail it.
+    let (stable, canary) = backends().await;
+    let cfg = config(
+        &stable,
+        &canary,
+        "{ strategy: canary, stable: stable, canary: canary, steps: [10, 50, 100], step_interval: 200ms, gates: { min_requests: 20, max_error_rate: 0.5, max_p99_ms: 5000, max_shadow_mismatch_rate: 0.1 } }",
+        "",
+    ) + "    shadow: { upstream: canary, percent: 100, compare: true, compare_headers: [] }\n";
+    let p = Proxy::start(&cfg).await;
+    let traffic = load(p.url("/"), 4, &[]);
+    let v = wait_rollout(&p, "rolled back", |v| v["state"] == "rolled-back").await;
+    traffic.finish().await;
+    assert_eq!(transitions(&v), ["progressing(0)", "rolled-back"]);
+    let d = &v["last_decision"];
+    let gate = |name: &str| {
+        d["gates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["gate"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {name} gate in {d:#}"))
+    };
+    assert_eq!(gate("shadow_mismatch_rate")["status"], "fail", "{d:#}");
+    assert_eq!(gate("error_rate")["status"], "pass", "{d:#}");
+    assert!(
+        d["reason"]
+            .as_str()
+            .unwrap()
+            .contains("shadow_mismatch_rate"),
+        "{d:#}"
+    );
+    assert_eq!(weights(&v), [100, 0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_canary_3x_slower_fails_the_p99_ratio_gate() {
     let (stable, canary) = backends().await;
     stable.set_delay(30);

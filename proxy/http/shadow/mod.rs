@@ -61,7 +61,9 @@ impl ShadowRuntime {
             pool: Arc::clone(pool),
             stats: Arc::clone(shadow_stats),
             mirror: registry.mirror(route, &spec.upstream),
-            seq: AtomicU64::new(0),
+            // From a random point: every snapshot (each rollout step is one) builds this anew,
+            // and a sequence restarting at 0 would shadow the first request after each.
+            seq: AtomicU64::new(crate::http::pick::fast_random()),
         })
     }
 }
@@ -179,7 +181,10 @@ impl Mirror {
         let whole = match (&body, kept) {
             (_, Some(bytes)) => Some(bytes.clone()),
             (ReqBody::Full(b), None) => Some(b.clone().unwrap_or_default()),
-            (ReqBody::Streaming(b), None) if http_body::Body::is_end_stream(b) => {
+            // Nothing more will come (an empty body, or one whose end was already read).
+            (b @ (ReqBody::Streaming(_) | ReqBody::Guarded(_)), None)
+                if http_body::Body::is_end_stream(b) =>
+            {
                 Some(Bytes::new())
             }
             _ => None,
