@@ -124,7 +124,7 @@ impl<S> Sniffed<S> {
                 State::Head(h) => {
                     // Line by line: only a line's name and a Content-Length's value are read
                     // byte by byte; the rest is skipped by the search for its end.
-                    let nl = bytes.iter().position(|&b| b == b'\n');
+                    let nl = memchr::memchr(b'\n', bytes);
                     let line = &bytes[..nl.unwrap_or(bytes.len())];
                     h.bytes += line.len() + 1;
                     if h.bytes > MAX_HEAD {
@@ -201,7 +201,14 @@ fn byte(h: &mut Head, b: u8) {
         }
     }
     if !h.keyed && h.line_len < KEY_LEN {
-        h.line[h.line_len] = b.to_ascii_lowercase();
+        let lower = b.to_ascii_lowercase();
+        // Only lines that start like `content-length:`, `transfer-encoding:`, `upgrade:`,
+        // `CONNECT ` or `PRI * ` matter: any other line is skipped after its first byte.
+        if h.line_len == 0 && !matches!(lower, b'c' | b't' | b'u' | b'p') {
+            h.keyed = true;
+            return;
+        }
+        h.line[h.line_len] = lower;
         h.line_len += 1;
         if b == b':' || h.line_len == KEY_LEN {
             h.keyed = true;
