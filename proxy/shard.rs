@@ -16,3 +16,9 @@ pub fn current() -> usize {
 pub fn set_current(i: usize) {
     WORKER.with(|w| w.set(i));
 }
+
+/// A worker's own piece of shared state, on cache lines of its own: workers write their pieces
+/// on every request, and two pieces on one line would bounce it between cores (false sharing).
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub struct Padded<T>(pub T);

@@ -24,6 +24,7 @@ use tokio::net::TcpStream;
 use crate::body::ReqBody;
 use crate::config::model::{BackendAddr, Transport};
 use crate::server::workers;
+use crate::shard::Padded;
 
 /// Idle connections kept per backend; past this, finished connections are closed.
 const MAX_IDLE: usize = 256;
@@ -70,7 +71,7 @@ pub struct ConnPool {
     transport: Transport,
     /// One stack of idle connections per worker: a connection's task runs on the worker that
     /// opened it, so only that worker reuses it.
-    idle: Box<[Mutex<Vec<Idle>>]>,
+    idle: Box<[Padded<Mutex<Vec<Idle>>>]>,
 }
 
 /// A connection checked out for one exchange; give it back with [`ConnPool::checkin`] once the
@@ -84,12 +85,12 @@ impl ConnPool {
         ConnPool {
             addr,
             transport,
-            idle: (0..workers.max(1)).map(|_| Mutex::default()).collect(),
+            idle: (0..workers.max(1)).map(|_| Padded::default()).collect(),
         }
     }
 
     fn shard(&self) -> &Mutex<Vec<Idle>> {
-        &self.idle[workers::current() % self.idle.len()]
+        &self.idle[workers::current() % self.idle.len()].0
     }
 
     pub fn transport(&self) -> &Transport {
@@ -100,7 +101,7 @@ impl ConnPool {
     pub fn idle(&self) -> usize {
         self.idle
             .iter()
-            .map(|s| s.lock().map_or(0, |i| i.len()))
+            .map(|s| s.0.lock().map_or(0, |i| i.len()))
             .sum()
     }
 

@@ -11,6 +11,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::shard::Padded;
 use hdrhistogram::Histogram;
 use tokio::time::Instant;
 
@@ -66,7 +67,8 @@ impl Shard {
 }
 
 pub struct Recorder {
-    shards: Box<[Mutex<Shard>]>,
+    /// Padded: every record writes its shard's histogram counters, inline in the struct.
+    shards: Box<[Padded<Mutex<Shard>>]>,
     /// Half the window; `None` for a cumulative recorder.
     period_nanos: Option<u64>,
 }
@@ -75,7 +77,7 @@ impl Recorder {
     /// Keeps the last `window` (read: between half of it and all of it).
     pub fn windowed(window: Duration, shards: usize) -> Self {
         Recorder {
-            shards: (0..shards.max(1)).map(|_| Mutex::default()).collect(),
+            shards: (0..shards.max(1)).map(|_| Padded::default()).collect(),
             period_nanos: Some((window.as_nanos() as u64 / 2).max(1)),
         }
     }
@@ -83,7 +85,7 @@ impl Recorder {
     /// Keeps everything since creation.
     pub fn cumulative(shards: usize) -> Self {
         Recorder {
-            shards: (0..shards.max(1)).map(|_| Mutex::default()).collect(),
+            shards: (0..shards.max(1)).map(|_| Padded::default()).collect(),
             period_nanos: None,
         }
     }
@@ -96,7 +98,7 @@ impl Recorder {
     pub fn record(&self, latency: Duration, now: Instant) {
         let micros = (latency.as_micros() as u64).clamp(LOWEST_MICROS, HIGHEST_MICROS);
         let shard = &self.shards[crate::shard::current() % self.shards.len()];
-        let Ok(mut s) = shard.lock() else { return };
+        let Ok(mut s) = shard.0.lock() else { return };
         s.rotate_to(self.period(now));
         if s.current.is_none() {
             s.current = new_shard_histogram();
@@ -111,7 +113,7 @@ impl Recorder {
         let mut merged = new_histogram();
         let period = self.period(now);
         for shard in self.shards.iter() {
-            let Ok(mut s) = shard.lock() else { continue };
+            let Ok(mut s) = shard.0.lock() else { continue };
             s.rotate_to(period);
             for h in [&s.current, &s.previous].into_iter().flatten() {
                 // Shards count in u32 to halve their memory; widen while merging.
