@@ -442,6 +442,11 @@ fn shadow_gate(
             "needs `compare: true` under the route's `shadow:` (without it nothing is compared)"
                 .to_owned()
         }
+        Some(s) if s.basis_points == 0 => {
+            "needs the route's `shadow.percent` above 0 (at 0 nothing is compared, and the gate \
+             would never judge)"
+                .to_owned()
+        }
         Some(_) => return,
     };
     errs.push(

@@ -7,7 +7,9 @@
 //! The watcher follows the stream from head to head: after a head without a body, or with a
 //! `Content-Length` body (skipped by count), the next byte starts the next head. A chunked body
 //! or an HTTP/2 preface ends the watch: the first would need a second chunk parser, and hyper
-//! reads both consistently anyway. So do `Upgrade` and `CONNECT`: what follows is a tunnel.
+//! reads both consistently anyway. `Upgrade` and `CONNECT` do not: a refused upgrade (a plain
+//! answer) leaves the connection speaking HTTP/1, and after a real tunnel opens no request is
+//! asked about again, so watching its bytes can flag nothing that matters.
 
 use std::io;
 use std::pin::Pin;
@@ -73,8 +75,6 @@ struct Head {
     lines: u32,
     content_lengths: u32,
     transfer_encodings: u32,
-    /// `Upgrade:` or `CONNECT`: the bytes after this head may be a tunnel.
-    tunnel: bool,
     /// The previous byte was `\r`.
     prev_cr: bool,
     /// A line ended with a bare `\n`: a parser that wants CRLF would read this head differently.
@@ -126,7 +126,7 @@ impl<S> Sniffed<S> {
                     // byte by byte; the rest is skipped by the search for its end.
                     let nl = memchr::memchr(b'\n', bytes);
                     let line = &bytes[..nl.unwrap_or(bytes.len())];
-                    h.bytes += line.len() + 1;
+                    h.bytes += line.len() + usize::from(nl.is_some());
                     if h.bytes > MAX_HEAD {
                         self.state = State::Done;
                         return;
@@ -202,9 +202,9 @@ fn byte(h: &mut Head, b: u8) {
     }
     if !h.keyed && h.line_len < KEY_LEN {
         let lower = b.to_ascii_lowercase();
-        // Only lines that start like `content-length:`, `transfer-encoding:`, `upgrade:`,
-        // `CONNECT ` or `PRI * ` matter: any other line is skipped after its first byte.
-        if h.line_len == 0 && !matches!(lower, b'c' | b't' | b'u' | b'p') {
+        // Only lines that start like `content-length:`, `transfer-encoding:` or `PRI * ` matter:
+        // any other line is skipped after its first byte.
+        if h.line_len == 0 && !matches!(lower, b'c' | b't' | b'p') {
             h.keyed = true;
             return;
         }
@@ -218,8 +218,6 @@ fn byte(h: &mut Head, b: u8) {
                 h.in_length = h.content_lengths == 1;
             } else if key == b"transfer-encoding:" {
                 h.transfer_encodings += 1;
-            } else if key == b"upgrade:" || (h.lines == 0 && key.starts_with(b"connect ")) {
-                h.tunnel = true;
             }
         }
     }
@@ -253,7 +251,7 @@ fn end_line(h: &mut Head) -> Option<Next> {
         h.bare_lf || h.content_lengths > 1 || (h.content_lengths > 0 && h.transfer_encodings > 0);
     Some(if ambiguous {
         Next::Ambiguous
-    } else if h.transfer_encodings > 0 || h.tunnel {
+    } else if h.transfer_encodings > 0 {
         Next::Unknown
     } else if h.content_lengths == 1 {
         h.length.map_or(Next::Unknown, Next::Body)
@@ -336,14 +334,15 @@ mod tests {
             assert_eq!(flagged(dup, step), Some(0));
             assert_eq!(flagged(get, step), None);
             assert_eq!(flagged(lf, step), Some(0));
-            // After an upgrade or CONNECT the bytes are a tunnel's, not heads.
+            // A refused upgrade or CONNECT leaves the connection speaking HTTP/1: the next
+            // head is still watched (after a real tunnel no request asks again).
             for tunnel in [
                 &b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n"[..],
                 b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n",
             ] {
                 let mut t = tunnel.to_vec();
                 t.extend_from_slice(cl_te);
-                assert_eq!(flagged(&t, step), None, "{step}");
+                assert_eq!(flagged(&t, step), Some(1), "{step}");
             }
             // A body that looks like headers is skipped by its length.
             assert_eq!(flagged(post, step), None, "{step}");
@@ -358,6 +357,12 @@ mod tests {
                     Some(1)
                 );
             }
+            // A head is measured by its bytes however they are split into reads.
+            let mut big = b"GET / HTTP/1.1\r\nX-Big: ".to_vec();
+            big.extend(std::iter::repeat_n(b'a', 600_000));
+            big.extend_from_slice(b"\r\n\r\n");
+            big.extend_from_slice(cl_te);
+            assert_eq!(flagged(&big, step), Some(1), "{step}");
             let mut later = get.to_vec();
             later.extend_from_slice(post);
             later.extend_from_slice(cl_te);
