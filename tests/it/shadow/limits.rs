@@ -169,26 +169,28 @@ async fn shadow_counts_survive_a_reload_and_a_new_shadow_upstream_starts_its_own
     let app = TestBackend::start("app").await;
     let next = Scripted::start(|_| (200, "text/plain", "ok".into())).await;
     let other = Scripted::start(|_| (200, "text/plain", "ok".into())).await;
-    let yaml = |upstream: &str, percent: u32| {
+    // Every request is shadowed (percent 100), so counts are exact; the reload changes the
+    // shadow's timeout instead.
+    let yaml = |upstream: &str, timeout: &str| {
         format!(
             "{HEAD}upstreams:\n  app: {{ backends: [\"{}\"] }}\n  next: {{ backends: [\"{}\"] }}\n  other: {{ backends: [\"{}\"] }}\n\
-             routes:\n  - name: r\n    split: [{{ upstream: app, weight: 1 }}]\n    shadow: {{ upstream: {upstream}, percent: {percent} }}\n",
+             routes:\n  - name: r\n    split: [{{ upstream: app, weight: 1 }}]\n    shadow: {{ upstream: {upstream}, percent: 100, timeout: {timeout} }}\n",
             app.addr, next.addr, other.addr
         )
     };
-    let proxy = Proxy::start(&yaml("next", 100)).await;
+    let proxy = Proxy::start(&yaml("next", "5s")).await;
     let c = client();
     for _ in 0..3 {
         get(&c, &proxy.url("/")).await;
     }
     wait_shadow(&proxy, "settled", |v| n(v, "success") == 3).await;
-    let ev = proxy.rewrite(&yaml("next", 99)).await;
+    let ev = proxy.rewrite(&yaml("next", "4s")).await;
     assert_eq!(ev.rejected, 0);
     get(&c, &proxy.url("/")).await;
     let v = wait_shadow(&proxy, "kept counting", |v| n(v, "success") == 4).await;
-    assert_eq!(v["percent"], 99.0);
+    assert_eq!(v["timeout_ms"], 4000);
     // Another shadow upstream: its own series, from zero.
-    proxy.rewrite(&yaml("other", 100)).await;
+    proxy.rewrite(&yaml("other", "4s")).await;
     get(&c, &proxy.url("/")).await;
     let v = wait_shadow(&proxy, "counted the new upstream", |v| n(v, "success") == 1).await;
     assert_eq!(v["upstream"], "other");
