@@ -17,24 +17,20 @@ fn config(b: &TestBackend, limits: &str) -> String {
     )
 }
 
+fn series(limit: &str) -> String {
+    format!("switchyard_limit_rejections_total{{listener=\"public\",limit=\"{limit}\"}}")
+}
+
 async fn hits(proxy: &Proxy, limit: &str) -> f64 {
     let m = proxy.metrics().await;
-    let series =
-        format!("switchyard_limit_rejections_total{{listener=\"public\",limit=\"{limit}\"}}");
+    let series = series(limit);
     sample(&m, &series).unwrap_or_else(|| panic!("no {series} in {m}"))
 }
 
-/// Polls `/metrics` until the counter reaches `n` (bounded: 20 s); a connection's end is
-/// counted once the proxy has finished with it, a moment after the client sees it.
+/// Waits until the counter reaches `n`, then checks it is exactly `n`.
 async fn wait_hits(proxy: &Proxy, limit: &str, n: f64) {
-    for _ in 0..2000 {
-        if hits(proxy, limit).await >= n {
-            assert_eq!(hits(proxy, limit).await, n);
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("{limit} never counted {n}: {}", hits(proxy, limit).await);
+    proxy.wait_metric(&series(limit), n).await;
+    assert_eq!(hits(proxy, limit).await, n);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -45,6 +45,22 @@ async fn wait_rollout(p: &Proxy, what: &str, cond: impl Fn(&Value) -> bool) -> V
     panic!("rollout never became {what}: {:#}", rollout(p, "r").await.1);
 }
 
+/// Sends requests from 4 tasks until the rollout of `r` reaches `state`; its view then.
+async fn under_load_until(p: &Proxy, state: &str) -> Value {
+    let traffic = load(p.url("/"), 4, &[]);
+    let v = wait_rollout(p, state, |v| v["state"] == state).await;
+    traffic.finish().await;
+    v
+}
+
+/// The decision's result for one gate.
+fn gate<'a>(decision: &'a Value, name: &str) -> &'a Value {
+    decision["gates"]
+        .as_array()
+        .and_then(|gs| gs.iter().find(|g| g["gate"] == name))
+        .unwrap_or_else(|| panic!("no {name} gate in {decision:#}"))
+}
+
 fn state(v: &Value) -> (&str, Option<u64>) {
     (v["state"].as_str().unwrap_or(""), v["step"].as_u64())
 }
@@ -230,9 +246,7 @@ async fn a_canary_failing_5_percent_is_rolled_back_at_its_first_step() {
         "",
     ))
     .await;
-    let traffic = load(p.url("/"), 4, &[]);
-    let v = wait_rollout(&p, "rolled back", |v| v["state"] == "rolled-back").await;
-    traffic.finish().await;
+    let v = under_load_until(&p, "rolled-back").await;
     assert_eq!(transitions(&v), ["progressing(0)", "rolled-back"]);
     let d = &v["last_decision"];
     assert_eq!(d["verdict"], "rollback");
@@ -240,13 +254,7 @@ async fn a_canary_failing_5_percent_is_rolled_back_at_its_first_step() {
         d["abort"], false,
         "the step gate decided, not the abort rule"
     );
-    let gate = d["gates"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|g| g["gate"] == "error_rate")
-        .unwrap();
-    assert_eq!(gate["status"], "fail", "{d:#}");
+    assert_eq!(gate(d, "error_rate")["status"], "fail", "{d:#}");
     assert!(d["inputs"]["canary"]["requests"].as_u64().unwrap() >= 40);
     let rate = d["inputs"]["canary"]["error_rate"].as_f64().unwrap();
     assert!(rate > 0.01 && rate < 0.1, "{d:#}");
@@ -272,22 +280,11 @@ async fn a_canary_whose_shadow_answers_differ_fails_the_mismatch_gate() {
         "",
     ) + "    shadow: { upstream: canary, percent: 100, compare: true, compare_headers: [] }\n";
     let p = Proxy::start(&cfg).await;
-    let traffic = load(p.url("/"), 4, &[]);
-    let v = wait_rollout(&p, "rolled back", |v| v["state"] == "rolled-back").await;
-    traffic.finish().await;
+    let v = under_load_until(&p, "rolled-back").await;
     assert_eq!(transitions(&v), ["progressing(0)", "rolled-back"]);
     let d = &v["last_decision"];
-    let gate = |name: &str| {
-        d["gates"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|g| g["gate"] == name)
-            .cloned()
-            .unwrap_or_else(|| panic!("no {name} gate in {d:#}"))
-    };
-    assert_eq!(gate("shadow_mismatch_rate")["status"], "fail", "{d:#}");
-    assert_eq!(gate("error_rate")["status"], "pass", "{d:#}");
+    assert_eq!(gate(d, "shadow_mismatch_rate")["status"], "fail", "{d:#}");
+    assert_eq!(gate(d, "error_rate")["status"], "pass", "{d:#}");
     assert!(
         d["reason"]
             .as_str()
@@ -633,9 +630,7 @@ async fn blue_green_promotes_on_preview_gates_and_rolls_back_when_the_watch_fail
     assert_eq!(weights(&v), [0, 100]);
     assert_eq!(v["last_decision"]["verdict"], "promote");
     green.set_failing(50);
-    let traffic = load(p.url("/"), 4, &[]);
-    let v = wait_rollout(&p, "rolled back", |v| v["state"] == "rolled-back").await;
-    traffic.finish().await;
+    let v = under_load_until(&p, "rolled-back").await;
     assert_eq!(weights(&v), [100, 0]);
     assert!(
         v["last_decision"]["reason"]
@@ -657,9 +652,7 @@ async fn on_failure_pause_holds_the_weights_for_an_operator() {
         "",
     ))
     .await;
-    let traffic = load(p.url("/"), 4, &[]);
-    let v = wait_rollout(&p, "paused", |v| v["state"] == "paused").await;
-    traffic.finish().await;
+    let v = under_load_until(&p, "paused").await;
     assert_eq!(state(&v), ("paused", Some(0)));
     assert_eq!(v["last_decision"]["verdict"], "pause");
     assert_eq!(

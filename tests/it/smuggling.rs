@@ -173,15 +173,8 @@ async fn smuggling_and_malformed_requests_are_refused_and_never_forwarded() {
     // What hyper refuses is counted when its connection ends, a moment after the client sees it.
     let series =
         "switchyard_limit_rejections_total{listener=\"public\",limit=\"malformed_request\"}";
-    let mut refused = None;
-    for _ in 0..2000 {
-        refused = sample(&proxy.metrics().await, series);
-        if refused >= Some(REFUSED.len() as f64) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(refused, Some(REFUSED.len() as f64));
+    let m = proxy.wait_metric(series, REFUSED.len() as f64).await;
+    assert_eq!(sample(&m, series), Some(REFUSED.len() as f64));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -73,15 +73,7 @@ async fn a_bad_certificate_file_is_refused_and_the_old_one_keeps_serving() {
     let other = ca.server(&["keep.example.test"]);
     write_atomic(&c, &other.cert_pem);
     let rejected = "switchyard_tls_cert_reloads_total{result=\"rejected\"}";
-    let mut m = proxy.metrics().await;
-    for _ in 0..1000 {
-        if sample(&m, rejected) >= Some(1.0) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        m = proxy.metrics().await;
-    }
-    assert!(sample(&m, rejected) >= Some(1.0), "{m}");
+    let m = proxy.wait_metric(rejected, 1.0).await;
     assert_eq!(
         sample(&m, "switchyard_tls_cert_reloads_total{result=\"applied\"}"),
         Some(0.0)
@@ -234,15 +226,7 @@ async fn a_new_certificate_that_does_not_cover_its_names_is_refused() {
     std::fs::rename(root.join("..data_tmp"), root.join("..data")).unwrap();
 
     let rejected = "switchyard_tls_cert_reloads_total{result=\"rejected\"}";
-    let mut m = proxy.metrics().await;
-    for _ in 0..1000 {
-        if sample(&m, rejected) >= Some(1.0) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        m = proxy.metrics().await;
-    }
-    assert!(sample(&m, rejected) >= Some(1.0), "{m}");
+    let m = proxy.wait_metric(rejected, 1.0).await;
     let applied = "switchyard_tls_cert_reloads_total{result=\"applied\"}";
     assert_eq!(sample(&m, applied), Some(0.0));
     let stream = tls::connect(proxy.addr, "named.example.test", &[b"http/1.1"]).await;

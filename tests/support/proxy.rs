@@ -184,6 +184,20 @@ impl Proxy {
         );
     }
 
+    /// Polls `/metrics` until `series` reaches `at_least` (bounded: 20 s); returns that page.
+    /// Some counts land a moment after the client sees their cause (a connection's end).
+    pub async fn wait_metric(&self, series: &str, at_least: f64) -> String {
+        for _ in 0..2000 {
+            let m = self.metrics().await;
+            if sample(&m, series) >= Some(at_least) {
+                return m;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let m = self.metrics().await;
+        panic!("{series} never reached {at_least}: {m}");
+    }
+
     /// The Prometheus text of `/metrics`.
     pub async fn metrics(&self) -> String {
         let r = super::client::get(&super::client::client(), &self.admin_url("/metrics")).await;
