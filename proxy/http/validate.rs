@@ -170,19 +170,17 @@ pub fn same_host(host: &[u8], authority: &[u8], uri: &Uri) -> bool {
         Some("http") => Some(&b"80"[..]),
         _ => None,
     };
-    let split = |a: &'_ [u8]| -> (Vec<u8>, Option<Vec<u8>>) {
-        // A port follows the last `:` unless that `:` is inside an IPv6 literal.
-        match a.iter().rposition(|&b| b == b':') {
-            Some(i) if !a[i..].contains(&b']') => {
-                (a[..i].to_ascii_lowercase(), Some(a[i + 1..].to_vec()))
-            }
-            _ => (a.to_ascii_lowercase(), None),
-        }
-    };
-    let ((h1, p1), (h2, p2)) = (split(host), split(authority));
-    let p1 = p1.as_deref().or(default);
-    let p2 = p2.as_deref().or(default);
-    h1 == h2 && p1 == p2
+    let ((h1, p1), (h2, p2)) = (split_port(host), split_port(authority));
+    h1.eq_ignore_ascii_case(h2) && p1.or(default) == p2.or(default)
+}
+
+/// A `host[:port]` split at its port: after the last `:` unless that `:` is inside an IPv6
+/// literal.
+fn split_port(a: &[u8]) -> (&[u8], Option<&[u8]>) {
+    match a.iter().rposition(|&b| b == b':') {
+        Some(i) if !a[i..].contains(&b']') => (&a[..i], Some(&a[i + 1..])),
+        _ => (a, None),
+    }
 }
 
 /// Digits only, no sign, no list, no overflow (RFC 9110 8.6).
