@@ -38,20 +38,27 @@ pub async fn proxy(
         Ok(injected) => injected,
         Err(aborted) => return aborted.response(),
     };
-    let mut resp = send(route, req, conn, aim, started).await;
+    // The route's deadline starts once any injected delay is over.
+    let sent = if injected.delay.is_some() {
+        Instant::now()
+    } else {
+        started
+    };
+    let mut resp = send(route, req, conn, aim, started, sent).await;
     fault::label(&mut resp, &injected);
     resp
 }
 
-/// Sends a request the split has aimed; its deadline starts now (after any injected delay).
+/// Sends a request the split has aimed; its deadline is the route's timeout from `sent`.
 async fn send(
     route: &RouteRuntime,
     mut req: Request<Incoming>,
     conn: &ConnInfo,
     aim: Aim,
     started: Instant,
+    sent: Instant,
 ) -> Response<ProxyBody> {
-    let deadline = Instant::now() + route.spec.timeout;
+    let deadline = sent + route.spec.timeout;
     let policy = route.spec.retries.as_ref();
     if let Some(budget) = &route.budget {
         budget.deposit(started);
