@@ -7,9 +7,9 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
-use crate::reload::snapshot::Snapshot;
-use crate::server::limits::LimitStats;
+use crate::routing::Snapshot;
 use crate::stats::GlobalCounters;
+use crate::stats::limits::LimitStats;
 
 pub struct Shared {
     snapshot: ArcSwap<Snapshot>,

@@ -21,6 +21,8 @@ TOOLS=(
   "py:prometheus_client pip:prometheus_client"
   # tests/it/tls.rs: https:// backends without a ca_file trust the system's roots.
   "update-ca-certificates apt:ca-certificates"
+  # tests/it/upstream_conns.rs lowers a running switchyard's open-file limit.
+  "prlimit apt:util-linux"
 )
 
 log() { printf 'test.sh: %s\n' "$*" >&2; }

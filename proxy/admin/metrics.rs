@@ -3,7 +3,7 @@
 use std::sync::atomic::Ordering::Relaxed;
 
 use super::AdminCtx;
-use crate::reload::snapshot::{RouteRuntime, Snapshot};
+use crate::routing::{RouteRuntime, Snapshot};
 use crate::stats::Outcome;
 use crate::stats::counters::CODE_CLASSES;
 use crate::stats::prometheus::Exposition;
@@ -21,7 +21,7 @@ pub fn render(ctx: &AdminCtx) -> String {
     for r in &snap.routes {
         for t in &r.targets {
             let pairs = t
-                .pool
+                .upstream
                 .backends
                 .iter()
                 .map(|b| b.state.addr.as_str())
@@ -35,7 +35,7 @@ pub fn render(ctx: &AdminCtx) -> String {
                             "switchyard_requests_total",
                             &[
                                 ("route", &r.spec.name),
-                                ("upstream", &t.pool.spec.name),
+                                ("upstream", &t.upstream.spec.name),
                                 ("backend", backend),
                                 ("code_class", class),
                             ],
@@ -56,7 +56,7 @@ pub fn render(ctx: &AdminCtx) -> String {
         for (t, w) in r.targets.iter().zip(r.split.weights()) {
             e.sample(
                 "switchyard_route_weight",
-                &[("route", &r.spec.name), ("upstream", &t.pool.spec.name)],
+                &[("route", &r.spec.name), ("upstream", &t.upstream.spec.name)],
                 *w,
             );
         }
@@ -80,8 +80,8 @@ pub fn render(ctx: &AdminCtx) -> String {
         for t in &r.targets {
             e.histogram(
                 "switchyard_request_duration_seconds",
-                &[("route", &r.spec.name), ("upstream", &t.pool.spec.name)],
-                &t.stats.duration,
+                &[("route", &r.spec.name), ("upstream", &t.upstream.spec.name)],
+                t.stats.duration(),
             );
         }
     }
@@ -91,7 +91,7 @@ pub fn render(ctx: &AdminCtx) -> String {
         "histogram",
         "Time from sending a try to a backend to its response head.",
     );
-    for p in &snap.pools {
+    for p in &snap.upstreams {
         for b in &p.backends {
             e.histogram(
                 "switchyard_upstream_latency_seconds",
@@ -99,7 +99,7 @@ pub fn render(ctx: &AdminCtx) -> String {
                     ("upstream", &p.spec.name),
                     ("backend", b.state.addr.as_str()),
                 ],
-                &b.state.stats.latency_buckets,
+                b.state.stats.latency_buckets(),
             );
         }
     }
@@ -109,7 +109,7 @@ pub fn render(ctx: &AdminCtx) -> String {
         "counter",
         "Tries sent to a backend by what became of them (success includes 4xx).",
     );
-    for p in &snap.pools {
+    for p in &snap.upstreams {
         for b in &p.backends {
             for o in Outcome::ALL {
                 e.sample(
@@ -130,7 +130,7 @@ pub fn render(ctx: &AdminCtx) -> String {
         "gauge",
         "Circuit breaker state per backend: 0 closed, 1 open, 2 half-open.",
     );
-    for p in &snap.pools {
+    for p in &snap.upstreams {
         for b in &p.backends {
             e.sample(
                 "switchyard_breaker_state",
@@ -148,7 +148,7 @@ pub fn render(ctx: &AdminCtx) -> String {
         "gauge",
         "1 while a backend passes its health checks (always 1 without checks).",
     );
-    for p in &snap.pools {
+    for p in &snap.upstreams {
         for b in &p.backends {
             e.sample(
                 "switchyard_backend_healthy",
@@ -168,18 +168,16 @@ pub fn render(ctx: &AdminCtx) -> String {
     );
     for r in &snap.routes {
         for t in &r.targets {
-            for (direction, n) in [
-                ("away", &t.stats.rerouted_away),
-                ("in", &t.stats.rerouted_in),
-            ] {
+            let c = t.stats.read();
+            for (direction, n) in [("away", c.rerouted_away), ("in", c.rerouted_in)] {
                 e.sample(
                     "switchyard_reroutes_total",
                     &[
                         ("route", &r.spec.name),
-                        ("upstream", &t.pool.spec.name),
+                        ("upstream", &t.upstream.spec.name),
                         ("direction", direction),
                     ],
-                    n.load(Relaxed) as f64,
+                    n as f64,
                 );
             }
         }
@@ -192,18 +190,16 @@ pub fn render(ctx: &AdminCtx) -> String {
     );
     for r in r_with_retries(&snap) {
         for t in &r.targets {
-            for (result, n) in [
-                ("attempted", &t.stats.retries),
-                ("denied", &t.stats.retries_denied),
-            ] {
+            let c = t.stats.read();
+            for (result, n) in [("attempted", c.retries), ("denied", c.retries_denied)] {
                 e.sample(
                     "switchyard_retries_total",
                     &[
                         ("route", &r.spec.name),
-                        ("upstream", &t.pool.spec.name),
+                        ("upstream", &t.upstream.spec.name),
                         ("result", result),
                     ],
-                    n.load(Relaxed) as f64,
+                    n as f64,
                 );
             }
         }
@@ -214,7 +210,7 @@ pub fn render(ctx: &AdminCtx) -> String {
         "gauge",
         "Requests sent to a backend whose response has not finished.",
     );
-    for p in &snap.pools {
+    for p in &snap.upstreams {
         for b in &p.backends {
             e.sample(
                 "switchyard_backend_in_flight",
@@ -238,7 +234,7 @@ pub fn render(ctx: &AdminCtx) -> String {
     e.sample(
         "switchyard_unrouted_requests_total",
         &[],
-        g.no_route.load(Relaxed) as f64,
+        g.unrouted_total() as f64,
     );
 
     e.family(
@@ -259,6 +255,8 @@ pub fn render(ctx: &AdminCtx) -> String {
     }
 
     g.tls.render(&mut e);
+    g.local.render(&mut e);
+    upstream_resends(&mut e, &snap);
 
     e.family(
         "switchyard_config_generation",
@@ -302,7 +300,7 @@ fn traffic(e: &mut Exposition, snap: &Snapshot) {
             e.sample(
                 "switchyard_rate_limited_total",
                 &[("route", &r.spec.name)],
-                limit.counts().limited.load(Relaxed) as f64,
+                limit.counts().read() as f64,
             );
         }
     }
@@ -315,17 +313,41 @@ fn traffic(e: &mut Exposition, snap: &Snapshot) {
         let Some(fault) = &r.fault else { continue };
         for (t, counts) in r.targets.iter().zip(fault.counts()) {
             let Some(c) = counts else { continue };
-            for (kind, n) in [("delay", &c.delayed), ("abort", &c.aborted)] {
+            let (delayed, aborted) = c.read();
+            for (kind, n) in [("delay", delayed), ("abort", aborted)] {
                 e.sample(
                     "switchyard_faults_injected_total",
                     &[
                         ("route", &r.spec.name),
-                        ("upstream", &t.pool.spec.name),
+                        ("upstream", &t.upstream.spec.name),
                         ("kind", kind),
                     ],
-                    n.load(Relaxed) as f64,
+                    n as f64,
                 );
             }
+        }
+    }
+}
+
+/// `switchyard_upstream_resends_total`: requests sent again on a fresh connection because a
+/// kept-alive one had been closed by the backend.
+fn upstream_resends(e: &mut Exposition, snap: &Snapshot) {
+    e.family(
+        "switchyard_upstream_resends_total",
+        "counter",
+        "Requests sent again, on a fresh connection, after a kept-alive connection to the backend turned out closed (never counted against the backend).",
+    );
+    for p in &snap.upstreams {
+        for b in &p.backends {
+            e.sample(
+                "switchyard_upstream_resends_total",
+                &[
+                    ("upstream", &p.spec.name),
+                    ("backend", b.state.addr.as_str()),
+                    ("reason", "stale_connection"),
+                ],
+                b.state.stats.stale_resends() as f64,
+            );
         }
     }
 }

@@ -13,6 +13,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Instant;
 
 use http::{Request, Response};
@@ -23,17 +24,16 @@ use tokio::net::TcpStream;
 
 use crate::body::ReqBody;
 use crate::config::model::{BackendAddr, Transport};
-use crate::server::workers;
-use crate::shard::Padded;
+use crate::shard::{self, Padded};
 
 /// Idle connections kept per backend; past this, finished connections are closed.
 const MAX_IDLE: usize = 256;
 
-pub type Sender = http1::SendRequest<ReqBody>;
+type Sender = http1::SendRequest<ReqBody>;
 
 /// Why an exchange with a backend failed before a response arrived.
 #[derive(Debug, thiserror::Error)]
-pub enum SendError {
+pub(crate) enum SendError {
     #[error("connect failed: {0}")]
     Connect(#[source] io::Error),
     #[error("connection handshake failed: {0}")]
@@ -43,11 +43,11 @@ pub enum SendError {
 }
 
 impl SendError {
-    pub fn is_connect(&self) -> bool {
+    pub(crate) fn is_connect(&self) -> bool {
         matches!(self, SendError::Connect(_) | SendError::Handshake(_))
     }
 
-    pub fn hyper(&self) -> Option<&hyper::Error> {
+    pub(crate) fn hyper(&self) -> Option<&hyper::Error> {
         match self {
             SendError::Exchange(e) | SendError::Handshake(e) => Some(e),
             SendError::Connect(_) => None,
@@ -55,10 +55,18 @@ impl SendError {
     }
 }
 
+/// A response head, and the connection it came on.
+pub(crate) struct Sent {
+    pub(crate) resp: Response<Incoming>,
+    pub(crate) conn: Conn,
+}
+
 /// A failed send, with the request when it never reached the backend.
-pub struct Failed {
-    pub error: SendError,
-    pub unsent: Option<Request<ReqBody>>,
+pub(crate) struct Failed {
+    pub(crate) error: SendError,
+    pub(crate) unsent: Option<Request<ReqBody>>,
+    /// The connection had carried earlier requests (and may have been closed under this one).
+    pub(crate) reused: bool,
 }
 
 struct Idle {
@@ -66,7 +74,7 @@ struct Idle {
     since: Instant,
 }
 
-pub struct ConnPool {
+pub(crate) struct ConnPool {
     addr: BackendAddr,
     transport: Transport,
     /// One stack of idle connections per worker: a connection's task runs on the worker that
@@ -76,12 +84,13 @@ pub struct ConnPool {
 
 /// A connection checked out for one exchange; give it back with [`ConnPool::checkin`] once the
 /// response was read to the end, or drop it to close it.
-pub struct Conn {
-    sender: Sender,
+pub(crate) struct Conn {
+    /// `None` when the connection closed as its response came.
+    sender: Option<Sender>,
 }
 
 impl ConnPool {
-    pub fn new(addr: BackendAddr, transport: Transport, workers: usize) -> Self {
+    pub(crate) fn new(addr: BackendAddr, transport: Transport, workers: usize) -> Self {
         ConnPool {
             addr,
             transport,
@@ -90,29 +99,31 @@ impl ConnPool {
     }
 
     fn shard(&self) -> &Mutex<Vec<Idle>> {
-        &self.idle[workers::current() % self.idle.len()].0
+        &self.idle[shard::current() % self.idle.len()].0
     }
 
-    pub fn transport(&self) -> &Transport {
+    pub(crate) fn transport(&self) -> &Transport {
         &self.transport
     }
 
     /// Idle connections right now, over all workers.
-    pub fn idle(&self) -> usize {
+    fn idle(&self) -> usize {
         self.idle
             .iter()
             .map(|s| s.0.lock().map_or(0, |i| i.len()))
             .sum()
     }
 
-    /// Sends `req` on a pooled or new connection. A request that never left (the pooled
-    /// connection turned out closed) goes again on a fresh connection; nothing that reached the
-    /// backend is ever replayed here. When no connection could be made the request comes back
-    /// untouched, so the caller may send it elsewhere.
-    pub async fn send(&self, req: Request<ReqBody>) -> Result<(Response<Incoming>, Conn), Failed> {
+    /// Sends `req` on a pooled connection, or a new one when none is idle or `fresh` asks for
+    /// one. A request that never left (the pooled connection turned out closed) goes again, on
+    /// another pooled connection or a new one; nothing that reached the backend is ever
+    /// replayed here. When no connection could be made the request comes back untouched, so
+    /// the caller may send it elsewhere.
+    pub(crate) async fn send(&self, req: Request<ReqBody>, fresh: bool) -> Result<Sent, Failed> {
         let mut req = req;
         loop {
-            let (mut sender, reused) = match self.checkout() {
+            let pooled = if fresh { None } else { self.checkout() };
+            let (sender, reused) = match pooled {
                 Some(sender) => (sender, true),
                 None => match self.connect().await {
                     Ok(sender) => (sender, false),
@@ -120,18 +131,26 @@ impl ConnPool {
                         return Err(Failed {
                             error: e,
                             unsent: Some(req),
+                            reused: false,
                         });
                     }
                 },
             };
-            match sender.try_send_request(req).await {
-                Ok(resp) => return Ok((resp, Conn { sender })),
+            let (sent, sender) = exchange(sender, req).await;
+            match sent {
+                Ok(resp) => {
+                    return Ok(Sent {
+                        resp,
+                        conn: Conn { sender },
+                    });
+                }
                 Err(mut e) => match e.take_message() {
                     Some(unsent) if reused => req = unsent,
                     unsent => {
                         return Err(Failed {
                             error: SendError::Exchange(e.into_error()),
                             unsent,
+                            reused,
                         });
                     }
                 },
@@ -141,8 +160,10 @@ impl ConnPool {
 
     /// Takes a connection back after its response was read to the end. Its task may not have
     /// marked it ready yet; then a small task waits for that (or for it to close).
-    pub fn checkin(self: &Arc<Self>, conn: Conn) {
-        let mut sender = conn.sender;
+    pub(crate) fn checkin(self: &Arc<Self>, conn: Conn) {
+        let Some(mut sender) = conn.sender else {
+            return;
+        };
         if sender.is_ready() {
             self.put(sender);
         } else if !sender.is_closed() {
@@ -226,6 +247,38 @@ impl ConnPool {
             }
         }
         Err(last)
+    }
+}
+
+/// Hands `req` to a connection and waits for its response head. The connection's task may end
+/// just as the request is queued for it (the backend closed it); hyper's queue is emptied when
+/// its reader goes, but a request that lands a moment later stays queued until the sender is
+/// dropped, and nobody would answer it. So the sender is watched while the answer is awaited:
+/// once its connection is closed, the sender is dropped, which hands the request back unsent.
+async fn exchange(
+    mut sender: Sender,
+    req: Request<ReqBody>,
+) -> (
+    Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<ReqBody>>>,
+    Option<Sender>,
+) {
+    let mut answer = std::pin::pin!(sender.try_send_request(req));
+    let early = std::future::poll_fn(|cx| {
+        if let Poll::Ready(r) = answer.as_mut().poll(cx) {
+            return Poll::Ready(Some(r));
+        }
+        match sender.poll_ready(cx) {
+            Poll::Ready(Err(_)) => Poll::Ready(None),
+            _ => Poll::Pending,
+        }
+    })
+    .await;
+    match early {
+        Some(r) => (r, Some(sender)),
+        None => {
+            drop(sender);
+            (answer.await, None)
+        }
     }
 }
 

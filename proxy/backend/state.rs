@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use super::breaker::{Admission, Breaker, BreakerState, Transition, trip_reason};
 use crate::config::model::{BackendAddr, BreakerConfig};
-use crate::stats::{Buckets, Counts, Outcome, Recorder, WindowCounts};
+use crate::stats::{Buckets, Outcome, Recorder, Totals, WindowCounts};
 
 /// The window `/status` reports error rates and percentiles over.
 pub const STATS_WINDOW: Duration = Duration::from_secs(10);
@@ -27,14 +27,16 @@ pub struct BackendState {
 /// Latency to the response head, and what each try came to.
 pub struct BackendStats {
     /// Windowed, for `/status` and decisions.
-    pub latency: Recorder,
+    latency: Recorder,
     /// Cumulative, for `switchyard_upstream_latency_seconds`.
-    pub latency_buckets: Buckets,
+    latency_buckets: Buckets,
     /// Cumulative, by [`Outcome::index`].
-    pub outcomes: [AtomicU64; 5],
-    pub window: WindowCounts,
+    outcomes: [AtomicU64; Outcome::ALL.len()],
+    window: WindowCounts,
     /// Times this backend's breaker opened (re-opens from half-open included).
-    pub breaker_opens: AtomicU64,
+    breaker_opens: AtomicU64,
+    /// Requests sent again on a fresh connection after a kept-alive one turned out closed.
+    stale_resends: AtomicU64,
 }
 
 impl BackendStats {
@@ -45,11 +47,38 @@ impl BackendStats {
             outcomes: Default::default(),
             window: WindowCounts::new(STATS_WINDOW),
             breaker_opens: AtomicU64::new(0),
+            stale_resends: AtomicU64::new(0),
         }
     }
 
+    /// Tries that came to `o`, since the backend appeared.
     pub fn outcome(&self, o: Outcome) -> u64 {
         self.outcomes[o.index()].load(Ordering::Relaxed)
+    }
+
+    /// Times the breaker opened, since the backend appeared.
+    pub fn breaker_opens(&self) -> u64 {
+        self.breaker_opens.load(Ordering::Relaxed)
+    }
+
+    /// Requests sent again on a fresh connection because a kept-alive one was closed.
+    pub fn stale_resends(&self) -> u64 {
+        self.stale_resends.load(Ordering::Relaxed)
+    }
+
+    /// Latencies to the response head over the last [`STATS_WINDOW`].
+    pub fn latency(&self, now: Instant) -> hdrhistogram::Histogram<u64> {
+        self.latency.snapshot(now)
+    }
+
+    /// Latencies to the response head since the backend appeared, as Prometheus buckets.
+    pub fn latency_buckets(&self) -> &Buckets {
+        &self.latency_buckets
+    }
+
+    /// Tries and failures over the last [`STATS_WINDOW`].
+    pub fn window(&self, now: Instant) -> Totals {
+        self.window.sum(now)
     }
 }
 
@@ -114,11 +143,14 @@ impl BackendState {
 
     /// Asks the breaker to let a try through. A half-open probe comes with its slot in the
     /// ticket, given back if the try ends without a result (its future dropped).
-    pub fn admit(&self, now: Instant) -> (Ticket, Option<Transition>) {
+    pub(crate) fn admit(&self, now: Instant) -> Ticket {
         let cell = self.breaker.load_full();
         let (admission, t) = cell.admit(now);
+        if let Some(t) = t {
+            self.log(&t);
+        }
         let cell = (admission == Admission::Probe).then_some(cell);
-        (Ticket { admission, cell }, t)
+        Ticket { admission, cell }
     }
 
     /// Whether the picker may consider this backend (healthy, and its breaker not open).
@@ -127,14 +159,15 @@ impl BackendState {
     }
 
     /// Records what one try came to. `ttfb` is the time to the response head, when there was
-    /// one. Returns a breaker transition, if the outcome caused one.
-    pub fn record(
+    /// one. A try whose end says nothing about the backend (the client's doing, or the
+    /// proxy's own) is not recorded: its ticket is dropped instead.
+    pub(crate) fn record(
         &self,
         outcome: Outcome,
         ticket: Ticket,
         ttfb: Option<Duration>,
         now: Instant,
-    ) -> Option<Transition> {
+    ) {
         let admission = ticket.settle();
         self.stats.outcomes[outcome.index()].fetch_add(1, Ordering::Relaxed);
         self.stats.window.record(now, outcome.is_failure());
@@ -146,10 +179,32 @@ impl BackendState {
             .breaker
             .load()
             .on_result(admission, outcome.is_failure(), now);
-        if matches!(transition, Some(Transition::Opened { .. })) {
-            self.stats.breaker_opens.fetch_add(1, Ordering::Relaxed);
+        if let Some(t) = transition {
+            if matches!(t, Transition::Opened { .. }) {
+                self.stats.breaker_opens.fetch_add(1, Ordering::Relaxed);
+            }
+            self.log(&t);
         }
-        transition
+    }
+
+    /// A request that met a kept-alive connection the backend had closed goes again on a fresh
+    /// one: the backend did nothing wrong, so nothing counts against it but this.
+    pub(crate) fn resent_stale(&self) {
+        self.stats.stale_resends.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Every breaker transition goes to the log, with the upstream and the backend.
+    fn log(&self, t: &Transition) {
+        let (upstream, backend) = (&*self.upstream, self.addr.as_str());
+        match t {
+            Transition::Opened { reason, open_for } => {
+                tracing::warn!(upstream, backend, %reason, ?open_for, "circuit breaker opened")
+            }
+            Transition::HalfOpened => {
+                tracing::info!(upstream, backend, "circuit breaker half-open: probing")
+            }
+            Transition::Closed => tracing::info!(upstream, backend, "circuit breaker closed"),
+        }
     }
 }
 
@@ -255,7 +310,7 @@ impl BreakerCell {
         self.consecutive.load(Ordering::Relaxed)
     }
 
-    pub fn window(&self, now: Instant) -> Counts {
+    pub fn window(&self, now: Instant) -> Totals {
         self.window.sum(now)
     }
 
@@ -373,10 +428,10 @@ mod tests {
         let addr = crate::config::validate::backend_addr("h:1").unwrap();
         let b = BackendState::new("u".into(), addr, cfg, 1);
         for _ in 0..3 {
-            let (ticket, _) = b.admit(Instant::now());
+            let ticket = b.admit(Instant::now());
             b.record(Outcome::ServerError, ticket, None, Instant::now());
         }
-        assert_eq!(b.stats.breaker_opens.load(Ordering::Relaxed), 1);
+        assert_eq!(b.stats.breaker_opens(), 1);
     }
 
     #[tokio::test(start_paused = true)]
@@ -408,7 +463,7 @@ mod tests {
         assert_eq!(c.state(), BreakerState::Closed);
         assert_eq!(
             c.window(Instant::now()),
-            Counts::default(),
+            Totals::default(),
             "old failures are forgotten"
         );
     }
@@ -426,20 +481,20 @@ mod tests {
             },
             1,
         );
-        let (ticket, _) = state.admit(Instant::now());
+        let ticket = state.admit(Instant::now());
         state.record(Outcome::Reset, ticket, None, Instant::now());
         assert_eq!(state.breaker().state(), BreakerState::Open);
         tokio::time::advance(Duration::from_secs(5)).await;
-        let (probe, _) = state.admit(Instant::now());
+        let probe = state.admit(Instant::now());
         assert_eq!(probe.admission(), Admission::Probe);
         assert!(
-            state.admit(Instant::now()).0.is_refused(),
+            state.admit(Instant::now()).is_refused(),
             "one probe at a time"
         );
         // The client hangs up before the probe's answer: the try's future, ticket and all, is
         // dropped. The slot must come back or the breaker would stay half-open forever.
         drop(probe);
-        let (again, _) = state.admit(Instant::now());
+        let again = state.admit(Instant::now());
         assert_eq!(again.admission(), Admission::Probe);
         state.record(Outcome::Success, again, None, Instant::now());
         assert_eq!(state.breaker().state(), BreakerState::Closed);

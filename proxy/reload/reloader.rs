@@ -11,10 +11,10 @@ use super::snapshot::{self, Snapshot};
 use crate::backend::Registry;
 use crate::backend::health::HealthCheckers;
 use crate::config::{self, Config, ConfigError, ConfigErrors};
+use crate::routing::keeper::Keeper;
 use crate::server::listener::{ListenerSet, Prepared};
 use crate::server::shutdown::Stop;
 use crate::shared::Shared;
-use crate::stats::StatsRegistry;
 
 /// Where the config comes from.
 #[derive(Debug, Clone)]
@@ -107,7 +107,7 @@ pub struct Reloader {
     generation: u64,
     registry: Registry,
     health: HealthCheckers,
-    stats: StatsRegistry,
+    stats: Keeper,
     /// Weights set at run time (rollouts), by route; they win over the config's.
     weights: HashMap<Arc<str>, Vec<u32>>,
     shared: Arc<Shared>,
@@ -125,7 +125,7 @@ impl Reloader {
         let text = source.read()?;
         let config = Arc::new(config::parse_str(&text)?);
         let mut registry = Registry::new(workers);
-        let mut stats = StatsRegistry::new(workers);
+        let mut stats = Keeper::new(workers);
         let (pools, _) = registry.reconcile(&config);
         let mut health = HealthCheckers::default();
         health.reconcile(&config, &pools);
@@ -219,7 +219,7 @@ impl Reloader {
         }
         let current = self.shared.snapshot();
         let pools = current
-            .pools
+            .upstreams
             .iter()
             .map(|p| (Arc::clone(&p.spec.name), p.backends.clone()))
             .collect();

@@ -19,6 +19,7 @@ use super::shutdown::{Stop, StopTrigger, stop_pair};
 use super::tls::TlsListener;
 use crate::config::model::Listener;
 use crate::config::{Config, ConfigError};
+use crate::stats::counters::{LocalOp, Shortage};
 
 const BACKLOG: i32 = 4096;
 
@@ -327,6 +328,9 @@ async fn accept_loop(
                 ));
             }
             Err(e) => {
+                if let Some(s) = Shortage::of(&e) {
+                    ctx.shared.counters.local.count(LocalOp::Accept, s);
+                }
                 // Out of file descriptors and the like: back off instead of spinning.
                 tracing::warn!(error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;

@@ -37,14 +37,133 @@ pub struct GlobalCounters {
     pub reloads_applied: AtomicU64,
     pub reloads_rejected: AtomicU64,
     pub reloads_unchanged: AtomicU64,
-    pub no_route: AtomicU64,
-    pub bad_requests: AtomicU64,
+    no_route: AtomicU64,
     pub tls: super::tls::TlsCounters,
+    /// The proxy's own shortages (`switchyard_local_resource_errors_total`).
+    pub local: LocalErrors,
+}
+
+impl GlobalCounters {
+    /// A request no route matched.
+    pub fn unrouted(&self) {
+        self.no_route.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn unrouted_total(&self) -> u64 {
+        self.no_route.load(Ordering::Relaxed)
+    }
+}
+
+/// What the proxy was doing when it ran short.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalOp {
+    /// Opening a connection to a backend.
+    Connect,
+    /// Accepting a client's connection.
+    Accept,
+}
+
+impl LocalOp {
+    pub const ALL: [LocalOp; 2] = [LocalOp::Connect, LocalOp::Accept];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LocalOp::Connect => "connect",
+            LocalOp::Accept => "accept",
+        }
+    }
+}
+
+/// A shortage of the proxy's own: descriptors, buffers or memory. It says nothing about any
+/// backend, so it never counts against one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shortage {
+    /// `EMFILE`: the process is at its open-file limit.
+    ProcessFiles,
+    /// `ENFILE`: the system is at its open-file limit.
+    SystemFiles,
+    /// `ENOBUFS`: no buffer space for a socket.
+    Buffers,
+    /// `ENOMEM`: no memory for a socket.
+    Memory,
+}
+
+impl Shortage {
+    pub const ALL: [Shortage; 4] = [
+        Shortage::ProcessFiles,
+        Shortage::SystemFiles,
+        Shortage::Buffers,
+        Shortage::Memory,
+    ];
+
+    /// The shortage an I/O error reports, if it is one.
+    pub fn of(e: &std::io::Error) -> Option<Shortage> {
+        // Linux's numbers, the platform switchyard ships for.
+        match e.raw_os_error()? {
+            24 => Some(Shortage::ProcessFiles),
+            23 => Some(Shortage::SystemFiles),
+            105 => Some(Shortage::Buffers),
+            12 => Some(Shortage::Memory),
+            _ => None,
+        }
+    }
+
+    /// The `error` label: the errno's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Shortage::ProcessFiles => "EMFILE",
+            Shortage::SystemFiles => "ENFILE",
+            Shortage::Buffers => "ENOBUFS",
+            Shortage::Memory => "ENOMEM",
+        }
+    }
+}
+
+/// Shortages by (operation, kind).
+#[derive(Debug, Default)]
+pub struct LocalErrors {
+    by: [[AtomicU64; Shortage::ALL.len()]; LocalOp::ALL.len()],
+}
+
+impl LocalErrors {
+    pub fn count(&self, op: LocalOp, s: Shortage) {
+        self.by[op as usize][s as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn get(&self, op: LocalOp, s: Shortage) -> u64 {
+        self.by[op as usize][s as usize].load(Ordering::Relaxed)
+    }
+
+    /// `switchyard_local_resource_errors_total{op,error}`, every series from the start.
+    pub fn render(&self, e: &mut super::prometheus::Exposition) {
+        e.family(
+            "switchyard_local_resource_errors_total",
+            "counter",
+            "The proxy's own shortages (file descriptors, socket buffers, memory) when connecting to a backend or accepting a client; never counted against a backend.",
+        );
+        for op in LocalOp::ALL {
+            for s in Shortage::ALL {
+                e.sample(
+                    "switchyard_local_resource_errors_total",
+                    &[("op", op.as_str()), ("error", s.as_str())],
+                    self.get(op, s) as f64,
+                );
+            }
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shortages_are_known_by_their_errno() {
+        let e = std::io::Error::from_raw_os_error(24);
+        assert_eq!(Shortage::of(&e), Some(Shortage::ProcessFiles));
+        let refused = std::io::Error::from_raw_os_error(111);
+        assert_eq!(Shortage::of(&refused), None);
+    }
 
     #[test]
     fn classes() {

@@ -21,14 +21,14 @@ pub struct WindowCounts {
     slot_nanos: u64,
 }
 
-/// A window's totals.
+/// What a window holds: requests and how many of them failed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Counts {
+pub struct Totals {
     pub total: u64,
     pub failed: u64,
 }
 
-impl Counts {
+impl Totals {
     pub fn failure_rate(&self) -> f64 {
         if self.total == 0 {
             0.0
@@ -88,10 +88,10 @@ impl WindowCounts {
     }
 
     /// Totals of the slots within the window ending now.
-    pub fn sum(&self, now: Instant) -> Counts {
+    pub fn sum(&self, now: Instant) -> Totals {
         let current = nanos(now) / self.slot_nanos + 1;
         let oldest = current.saturating_sub(SLOTS as u64 - 1);
-        let mut c = Counts::default();
+        let mut c = Totals::default();
         for slot in &self.slots {
             let p = slot.period.load(Ordering::Acquire);
             if p >= oldest && p <= current {
@@ -115,7 +115,7 @@ mod tests {
         }
         assert_eq!(
             w.sum(Instant::now()),
-            Counts {
+            Totals {
                 total: 10,
                 failed: 5
             }
@@ -124,7 +124,7 @@ mod tests {
         w.record(Instant::now(), true);
         assert_eq!(
             w.sum(Instant::now()),
-            Counts {
+            Totals {
                 total: 11,
                 failed: 6
             }
@@ -132,15 +132,15 @@ mod tests {
         tokio::time::advance(Duration::from_secs(6)).await;
         assert_eq!(
             w.sum(Instant::now()),
-            Counts {
+            Totals {
                 total: 1,
                 failed: 1
             }
         );
         tokio::time::advance(Duration::from_secs(60)).await;
-        assert_eq!(w.sum(Instant::now()), Counts::default());
+        assert_eq!(w.sum(Instant::now()), Totals::default());
         assert_eq!(
-            Counts {
+            Totals {
                 total: 4,
                 failed: 1
             }
