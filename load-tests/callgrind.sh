@@ -9,6 +9,7 @@
 #   BIN=/tmp/old-switchyard load-tests/callgrind.sh
 #   FEW=500 MANY=2500 load-tests/callgrind.sh    # counts (defaults 500, 2500)
 #   CONFIG_EXTRA='retries: {attempts: 1}' load-tests/callgrind.sh   # added to the route
+#   KEEP=/tmp/cg load-tests/callgrind.sh         # keep the callgrind files (callgrind_annotate)
 #
 # Needs valgrind and python3.
 set -euo pipefail
@@ -93,5 +94,6 @@ EOF
 
 few=$(measure "$FEW")
 many=$(measure "$MANY")
+if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP" && cp "$WORK"/cg.* "$KEEP"/; fi
 echo "instructions: $FEW requests: $few; $MANY requests: $many"
 echo "per request: $(( (many - few) / (MANY - FEW) ))"

@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use http::StatusCode;
 
-pub type BoxError = Box<dyn StdError + Send + Sync>;
+pub(crate) type BoxError = Box<dyn StdError + Send + Sync>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorKind {
+pub(crate) enum ErrorKind {
     /// No route matches the request.
     NoRoute,
     /// The request is malformed or not acceptable.
@@ -39,7 +39,7 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    pub fn status(self) -> StatusCode {
+    pub(crate) fn status(self) -> StatusCode {
         match self {
             ErrorKind::NoRoute => StatusCode::NOT_FOUND,
             ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
@@ -55,7 +55,7 @@ impl ErrorKind {
     }
 
     /// A short stable token, used in the `x-switchyard-error` header and in logs.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ErrorKind::NoRoute => "no-route",
             ErrorKind::BadRequest => "bad-request",
@@ -74,7 +74,7 @@ impl ErrorKind {
 
 /// A failure on the request path, with enough context to explain it in one line.
 #[derive(Debug)]
-pub struct ProxyError {
+pub(crate) struct ProxyError {
     kind: ErrorKind,
     /// Safe to show the client: names the cause, never an address.
     context: String,
@@ -84,7 +84,7 @@ pub struct ProxyError {
 }
 
 impl ProxyError {
-    pub fn new(kind: ErrorKind, context: impl Into<String>) -> Self {
+    pub(crate) fn new(kind: ErrorKind, context: impl Into<String>) -> Self {
         ProxyError {
             kind,
             context: context.into(),
@@ -93,40 +93,36 @@ impl ProxyError {
         }
     }
 
-    pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
+    pub(crate) fn with_detail(mut self, detail: impl Into<String>) -> Self {
         self.detail = Some(detail.into());
         self
     }
 
-    pub fn with_source(mut self, source: impl Into<BoxError>) -> Self {
+    pub(crate) fn with_source(mut self, source: impl Into<BoxError>) -> Self {
         self.source = Some(source.into());
         self
     }
 
-    pub fn no_route() -> Self {
+    pub(crate) fn no_route() -> Self {
         ProxyError::new(ErrorKind::NoRoute, "no route matches this request")
     }
 
-    pub fn bad_request(why: impl Into<String>) -> Self {
-        ProxyError::new(ErrorKind::BadRequest, why)
-    }
-
-    pub fn timeout(upstream: &str, after: Duration) -> Self {
+    pub(crate) fn timeout(upstream: &str, after: Duration) -> Self {
         ProxyError::new(
             ErrorKind::Timeout,
             format!("upstream {upstream} sent no response within {after:?}"),
         )
     }
 
-    pub fn kind(&self) -> ErrorKind {
+    pub(crate) fn kind(&self) -> ErrorKind {
         self.kind
     }
 
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         self.kind.status()
     }
 
-    pub fn context(&self) -> &str {
+    pub(crate) fn context(&self) -> &str {
         &self.context
     }
 }

@@ -13,9 +13,9 @@ use crate::stats::limits::LimitStats;
 
 pub struct Shared {
     snapshot: ArcSwap<Snapshot>,
-    pub counters: GlobalCounters,
+    pub(crate) counters: GlobalCounters,
     /// `switchyard_limit_rejections_total`, by listener.
-    pub limit_stats: LimitStats,
+    pub(crate) limit_stats: LimitStats,
     draining: AtomicBool,
     /// Bumped after every reload attempt; lets callers wait for one without polling.
     reloads: watch::Sender<ReloadEvent>,
@@ -34,7 +34,7 @@ pub struct ReloadEvent {
 }
 
 impl Shared {
-    pub fn new(first: Snapshot) -> Self {
+    pub(crate) fn new(first: Snapshot) -> Self {
         let generation = first.generation;
         Shared {
             snapshot: ArcSwap::from_pointee(first),
@@ -79,7 +79,7 @@ impl Shared {
         }
     }
 
-    pub fn listener_addrs(&self) -> Vec<(String, SocketAddr)> {
+    pub(crate) fn listener_addrs(&self) -> Vec<(String, SocketAddr)> {
         self.listeners.lock().map(|l| l.clone()).unwrap_or_default()
     }
 
@@ -87,7 +87,7 @@ impl Shared {
         self.draining.load(Ordering::Relaxed)
     }
 
-    pub fn start_draining(&self) {
+    pub(crate) fn start_draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
     }
 }

@@ -13,19 +13,19 @@ use crate::config::model::{BackendAddr, BreakerConfig};
 use crate::stats::{Buckets, Outcome, Recorder, Totals, WindowCounts};
 
 /// The window `/status` reports error rates and percentiles over.
-pub const STATS_WINDOW: Duration = Duration::from_secs(10);
+pub(crate) const STATS_WINDOW: Duration = Duration::from_secs(10);
 
 pub struct BackendState {
-    pub upstream: Arc<str>,
-    pub addr: BackendAddr,
+    pub(crate) upstream: Arc<str>,
+    pub(crate) addr: BackendAddr,
     in_flight: AtomicU64,
-    pub stats: BackendStats,
+    pub(crate) stats: BackendStats,
     breaker: ArcSwap<BreakerCell>,
     healthy: AtomicBool,
 }
 
 /// Latency to the response head, and what each try came to.
-pub struct BackendStats {
+pub(crate) struct BackendStats {
     /// Windowed, for `/status` and decisions.
     latency: Recorder,
     /// Cumulative, for `switchyard_upstream_latency_seconds`.
@@ -52,32 +52,32 @@ impl BackendStats {
     }
 
     /// Tries that came to `o`, since the backend appeared.
-    pub fn outcome(&self, o: Outcome) -> u64 {
+    pub(crate) fn outcome(&self, o: Outcome) -> u64 {
         self.outcomes[o.index()].load(Ordering::Relaxed)
     }
 
     /// Times the breaker opened, since the backend appeared.
-    pub fn breaker_opens(&self) -> u64 {
+    pub(crate) fn breaker_opens(&self) -> u64 {
         self.breaker_opens.load(Ordering::Relaxed)
     }
 
     /// Requests sent again on a fresh connection because a kept-alive one was closed.
-    pub fn stale_resends(&self) -> u64 {
+    pub(crate) fn stale_resends(&self) -> u64 {
         self.stale_resends.load(Ordering::Relaxed)
     }
 
     /// Latencies to the response head over the last [`STATS_WINDOW`].
-    pub fn latency(&self, now: Instant) -> hdrhistogram::Histogram<u64> {
+    pub(crate) fn latency(&self, now: Instant) -> hdrhistogram::Histogram<u64> {
         self.latency.snapshot(now)
     }
 
     /// Latencies to the response head since the backend appeared, as Prometheus buckets.
-    pub fn latency_buckets(&self) -> &Buckets {
+    pub(crate) fn latency_buckets(&self) -> &Buckets {
         &self.latency_buckets
     }
 
     /// Tries and failures over the last [`STATS_WINDOW`].
-    pub fn window(&self, now: Instant) -> Totals {
+    pub(crate) fn window(&self, now: Instant) -> Totals {
         self.window.sum(now)
     }
 }
@@ -101,7 +101,7 @@ impl std::fmt::Debug for BackendState {
 }
 
 impl BackendState {
-    pub fn new(
+    pub(crate) fn new(
         upstream: Arc<str>,
         addr: BackendAddr,
         breaker: BreakerConfig,
@@ -118,24 +118,24 @@ impl BackendState {
     }
 
     /// Requests sent to this backend whose response has not finished streaming.
-    pub fn in_flight(&self) -> u64 {
+    pub(crate) fn in_flight(&self) -> u64 {
         self.in_flight.load(Ordering::Relaxed)
     }
 
-    pub fn is_healthy(&self) -> bool {
+    pub(crate) fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
     }
 
-    pub fn set_healthy(&self, healthy: bool) {
+    pub(crate) fn set_healthy(&self, healthy: bool) {
         self.healthy.store(healthy, Ordering::Relaxed);
     }
 
-    pub fn breaker(&self) -> arc_swap::Guard<Arc<BreakerCell>> {
+    pub(crate) fn breaker(&self) -> arc_swap::Guard<Arc<BreakerCell>> {
         self.breaker.load()
     }
 
     /// A changed breaker spec starts a fresh breaker; statistics stay.
-    pub fn reconfigure_breaker(&self, cfg: &BreakerConfig) {
+    pub(crate) fn reconfigure_breaker(&self, cfg: &BreakerConfig) {
         if self.breaker.load().cfg != *cfg {
             self.breaker.store(Arc::new(BreakerCell::new(cfg.clone())));
         }
@@ -154,7 +154,7 @@ impl BackendState {
     }
 
     /// Whether the picker may consider this backend (healthy, and its breaker not open).
-    pub fn available(&self, now: Instant) -> bool {
+    pub(crate) fn available(&self, now: Instant) -> bool {
         self.is_healthy() && self.breaker.load().may_admit(now)
     }
 
@@ -212,23 +212,24 @@ impl BackendState {
 /// a probe's slot goes back to the breaker (a client that hung up says nothing about the
 /// backend, and must not leave a half-open breaker waiting forever).
 #[derive(Debug)]
-pub struct Ticket {
+pub(crate) struct Ticket {
     admission: Admission,
     cell: Option<Arc<BreakerCell>>,
 }
 
 impl Ticket {
-    pub fn admission(&self) -> Admission {
+    #[cfg(test)]
+    fn admission(&self) -> Admission {
         self.admission
     }
 
     /// Refused: the backend takes no try on it.
-    pub fn is_refused(&self) -> bool {
+    pub(crate) fn is_refused(&self) -> bool {
         self.admission == Admission::Rejected
     }
 
     /// A ticket outside any breaker (panic mode sends tries to backends whatever their breaker).
-    pub fn unchecked() -> Ticket {
+    pub(crate) fn unchecked() -> Ticket {
         Ticket {
             admission: Admission::Normal,
             cell: None,
@@ -251,16 +252,12 @@ impl Drop for Ticket {
 
 /// Counts one request in flight to a backend until it is dropped.
 #[derive(Debug)]
-pub struct InFlight(Arc<BackendState>);
+pub(crate) struct InFlight(Arc<BackendState>);
 
 impl InFlight {
-    pub fn start(state: &Arc<BackendState>) -> Self {
+    pub(crate) fn start(state: &Arc<BackendState>) -> Self {
         state.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight(Arc::clone(state))
-    }
-
-    pub fn backend(&self) -> &Arc<BackendState> {
-        &self.0
     }
 }
 
@@ -277,7 +274,7 @@ const HALF_OPEN: u8 = 2;
 /// A [`Breaker`] for concurrent use. While closed and succeeding, a result is two atomic
 /// operations and no lock; the state machine's lock is taken only on failures that trip it and
 /// while it is open or half-open (when little traffic reaches the backend anyway).
-pub struct BreakerCell {
+pub(crate) struct BreakerCell {
     cfg: BreakerConfig,
     mode: AtomicU8,
     open_until: Mutex<Instant>,
@@ -287,7 +284,7 @@ pub struct BreakerCell {
 }
 
 impl BreakerCell {
-    pub fn new(cfg: BreakerConfig) -> Self {
+    pub(crate) fn new(cfg: BreakerConfig) -> Self {
         BreakerCell {
             window: WindowCounts::new(cfg.window),
             cfg,
@@ -298,7 +295,7 @@ impl BreakerCell {
         }
     }
 
-    pub fn state(&self) -> BreakerState {
+    pub(crate) fn state(&self) -> BreakerState {
         match self.mode.load(Ordering::Acquire) {
             OPEN => BreakerState::Open,
             HALF_OPEN => BreakerState::HalfOpen,
@@ -306,23 +303,24 @@ impl BreakerCell {
         }
     }
 
-    pub fn consecutive_failures(&self) -> u32 {
+    pub(crate) fn consecutive_failures(&self) -> u32 {
         self.consecutive.load(Ordering::Relaxed)
     }
 
-    pub fn window(&self, now: Instant) -> Totals {
+    #[cfg(test)]
+    fn window(&self, now: Instant) -> Totals {
         self.window.sum(now)
     }
 
     /// When an open breaker lets the next probe through.
-    pub fn open_until(&self) -> Option<Instant> {
+    pub(crate) fn open_until(&self) -> Option<Instant> {
         (self.state() == BreakerState::Open)
             .then(|| *self.open_until.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// A cheap look without changing anything: closed, or open long enough to probe, or
     /// half-open (whether a probe slot is free is decided by [`BreakerCell::admit`]).
-    pub fn may_admit(&self, now: Instant) -> bool {
+    pub(crate) fn may_admit(&self, now: Instant) -> bool {
         match self.mode.load(Ordering::Acquire) {
             CLOSED => true,
             OPEN => self.open_until().is_none_or(|until| now >= until),
@@ -330,7 +328,7 @@ impl BreakerCell {
         }
     }
 
-    pub fn admit(&self, now: Instant) -> (Admission, Option<Transition>) {
+    pub(crate) fn admit(&self, now: Instant) -> (Admission, Option<Transition>) {
         if !self.cfg.enabled || self.mode.load(Ordering::Acquire) == CLOSED {
             return (Admission::Normal, None);
         }
@@ -340,7 +338,7 @@ impl BreakerCell {
         result
     }
 
-    pub fn on_result(
+    pub(crate) fn on_result(
         &self,
         admission: Admission,
         failed: bool,
@@ -376,7 +374,7 @@ impl BreakerCell {
     }
 
     /// A probe that ended without saying anything about the backend (the client left).
-    pub fn abandon(&self, admission: Admission) {
+    pub(crate) fn abandon(&self, admission: Admission) {
         if admission == Admission::Probe {
             let mut m = self.machine.lock().unwrap_or_else(|p| p.into_inner());
             m.on_probe_abandoned();

@@ -22,7 +22,7 @@ pub(crate) struct Capture {
 }
 
 impl Capture {
-    pub fn new(limit: usize) -> Capture {
+    pub(crate) fn new(limit: usize) -> Capture {
         Capture {
             kept: Vec::new(),
             limit,
@@ -31,14 +31,14 @@ impl Capture {
         }
     }
 
-    pub fn push(&mut self, chunk: &[u8]) {
+    pub(crate) fn push(&mut self, chunk: &[u8]) {
         self.len += chunk.len() as u64;
         self.digest.write(chunk);
         let room = self.limit.saturating_sub(self.kept.len());
         self.kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
     }
 
-    pub fn finish(self) -> Body {
+    pub(crate) fn finish(self) -> Body {
         Body {
             whole: self.len == self.kept.len() as u64,
             kept: self.kept,
@@ -51,22 +51,22 @@ impl Capture {
 /// A body as captured: `kept` is all of it when `whole`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Body {
-    pub kept: Vec<u8>,
-    pub whole: bool,
-    pub len: u64,
-    pub digest: u64,
+    pub(crate) kept: Vec<u8>,
+    pub(crate) whole: bool,
+    pub(crate) len: u64,
+    pub(crate) digest: u64,
 }
 
 /// One side's answer.
 #[derive(Debug, Clone)]
 pub(crate) struct Answer {
-    pub status: u16,
+    pub(crate) status: u16,
     /// The values of the compared headers, index-aligned with the config's list (several
     /// values joined with `, `), `None` when absent.
-    pub headers: Vec<Option<Vec<u8>>>,
+    pub(crate) headers: Vec<Option<Vec<u8>>>,
     /// Its `Content-Type` says JSON.
-    pub json: bool,
-    pub body: Body,
+    pub(crate) json: bool,
+    pub(crate) body: Body,
 }
 
 /// Where the two answers first differ.

@@ -9,11 +9,11 @@ use http::{Request, Uri, Version};
 
 use crate::server::conn::ConnInfo;
 
-pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-pub static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-pub static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(crate) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub(crate) static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub(crate) static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+pub(crate) static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Headers that describe one connection, never the message (RFC 9110 7.6.1), plus the
 /// non-standard ones clients still send.
@@ -40,7 +40,7 @@ pub fn is_upgrade_request(version: http::Version, headers: &HeaderMap) -> bool {
 }
 
 /// True if any value of `name` lists `token` (comma-separated, case-insensitive).
-pub fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+pub(crate) fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
     headers.get_all(name).iter().any(|v| {
         v.as_bytes()
             .split(|&b| b == b',')
@@ -146,7 +146,7 @@ pub fn add_forwarded(
 pub use crate::server::conn::peer_value;
 
 /// The value of cookie `name` in the request's `Cookie` headers.
-pub fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h [u8]> {
+pub(crate) fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h [u8]> {
     headers
         .get_all(header::COOKIE)
         .iter()

@@ -7,7 +7,7 @@ use http::header::{self, HeaderMap, HeaderName};
 use http::{StatusCode, Uri, Version};
 
 use crate::config::limits::{Limits, Underscores};
-use crate::server::limits::Limit;
+use crate::stats::limits::Limit;
 
 /// Why a request is refused: the answer's status, the limit counted, and a reason for the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

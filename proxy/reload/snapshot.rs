@@ -13,12 +13,12 @@ use crate::routing::shadow::ShadowRuntime;
 use crate::routing::{Router, Split, UpstreamRuntime};
 
 // Named here too by code that reads the snapshot it builds.
-pub use crate::routing::Snapshot;
+pub(crate) use crate::routing::Snapshot;
 pub(crate) use crate::routing::{RouteRuntime, Target};
 
 /// Builds a snapshot. `weights` overrides a route's configured weights (same length, already
 /// checked); `backends` comes from the registry's reconcile.
-pub fn build(
+pub(crate) fn build(
     generation: u64,
     config: Arc<Config>,
     backends: &HashMap<Arc<str>, Vec<Backend>>,

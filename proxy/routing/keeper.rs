@@ -57,7 +57,7 @@ impl<K: Eq + Hash + Clone, V> Kept<K, V> {
 
 type Name = Arc<str>;
 
-pub struct Keeper {
+pub(crate) struct Keeper {
     workers: usize,
     counters: Kept<(Name, Name, Name), RequestCounters>,
     targets: Kept<(Name, Name), TargetStats>,
@@ -70,7 +70,7 @@ pub struct Keeper {
 }
 
 impl Keeper {
-    pub fn new(workers: usize) -> Self {
+    pub(crate) fn new(workers: usize) -> Self {
         Keeper {
             workers,
             counters: Kept::default(),

@@ -14,7 +14,7 @@ pub(crate) mod pick;
 pub(crate) mod ratelimit;
 pub mod route;
 pub(crate) mod shadow;
-pub(crate) mod snapshot;
+pub mod snapshot;
 pub mod split;
 pub(crate) mod upstream;
 

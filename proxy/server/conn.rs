@@ -106,8 +106,8 @@ pub fn peer_value(peer: IpAddr) -> HeaderValue {
 
 /// Everything a connection needs, shared by all connections of all listeners.
 pub struct ServeCtx {
-    pub shared: Arc<Shared>,
-    pub tracker: Tracker,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) tracker: Tracker,
     handler: Arc<dyn ServeConn>,
 }
 

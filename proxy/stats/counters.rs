@@ -4,59 +4,55 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// `code_class` label values, indexed by [`code_class`].
-pub const CODE_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+pub(crate) const CODE_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// The index into [`CODE_CLASSES`] of a status code.
-pub fn code_class(status: u16) -> usize {
+pub(crate) fn code_class(status: u16) -> usize {
     (usize::from(status / 100).clamp(1, 5)) - 1
 }
 
 /// Responses by status class for one (route, upstream, backend).
 #[derive(Debug, Default)]
-pub struct RequestCounters {
+pub(crate) struct RequestCounters {
     by_class: [AtomicU64; 5],
 }
 
 impl RequestCounters {
-    pub fn record(&self, status: u16) {
+    pub(crate) fn record(&self, status: u16) {
         self.by_class[code_class(status)].fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn get(&self, class: usize) -> u64 {
+    pub(crate) fn get(&self, class: usize) -> u64 {
         self.by_class[class].load(Ordering::Relaxed)
-    }
-
-    pub fn total(&self) -> u64 {
-        (0..CODE_CLASSES.len()).map(|c| self.get(c)).sum()
     }
 }
 
 /// Process-wide counters that belong to no route.
 #[derive(Debug, Default)]
-pub struct GlobalCounters {
-    pub reloads_applied: AtomicU64,
-    pub reloads_rejected: AtomicU64,
-    pub reloads_unchanged: AtomicU64,
+pub(crate) struct GlobalCounters {
+    pub(crate) reloads_applied: AtomicU64,
+    pub(crate) reloads_rejected: AtomicU64,
+    pub(crate) reloads_unchanged: AtomicU64,
     no_route: AtomicU64,
-    pub tls: super::tls::TlsCounters,
+    pub(crate) tls: super::tls::TlsCounters,
     /// The proxy's own shortages (`switchyard_local_resource_errors_total`).
-    pub local: LocalErrors,
+    pub(crate) local: LocalErrors,
 }
 
 impl GlobalCounters {
     /// A request no route matched.
-    pub fn unrouted(&self) {
+    pub(crate) fn unrouted(&self) {
         self.no_route.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn unrouted_total(&self) -> u64 {
+    pub(crate) fn unrouted_total(&self) -> u64 {
         self.no_route.load(Ordering::Relaxed)
     }
 }
 
 /// What the proxy was doing when it ran short.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LocalOp {
+pub(crate) enum LocalOp {
     /// Opening a connection to a backend.
     Connect,
     /// Accepting a client's connection.
@@ -64,9 +60,9 @@ pub enum LocalOp {
 }
 
 impl LocalOp {
-    pub const ALL: [LocalOp; 2] = [LocalOp::Connect, LocalOp::Accept];
+    pub(crate) const ALL: [LocalOp; 2] = [LocalOp::Connect, LocalOp::Accept];
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             LocalOp::Connect => "connect",
             LocalOp::Accept => "accept",
@@ -77,7 +73,7 @@ impl LocalOp {
 /// A shortage of the proxy's own: descriptors, buffers or memory. It says nothing about any
 /// backend, so it never counts against one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Shortage {
+pub(crate) enum Shortage {
     /// `EMFILE`: the process is at its open-file limit.
     ProcessFiles,
     /// `ENFILE`: the system is at its open-file limit.
@@ -89,7 +85,7 @@ pub enum Shortage {
 }
 
 impl Shortage {
-    pub const ALL: [Shortage; 4] = [
+    pub(crate) const ALL: [Shortage; 4] = [
         Shortage::ProcessFiles,
         Shortage::SystemFiles,
         Shortage::Buffers,
@@ -97,7 +93,7 @@ impl Shortage {
     ];
 
     /// The shortage an I/O error reports, if it is one.
-    pub fn of(e: &std::io::Error) -> Option<Shortage> {
+    pub(crate) fn of(e: &std::io::Error) -> Option<Shortage> {
         // Linux's numbers, the platform switchyard ships for.
         match e.raw_os_error()? {
             24 => Some(Shortage::ProcessFiles),
@@ -109,7 +105,7 @@ impl Shortage {
     }
 
     /// The `error` label: the errno's name.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Shortage::ProcessFiles => "EMFILE",
             Shortage::SystemFiles => "ENFILE",
@@ -121,21 +117,21 @@ impl Shortage {
 
 /// Shortages by (operation, kind).
 #[derive(Debug, Default)]
-pub struct LocalErrors {
+pub(crate) struct LocalErrors {
     by: [[AtomicU64; Shortage::ALL.len()]; LocalOp::ALL.len()],
 }
 
 impl LocalErrors {
-    pub fn count(&self, op: LocalOp, s: Shortage) {
+    pub(crate) fn count(&self, op: LocalOp, s: Shortage) {
         self.by[op as usize][s as usize].fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn get(&self, op: LocalOp, s: Shortage) -> u64 {
+    pub(crate) fn get(&self, op: LocalOp, s: Shortage) -> u64 {
         self.by[op as usize][s as usize].load(Ordering::Relaxed)
     }
 
     /// `switchyard_local_resource_errors_total{op,error}`, every series from the start.
-    pub fn render(&self, e: &mut super::prometheus::Exposition) {
+    pub(crate) fn render(&self, e: &mut super::prometheus::Exposition) {
         e.family(
             "switchyard_local_resource_errors_total",
             "counter",

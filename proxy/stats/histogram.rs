@@ -15,12 +15,12 @@ use crate::shard::Padded;
 use hdrhistogram::Histogram;
 use tokio::time::Instant;
 
-pub const LOWEST_MICROS: u64 = 1;
-pub const HIGHEST_MICROS: u64 = 60_000_000;
-pub const SIGNIFICANT_DIGITS: u8 = 3;
+pub(crate) const LOWEST_MICROS: u64 = 1;
+pub(crate) const HIGHEST_MICROS: u64 = 60_000_000;
+pub(crate) const SIGNIFICANT_DIGITS: u8 = 3;
 
 /// A fresh histogram with the project's bounds.
-pub fn new_histogram() -> Histogram<u64> {
+pub(crate) fn new_histogram() -> Histogram<u64> {
     // Constant, valid bounds: construction cannot fail, and nothing outside can influence it.
     Histogram::new_with_bounds(LOWEST_MICROS, HIGHEST_MICROS, SIGNIFICANT_DIGITS)
         .expect("constant histogram bounds are valid")
@@ -83,7 +83,7 @@ impl Recorder {
     }
 
     /// Keeps everything since creation.
-    pub fn cumulative(shards: usize) -> Self {
+    pub(crate) fn cumulative(shards: usize) -> Self {
         Recorder {
             shards: (0..shards.max(1)).map(|_| Padded::default()).collect(),
             period_nanos: None,
@@ -109,7 +109,7 @@ impl Recorder {
     }
 
     /// Everything recorded in the window (or ever), over all shards.
-    pub fn snapshot(&self, now: Instant) -> Histogram<u64> {
+    pub(crate) fn snapshot(&self, now: Instant) -> Histogram<u64> {
         let mut merged = new_histogram();
         let period = self.period(now);
         for shard in self.shards.iter() {
@@ -128,16 +128,16 @@ impl Recorder {
 
 /// Latency percentiles in microseconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Percentiles {
-    pub count: u64,
-    pub p50: u64,
-    pub p90: u64,
-    pub p99: u64,
-    pub p999: u64,
+pub(crate) struct Percentiles {
+    pub(crate) count: u64,
+    pub(crate) p50: u64,
+    pub(crate) p90: u64,
+    pub(crate) p99: u64,
+    pub(crate) p999: u64,
 }
 
 impl Percentiles {
-    pub fn of(h: &Histogram<u64>) -> Self {
+    pub(crate) fn of(h: &Histogram<u64>) -> Self {
         if h.is_empty() {
             return Percentiles::default();
         }
@@ -152,12 +152,12 @@ impl Percentiles {
 }
 
 /// Upper bounds (seconds) of the Prometheus buckets; `+Inf` follows.
-pub const BUCKET_BOUNDS: [f64; 15] = [
+pub(crate) const BUCKET_BOUNDS: [f64; 15] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
 /// A Prometheus histogram: cumulative, lock-free.
-pub struct Buckets {
+pub(crate) struct Buckets {
     counts: [AtomicU64; BUCKET_BOUNDS.len() + 1],
     sum_micros: AtomicU64,
 }
@@ -181,7 +181,7 @@ impl Buckets {
     }
 
     /// (upper bound, cumulative count) for each bucket, `+Inf` last; then the sum in seconds.
-    pub fn cumulative(&self) -> (Vec<(f64, u64)>, f64) {
+    pub(crate) fn cumulative(&self) -> (Vec<(f64, u64)>, f64) {
         let mut running = 0;
         let mut out = Vec::with_capacity(self.counts.len());
         for (i, c) in self.counts.iter().enumerate() {

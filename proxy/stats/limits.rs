@@ -30,7 +30,7 @@ pub enum Limit {
 }
 
 impl Limit {
-    pub const ALL: [Limit; 9] = [
+    pub(crate) const ALL: [Limit; 9] = [
         Limit::RequestHeaders,
         Limit::HeaderReadTimeout,
         Limit::IdleTimeout,
@@ -42,7 +42,7 @@ impl Limit {
         Limit::Http2Flood,
     ];
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Limit::RequestHeaders => "request_headers",
             Limit::HeaderReadTimeout => "header_read_timeout",
@@ -64,11 +64,11 @@ pub struct LimitCounters {
 }
 
 impl LimitCounters {
-    pub fn hit(&self, limit: Limit) {
+    pub(crate) fn hit(&self, limit: Limit) {
         self.by_limit[limit as usize].fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn get(&self, limit: Limit) -> u64 {
+    pub(crate) fn get(&self, limit: Limit) -> u64 {
         self.by_limit[limit as usize].load(Ordering::Relaxed)
     }
 }
@@ -76,12 +76,12 @@ impl LimitCounters {
 /// Every listener's counters by name (read by `/metrics`; looked up only when a listener
 /// starts or is renamed).
 #[derive(Debug, Default)]
-pub struct LimitStats {
+pub(crate) struct LimitStats {
     by_listener: Mutex<Vec<(String, Arc<LimitCounters>)>>,
 }
 
 impl LimitStats {
-    pub fn counters(&self, listener: &str) -> Arc<LimitCounters> {
+    pub(crate) fn counters(&self, listener: &str) -> Arc<LimitCounters> {
         let mut all = self.by_listener.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((_, c)) = all.iter().find(|(n, _)| n == listener) {
             return Arc::clone(c);
@@ -91,7 +91,7 @@ impl LimitStats {
         c
     }
 
-    pub fn render(&self, e: &mut Exposition) {
+    pub(crate) fn render(&self, e: &mut Exposition) {
         e.family(
             "switchyard_limit_rejections_total",
             "counter",

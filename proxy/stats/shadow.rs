@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// What became of a request chosen for shadowing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ShadowResult {
+pub(crate) enum ShadowResult {
     /// The shadow answered below 500.
     Success,
     ServerError,
@@ -29,7 +29,7 @@ pub enum ShadowResult {
 }
 
 impl ShadowResult {
-    pub const ALL: [ShadowResult; 9] = [
+    pub(crate) const ALL: [ShadowResult; 9] = [
         ShadowResult::Success,
         ShadowResult::ServerError,
         ShadowResult::Timeout,
@@ -41,7 +41,7 @@ impl ShadowResult {
         ShadowResult::Abandoned,
     ];
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ShadowResult::Success => "success",
             ShadowResult::ServerError => "5xx",
@@ -55,27 +55,27 @@ impl ShadowResult {
         }
     }
 
-    pub fn index(self) -> usize {
+    pub(crate) fn index(self) -> usize {
         self as usize
     }
 }
 
 /// How a shadow response first differed from its primary's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MismatchKind {
+pub(crate) enum MismatchKind {
     Status,
     Header,
     Body,
 }
 
 impl MismatchKind {
-    pub const ALL: [MismatchKind; 3] = [
+    pub(crate) const ALL: [MismatchKind; 3] = [
         MismatchKind::Status,
         MismatchKind::Header,
         MismatchKind::Body,
     ];
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             MismatchKind::Status => "status",
             MismatchKind::Header => "header",
@@ -85,28 +85,28 @@ impl MismatchKind {
 }
 
 /// The mismatches kept for `GET /shadow/{route}`.
-pub const RECENT_MISMATCHES: usize = 50;
+pub(crate) const RECENT_MISMATCHES: usize = 50;
 
 /// One mismatch as the admin API shows it (sensitive headers already redacted).
 #[derive(Debug, Clone)]
-pub struct MismatchRecord {
+pub(crate) struct MismatchRecord {
     /// Milliseconds since the Unix epoch.
-    pub at_ms: u64,
+    pub(crate) at_ms: u64,
     /// `GET /path?query`.
-    pub request: String,
-    pub request_headers: Vec<(String, String)>,
+    pub(crate) request: String,
+    pub(crate) request_headers: Vec<(String, String)>,
     /// `status`, `header` or `body`.
-    pub kind: &'static str,
-    pub primary_status: u16,
-    pub shadow_status: u16,
+    pub(crate) kind: &'static str,
+    pub(crate) primary_status: u16,
+    pub(crate) shadow_status: u16,
     /// The first difference: a JSON pointer, `byte N`, or the header's name.
-    pub difference: String,
+    pub(crate) difference: String,
     /// The differing header's values, primary then shadow, for a header mismatch.
-    pub header_values: Option<(Option<String>, Option<String>)>,
+    pub(crate) header_values: Option<(Option<String>, Option<String>)>,
 }
 
 #[derive(Debug, Default)]
-pub struct ShadowStats {
+pub(crate) struct ShadowStats {
     results: [AtomicU64; ShadowResult::ALL.len()],
     /// Shadow responses compared with their primary's.
     compared: AtomicU64,
@@ -124,7 +124,7 @@ pub struct ShadowCounts {
 
 impl ShadowCounts {
     /// The counts between an earlier reading and this one.
-    pub fn since(self, earlier: ShadowCounts) -> ShadowCounts {
+    pub(crate) fn since(self, earlier: ShadowCounts) -> ShadowCounts {
         ShadowCounts {
             compared: self.compared.saturating_sub(earlier.compared),
             mismatched: self.mismatched.saturating_sub(earlier.mismatched),
@@ -132,29 +132,29 @@ impl ShadowCounts {
     }
 
     /// Mismatched share of compared, `None` before anything was compared.
-    pub fn mismatch_rate(self) -> Option<f64> {
+    pub(crate) fn mismatch_rate(self) -> Option<f64> {
         (self.compared > 0).then(|| self.mismatched as f64 / self.compared as f64)
     }
 }
 
 impl ShadowStats {
     /// What became of one request chosen for shadowing.
-    pub fn count(&self, r: ShadowResult) {
+    pub(crate) fn count(&self, r: ShadowResult) {
         self.results[r.index()].fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn result(&self, r: ShadowResult) -> u64 {
+    pub(crate) fn result(&self, r: ShadowResult) -> u64 {
         self.results[r.index()].load(Ordering::Relaxed)
     }
 
     /// A shadow response compared equal to its primary's.
-    pub fn matched(&self) {
+    pub(crate) fn matched(&self) {
         self.compared.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A shadow response that differed from its primary's; the newest are kept for the admin
     /// API.
-    pub fn mismatched(&self, kind: MismatchKind, record: MismatchRecord) {
+    pub(crate) fn mismatched(&self, kind: MismatchKind, record: MismatchRecord) {
         self.mismatches[kind as usize].fetch_add(1, Ordering::Relaxed);
         self.compared.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut recent) = self.recent.lock() {
@@ -165,12 +165,12 @@ impl ShadowStats {
         }
     }
 
-    pub fn mismatches(&self, kind: MismatchKind) -> u64 {
+    pub(crate) fn mismatches(&self, kind: MismatchKind) -> u64 {
         self.mismatches[kind as usize].load(Ordering::Relaxed)
     }
 
     /// Compared and mismatched so far.
-    pub fn read(&self) -> ShadowCounts {
+    pub(crate) fn read(&self) -> ShadowCounts {
         ShadowCounts {
             compared: self.compared.load(Ordering::Relaxed),
             mismatched: MismatchKind::ALL.iter().map(|k| self.mismatches(*k)).sum(),
@@ -178,7 +178,7 @@ impl ShadowStats {
     }
 
     /// The last mismatches, newest first.
-    pub fn recent(&self) -> Vec<MismatchRecord> {
+    pub(crate) fn recent(&self) -> Vec<MismatchRecord> {
         self.recent
             .lock()
             .map(|r| r.iter().rev().cloned().collect())

@@ -7,7 +7,7 @@ use tokio::time::Instant;
 
 use super::{Buckets, Outcome, Recorder};
 
-pub struct TargetStats {
+pub(crate) struct TargetStats {
     /// Whole request, first byte in to last byte out: `switchyard_request_duration_seconds`.
     duration: Buckets,
     /// Time to the response head, cumulative: a rollout diffs two snapshots to get a step.
@@ -25,15 +25,15 @@ pub struct TargetStats {
 
 /// A reading of a target's counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct TargetCounts {
-    pub rerouted_away: u64,
-    pub rerouted_in: u64,
-    pub retries: u64,
-    pub retries_denied: u64,
+pub(crate) struct TargetCounts {
+    pub(crate) rerouted_away: u64,
+    pub(crate) rerouted_in: u64,
+    pub(crate) retries: u64,
+    pub(crate) retries_denied: u64,
 }
 
 impl TargetStats {
-    pub fn new(workers: usize) -> Self {
+    pub(crate) fn new(workers: usize) -> Self {
         TargetStats {
             duration: Buckets::default(),
             latency: Recorder::cumulative(workers),
@@ -48,7 +48,7 @@ impl TargetStats {
     /// One request this target answered: its outcome as rollouts count it (`None` when it
     /// says nothing about the upstream: the client's doing or the proxy's own shortage), its
     /// time to the response head, and its whole duration.
-    pub fn answered(
+    pub(crate) fn answered(
         &self,
         outcome: Option<Outcome>,
         ttfb: Option<Duration>,
@@ -65,26 +65,26 @@ impl TargetStats {
     }
 
     /// A request the split picked this target for went to another one.
-    pub fn rerouted_away(&self) {
+    pub(crate) fn rerouted_away(&self) {
         self.rerouted_away.fetch_add(1, Ordering::Relaxed);
     }
 
     /// This target took a request the split picked another one for.
-    pub fn rerouted_in(&self) {
+    pub(crate) fn rerouted_in(&self) {
         self.rerouted_in.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A failed try at this target was tried again.
-    pub fn retried(&self) {
+    pub(crate) fn retried(&self) {
         self.retries.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A failed try at this target could have been retried but the budget said no.
-    pub fn retry_denied(&self) {
+    pub(crate) fn retry_denied(&self) {
         self.retries_denied.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn read(&self) -> TargetCounts {
+    pub(crate) fn read(&self) -> TargetCounts {
         TargetCounts {
             rerouted_away: self.rerouted_away.load(Ordering::Relaxed),
             rerouted_in: self.rerouted_in.load(Ordering::Relaxed),
@@ -93,24 +93,24 @@ impl TargetStats {
         }
     }
 
-    pub fn duration(&self) -> &Buckets {
+    pub(crate) fn duration(&self) -> &Buckets {
         &self.duration
     }
 
     /// Every time to a response head so far.
-    pub fn latency(&self, now: Instant) -> hdrhistogram::Histogram<u64> {
+    pub(crate) fn latency(&self, now: Instant) -> hdrhistogram::Histogram<u64> {
         self.latency.snapshot(now)
     }
 
-    pub fn outcome(&self, o: Outcome) -> u64 {
+    pub(crate) fn outcome(&self, o: Outcome) -> u64 {
         self.outcomes[o.index()].load(Ordering::Relaxed)
     }
 
-    pub fn requests(&self) -> u64 {
+    pub(crate) fn requests(&self) -> u64 {
         Outcome::ALL.iter().map(|&o| self.outcome(o)).sum()
     }
 
-    pub fn failures(&self) -> u64 {
+    pub(crate) fn failures(&self) -> u64 {
         Outcome::ALL
             .iter()
             .filter(|o| o.is_failure())

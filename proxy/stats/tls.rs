@@ -5,17 +5,17 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use super::prometheus::Exposition;
 
 #[derive(Debug, Default)]
-pub struct TlsCounters {
+pub(crate) struct TlsCounters {
     /// Certificate files re-read after a change and put in service.
-    pub cert_reloads_applied: AtomicU64,
+    pub(crate) cert_reloads_applied: AtomicU64,
     /// Certificate files re-read after a change and refused (the old ones keep serving).
-    pub cert_reloads_rejected: AtomicU64,
+    pub(crate) cert_reloads_rejected: AtomicU64,
     /// Client connections that failed or timed out in the TLS handshake.
-    pub handshake_errors: AtomicU64,
+    pub(crate) handshake_errors: AtomicU64,
 }
 
 impl TlsCounters {
-    pub fn render(&self, e: &mut Exposition) {
+    pub(crate) fn render(&self, e: &mut Exposition) {
         e.family(
             "switchyard_tls_cert_reloads_total",
             "counter",

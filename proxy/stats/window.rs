@@ -16,7 +16,7 @@ struct Slot {
 }
 
 /// Requests and failures over the last `window`.
-pub struct WindowCounts {
+pub(crate) struct WindowCounts {
     slots: [Slot; SLOTS],
     slot_nanos: u64,
 }
@@ -29,7 +29,7 @@ pub struct Totals {
 }
 
 impl Totals {
-    pub fn failure_rate(&self) -> f64 {
+    pub(crate) fn failure_rate(&self) -> f64 {
         if self.total == 0 {
             0.0
         } else {
@@ -45,18 +45,18 @@ fn nanos(now: Instant) -> u64 {
 }
 
 impl WindowCounts {
-    pub fn new(window: Duration) -> Self {
+    pub(crate) fn new(window: Duration) -> Self {
         WindowCounts {
             slots: Default::default(),
             slot_nanos: (window.as_nanos() as u64 / SLOTS as u64).max(1),
         }
     }
 
-    pub fn record(&self, now: Instant, failed: bool) {
+    pub(crate) fn record(&self, now: Instant, failed: bool) {
         self.add(now, 1, u64::from(failed));
     }
 
-    pub fn add(&self, now: Instant, total: u64, failed: u64) {
+    pub(crate) fn add(&self, now: Instant, total: u64, failed: u64) {
         // Period 0 marks a never-used slot; real periods start at 1.
         let period = nanos(now) / self.slot_nanos + 1;
         let slot = &self.slots[period as usize % SLOTS];
@@ -79,7 +79,7 @@ impl WindowCounts {
     }
 
     /// Forgets everything counted so far.
-    pub fn clear(&self) {
+    pub(crate) fn clear(&self) {
         for slot in &self.slots {
             slot.period.store(0, Ordering::Release);
             slot.total.store(0, Ordering::Release);
@@ -88,7 +88,7 @@ impl WindowCounts {
     }
 
     /// Totals of the slots within the window ending now.
-    pub fn sum(&self, now: Instant) -> Totals {
+    pub(crate) fn sum(&self, now: Instant) -> Totals {
         let current = nanos(now) / self.slot_nanos + 1;
         let oldest = current.saturating_sub(SLOTS as u64 - 1);
         let mut c = Totals::default();
