@@ -14,7 +14,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
-use std::time::Instant;
+use tokio::time::Instant;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -56,15 +56,16 @@ impl SendError {
 }
 
 /// A response head, and the connection it came on.
-pub(crate) struct Sent {
-    pub(crate) resp: Response<Incoming>,
-    pub(crate) conn: Conn,
+pub(crate) struct Sent<B = Incoming, C = Conn> {
+    pub(crate) resp: Response<B>,
+    pub(crate) conn: C,
 }
 
 /// A failed send, with the request when it never reached the backend.
 pub(crate) struct Failed {
     pub(crate) error: SendError,
-    pub(crate) unsent: Option<Request<ReqBody>>,
+    /// Boxed: a failure is rare, and inline it would grow every future that holds a result.
+    pub(crate) unsent: Option<Box<Request<ReqBody>>>,
     /// The connection had carried earlier requests (and may have been closed under this one).
     pub(crate) reused: bool,
 }
@@ -119,24 +120,36 @@ impl ConnPool {
     /// another pooled connection or a new one; nothing that reached the backend is ever
     /// replayed here. When no connection could be made the request comes back untouched, so
     /// the caller may send it elsewhere.
-    pub(crate) async fn send(&self, req: Request<ReqBody>, fresh: bool) -> Result<Sent, Failed> {
+    /// `now` is when the try started (an idle connection older than the idle timeout is not
+    /// reused).
+    pub(crate) async fn send(
+        &self,
+        req: Request<ReqBody>,
+        fresh: bool,
+        now: Instant,
+    ) -> Result<Sent, Failed> {
         let mut req = req;
         loop {
-            let pooled = if fresh { None } else { self.checkout() };
+            let pooled = if fresh { None } else { self.checkout(now) };
             let (sender, reused) = match pooled {
                 Some(sender) => (sender, true),
-                None => match self.connect().await {
+                // Boxed: a connect (and TLS handshake) future is large and rarely needed; inline
+                // it would be copied with this future on every request.
+                None => match Box::pin(self.connect()).await {
                     Ok(sender) => (sender, false),
                     Err(e) => {
                         return Err(Failed {
                             error: e,
-                            unsent: Some(req),
+                            unsent: Some(Box::new(req)),
                             reused: false,
                         });
                     }
                 },
             };
-            let (sent, sender) = exchange(sender, req).await;
+            let mut sender = sender;
+            let answer = sender.try_send_request(req);
+            let mut sender = Some(sender);
+            let sent = answer_of(&mut sender, std::pin::pin!(answer)).await;
             match sent {
                 Ok(resp) => {
                     return Ok(Sent {
@@ -149,7 +162,7 @@ impl ConnPool {
                     unsent => {
                         return Err(Failed {
                             error: SendError::Exchange(e.into_error()),
-                            unsent,
+                            unsent: unsent.map(Box::new),
                             reused,
                         });
                     }
@@ -160,40 +173,40 @@ impl ConnPool {
 
     /// Takes a connection back after its response was read to the end. Its task may not have
     /// marked it ready yet; then a small task waits for that (or for it to close).
-    pub(crate) fn checkin(self: &Arc<Self>, conn: Conn) {
+    pub(crate) fn checkin(self: &Arc<Self>, conn: Conn, now: Instant) {
         let Some(mut sender) = conn.sender else {
             return;
         };
         if sender.is_ready() {
-            self.put(sender);
+            self.put(sender, now);
         } else if !sender.is_closed() {
             let pool = Arc::clone(self);
             tokio::spawn(async move {
                 if sender.ready().await.is_ok() {
-                    pool.put(sender);
+                    pool.put(sender, Instant::now());
                 }
             });
         }
     }
 
-    fn put(&self, sender: Sender) {
+    fn put(&self, sender: Sender, now: Instant) {
         let Ok(mut idle) = self.shard().lock() else {
             return;
         };
-        let now = Instant::now();
         // Oldest first, since every connection is pushed with the time it came back.
-        let stale =
-            idle.partition_point(|i| now.duration_since(i.since) >= self.transport.idle_timeout);
+        let stale = idle.partition_point(|i| {
+            now.saturating_duration_since(i.since) >= self.transport.idle_timeout
+        });
         idle.drain(..stale);
         if idle.len() < MAX_IDLE {
             idle.push(Idle { sender, since: now });
         }
     }
 
-    fn checkout(&self) -> Option<Sender> {
+    fn checkout(&self, now: Instant) -> Option<Sender> {
         let mut idle = self.shard().lock().ok()?;
         while let Some(candidate) = idle.pop() {
-            if candidate.since.elapsed() < self.transport.idle_timeout
+            if now.saturating_duration_since(candidate.since) < self.transport.idle_timeout
                 && candidate.sender.is_ready()
             {
                 return Some(candidate.sender);
@@ -250,36 +263,29 @@ impl ConnPool {
     }
 }
 
-/// Hands `req` to a connection and waits for its response head. The connection's task may end
-/// just as the request is queued for it (the backend closed it); hyper's queue is emptied when
-/// its reader goes, but a request that lands a moment later stays queued until the sender is
-/// dropped, and nobody would answer it. So the sender is watched while the answer is awaited:
-/// once its connection is closed, the sender is dropped, which hands the request back unsent.
-async fn exchange(
-    mut sender: Sender,
-    req: Request<ReqBody>,
-) -> (
-    Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<ReqBody>>>,
-    Option<Sender>,
-) {
-    let mut answer = std::pin::pin!(sender.try_send_request(req));
-    let early = std::future::poll_fn(|cx| {
+/// Waits for the response head of a request handed to `sender`'s connection. The
+/// connection's task may end just as the request is queued for it (the backend closed it);
+/// hyper's queue is emptied when its reader goes, but a request that lands a moment later
+/// stays queued until the sender is dropped, and nobody would answer it. So the sender is
+/// watched while the answer is awaited: once its connection is closed, the sender is dropped,
+/// which hands the request back unsent through `answer`.
+async fn answer_of<F: Future>(
+    sender: &mut Option<Sender>,
+    mut answer: std::pin::Pin<&mut F>,
+) -> F::Output {
+    std::future::poll_fn(|cx| {
         if let Poll::Ready(r) = answer.as_mut().poll(cx) {
-            return Poll::Ready(Some(r));
+            return Poll::Ready(r);
         }
-        match sender.poll_ready(cx) {
-            Poll::Ready(Err(_)) => Poll::Ready(None),
-            _ => Poll::Pending,
+        if let Some(s) = sender.as_mut()
+            && let Poll::Ready(Err(_)) = s.poll_ready(cx)
+        {
+            *sender = None;
+            return answer.as_mut().poll(cx);
         }
+        Poll::Pending
     })
-    .await;
-    match early {
-        Some(r) => (r, Some(sender)),
-        None => {
-            drop(sender);
-            (answer.await, None)
-        }
-    }
+    .await
 }
 
 enum Stream {

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use super::breaker::{Admission, Breaker, BreakerState, Transition, trip_reason};
 use crate::config::model::{BackendAddr, BreakerConfig};
-use crate::stats::{Buckets, Outcome, Recorder, Totals, WindowCounts};
+use crate::stats::{Buckets, Outcome, Recorder, Tick, Totals, WindowCounts};
 
 /// The window `/status` reports error rates and percentiles over.
 pub(crate) const STATS_WINDOW: Duration = Duration::from_secs(10);
@@ -169,16 +169,17 @@ impl BackendState {
         now: Instant,
     ) {
         let admission = ticket.settle();
+        let tick = Tick::from(now);
         self.stats.outcomes[outcome.index()].fetch_add(1, Ordering::Relaxed);
-        self.stats.window.record(now, outcome.is_failure());
+        self.stats.window.record(tick, outcome.is_failure());
         if let Some(t) = ttfb {
-            self.stats.latency.record(t, now);
+            self.stats.latency.record(t, tick);
             self.stats.latency_buckets.record(t);
         }
         let transition = self
             .breaker
             .load()
-            .on_result(admission, outcome.is_failure(), now);
+            .on_result(admission, outcome.is_failure(), now, tick);
         if let Some(t) = transition {
             if matches!(t, Transition::Opened { .. }) {
                 self.stats.breaker_opens.fetch_add(1, Ordering::Relaxed);
@@ -338,11 +339,13 @@ impl BreakerCell {
         result
     }
 
+    /// `tick` is `now`, read once for every statistic the result feeds.
     pub(crate) fn on_result(
         &self,
         admission: Admission,
         failed: bool,
         now: Instant,
+        tick: Tick,
     ) -> Option<Transition> {
         if !self.cfg.enabled {
             return None;
@@ -353,7 +356,7 @@ impl BreakerCell {
             self.after(&m, &t);
             return t;
         }
-        self.window.record(now, failed);
+        self.window.record(tick, failed);
         if !failed {
             if self.consecutive.load(Ordering::Relaxed) != 0 {
                 self.consecutive.store(0, Ordering::Relaxed);
@@ -365,7 +368,7 @@ impl BreakerCell {
             // A request admitted before the breaker opened: its result is old news.
             return None;
         }
-        let counts = self.window.sum(now);
+        let counts = self.window.sum(tick);
         trip_reason(&self.cfg, streak, counts)?;
         let mut m = self.machine.lock().unwrap_or_else(|p| p.into_inner());
         let t = m.on_closed_failure(&self.cfg, now, streak, counts);
@@ -436,15 +439,21 @@ mod tests {
     async fn the_cell_mirrors_the_machine_for_lock_free_reads() {
         let c = cell();
         let now = Instant::now();
-        assert!(c.on_result(Admission::Normal, true, now).is_none());
+        assert!(
+            c.on_result(Admission::Normal, true, now, Tick::from(now))
+                .is_none()
+        );
         assert!(matches!(
-            c.on_result(Admission::Normal, true, now),
+            c.on_result(Admission::Normal, true, now, Tick::from(now)),
             Some(Transition::Opened { .. })
         ));
         assert_eq!(c.state(), BreakerState::Open);
         assert!(!c.may_admit(Instant::now()));
         // A late result of a request admitted before the trip changes nothing.
-        assert!(c.on_result(Admission::Normal, true, now).is_none());
+        assert!(
+            c.on_result(Admission::Normal, true, now, Tick::from(now))
+                .is_none()
+        );
 
         tokio::time::advance(Duration::from_secs(5)).await;
         assert!(c.may_admit(Instant::now()));
@@ -455,7 +464,12 @@ mod tests {
         );
         assert_eq!(c.admit(Instant::now()).0, Admission::Rejected);
         assert_eq!(
-            c.on_result(Admission::Probe, false, Instant::now()),
+            c.on_result(
+                Admission::Probe,
+                false,
+                Instant::now(),
+                Tick::from(Instant::now())
+            ),
             Some(Transition::Closed)
         );
         assert_eq!(c.state(), BreakerState::Closed);
@@ -502,9 +516,12 @@ mod tests {
     async fn successes_break_the_streak() {
         let c = cell();
         let now = Instant::now();
-        c.on_result(Admission::Normal, true, now);
-        c.on_result(Admission::Normal, false, now);
-        assert!(c.on_result(Admission::Normal, true, now).is_none());
+        c.on_result(Admission::Normal, true, now, Tick::from(now));
+        c.on_result(Admission::Normal, false, now, Tick::from(now));
+        assert!(
+            c.on_result(Admission::Normal, true, now, Tick::from(now))
+                .is_none()
+        );
         assert_eq!(c.state(), BreakerState::Closed);
     }
 
@@ -516,8 +533,13 @@ mod tests {
         });
         for _ in 0..100 {
             assert!(
-                c.on_result(Admission::Normal, true, Instant::now())
-                    .is_none()
+                c.on_result(
+                    Admission::Normal,
+                    true,
+                    Instant::now(),
+                    Tick::from(Instant::now())
+                )
+                .is_none()
             );
         }
         assert_eq!(c.admit(Instant::now()).0, Admission::Normal);

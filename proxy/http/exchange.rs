@@ -110,7 +110,7 @@ impl Exchange {
                     );
                     drop(up.in_flight);
                     if end == BodyEnd::Complete {
-                        backend.pool.checkin(up.conn);
+                        backend.pool.checkin(up.conn, now);
                     }
                 }
                 None => {
@@ -128,6 +128,9 @@ impl Exchange {
 
     /// The request's line in the debug log (`RUST_LOG=switchyard::request=debug`).
     fn log(&self) {
+        if !tracing::enabled!(target: "switchyard::request", tracing::Level::DEBUG) {
+            return;
+        }
         let r = &self.record;
         let route = self
             .snap

@@ -26,7 +26,7 @@ pub(crate) fn respond(
     mut record: Record,
     answered: Answered<Incoming, Conn>,
     client_upgrade: Option<OnUpgrade>,
-    compare: Option<PrimaryTap>,
+    compare: Option<Box<PrimaryTap>>,
     conn: &ConnInfo,
 ) -> Response<ProxyBody> {
     let Answered {
@@ -78,7 +78,7 @@ pub(crate) fn respond(
     headers::strip_hop_by_hop(resp.headers_mut(), false);
     let compare = compare.map(|mut c| {
         c.begin(status, resp.headers());
-        Box::new(c)
+        c
     });
     let up = Upstream {
         at,

@@ -103,64 +103,28 @@ async fn handle(
     proxy(shared, snap, route, req, conn, record).await
 }
 
-/// What the tries of a routed request came to. Moved once, straight into the response: boxing
-/// the large variant would cost an allocation per request for nothing.
-#[allow(clippy::large_enum_variant)]
-enum Ended {
-    Answered {
-        answered: attempt::Answered<Incoming, crate::backend::pool::Conn>,
-        client_upgrade: Option<hyper::upgrade::OnUpgrade>,
-        compare: Option<shadow::PrimaryTap>,
-    },
-    Failed(ProxyError),
-    Aborted(StatusCode),
-}
-
 /// Sends a routed request on its way and turns what came of it into the client's response.
 async fn proxy(
     shared: &Shared,
     snap: Arc<Snapshot>,
     route: usize,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     conn: &ConnInfo,
-    record: Record,
+    mut record: Record,
 ) -> Response<ProxyBody> {
-    let (ended, record) = send(shared, &snap, route, req, conn, record).await;
-    let flags = record.flags;
-    let mut resp = match ended {
-        Ended::Answered {
-            answered,
-            client_upgrade,
-            compare,
-        } => forward::respond(snap, route, record, answered, client_upgrade, compare, conn),
-        Ended::Failed(e) => {
-            tracing::debug!(route = %snap.routes[route].spec.name, error = %e, "request failed");
-            local::error(Some(snap), record, &e)
-        }
-        Ended::Aborted(status) => local::answer(
+    let rt = &snap.routes[route];
+    let aim = Aim::new(rt, req.headers());
+    if let Some(status) = fault::inject(rt, &aim, &mut record).await {
+        let flags = record.flags;
+        let mut resp = local::answer(
             Some(snap),
             record,
             status,
             "fault-injected",
             "fault injected by this route's `fault.abort`",
-        ),
-    };
-    fault::label(&mut resp, flags);
-    resp
-}
-
-async fn send(
-    shared: &Shared,
-    snap: &Snapshot,
-    route: usize,
-    mut req: Request<Incoming>,
-    conn: &ConnInfo,
-    mut record: Record,
-) -> (Ended, Record) {
-    let rt = &snap.routes[route];
-    let aim = Aim::new(rt, req.headers());
-    if let Some(status) = fault::inject(rt, &aim, &mut record).await {
-        return (Ended::Aborted(status), record);
+        );
+        fault::label(&mut resp, flags);
+        return resp;
     }
     // The route's deadline starts once any injected delay is over.
     let sent = if record.flags.has(Flags::FAULT_DELAY) {
@@ -191,27 +155,37 @@ async fn send(
         &shared.counters.local,
         record,
     );
-    let (body, kept) = match attempt::prepare_body(&mut attempt, &head, body, conn, upgrade).await {
-        Ok(b) => b,
+    let prepared = attempt::prepare_body(&mut attempt, &head, body, conn, upgrade).await;
+    let result = match prepared {
+        Ok((body, kept)) => {
+            // The tap sits outside the guard: the copy sees only what the limits let through.
+            let (body, compare) = match mirror {
+                Some((m, tap)) => (m.attach(body, kept.as_ref()), Some(tap)),
+                None => (body, None),
+            };
+            match attempt.run(&Pools, Request::from_parts(head, body)).await {
+                Ok(answered) => Ok((answered, compare)),
+                Err(e) => Err(e),
+            }
+        }
         Err(e) => {
             attempt.record.charge(attempt.aimed(), None);
-            return (Ended::Failed(e), attempt.record);
+            Err(e)
         }
     };
-    // The tap sits outside the guard: the copy sees only what the limits let through.
-    let (body, compare) = match mirror {
-        Some((m, tap)) => (m.attach(body, kept.as_ref()), tap),
-        None => (body, None),
+    let record = attempt.record;
+    let flags = record.flags;
+    let mut resp = match result {
+        Ok((answered, compare)) => {
+            forward::respond(snap, route, record, answered, client_upgrade, compare, conn)
+        }
+        Err(e) => {
+            tracing::debug!(route = %snap.routes[route].spec.name, error = %e, "request failed");
+            local::error(Some(snap), record, &e)
+        }
     };
-    let ended = match attempt.run(&Pools, Request::from_parts(head, body)).await {
-        Ok(answered) => Ended::Answered {
-            answered,
-            client_upgrade,
-            compare,
-        },
-        Err(e) => Ended::Failed(e),
-    };
-    (ended, attempt.record)
+    fault::label(&mut resp, flags);
+    resp
 }
 
 /// The host the client asked for: the URI's authority (HTTP/2, absolute-form) or `Host`.

@@ -78,20 +78,34 @@ pub(crate) enum Timer<'a> {
 }
 
 impl Timer<'_> {
-    /// Runs `fut` until `deadline`; `None` if time ran out first.
-    pub(crate) async fn until<F: Future>(self, deadline: Instant, fut: F) -> Option<F::Output> {
-        let lazy = match self {
-            Timer::Own => return tokio::time::timeout_at(deadline, fut).await.ok(),
-            Timer::Shared(lazy) => lazy,
-        };
-        let mut fut = std::pin::pin!(fut);
+    /// Runs `fut` until `deadline`; `None` if time ran out first. The caller pins `fut` where
+    /// it lives: it is often large, and a copy of it here would be copied again on every try.
+    pub(crate) async fn until<F: Future>(
+        self,
+        deadline: Instant,
+        mut fut: Pin<&mut F>,
+    ) -> Option<F::Output> {
+        let mut own = std::pin::pin!(None::<tokio::time::Sleep>);
         std::future::poll_fn(|cx| {
             if let Poll::Ready(out) = fut.as_mut().poll(cx) {
                 return Poll::Ready(Some(out));
             }
-            // Poisoning cannot leave the timer inconsistent: use it anyway.
-            let mut timer = lazy.lock().unwrap_or_else(|p| p.into_inner());
-            timer.poll_deadline(deadline, cx).map(|()| None)
+            match self {
+                Timer::Shared(lazy) => {
+                    // Poisoning cannot leave the timer inconsistent: use it anyway.
+                    let mut timer = lazy.lock().unwrap_or_else(|p| p.into_inner());
+                    timer.poll_deadline(deadline, cx).map(|()| None)
+                }
+                Timer::Own => {
+                    if own.is_none() {
+                        own.set(Some(tokio::time::sleep_until(deadline)));
+                    }
+                    match own.as_mut().as_pin_mut() {
+                        Some(sleep) => sleep.poll(cx).map(|()| None),
+                        None => Poll::Pending,
+                    }
+                }
+            }
         })
         .await
     }

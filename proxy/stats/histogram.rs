@@ -11,6 +11,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use super::clock::Tick;
 use crate::shard::Padded;
 use hdrhistogram::Histogram;
 use tokio::time::Instant;
@@ -28,13 +29,6 @@ pub(crate) fn new_histogram() -> Histogram<u64> {
 
 fn new_shard_histogram() -> Option<Histogram<u32>> {
     Histogram::new_with_bounds(LOWEST_MICROS, HIGHEST_MICROS, SIGNIFICANT_DIGITS).ok()
-}
-
-/// Time since a fixed start, for slotting samples into periods.
-fn epoch_nanos(now: Instant) -> u64 {
-    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    let start = *START.get_or_init(|| Instant::now() - Duration::from_secs(1));
-    now.saturating_duration_since(start).as_nanos() as u64
 }
 
 #[derive(Default)]
@@ -90,16 +84,18 @@ impl Recorder {
         }
     }
 
-    fn period(&self, now: Instant) -> u64 {
-        self.period_nanos.map_or(0, |p| epoch_nanos(now) / p)
+    fn period(&self, at: Tick) -> u64 {
+        self.period_nanos.map_or(0, |p| at.0 / p)
     }
 
     /// Records one latency on this worker's shard.
-    pub fn record(&self, latency: Duration, now: Instant) {
+    pub fn record(&self, latency: Duration, at: impl Into<Tick>) {
         let micros = (latency.as_micros() as u64).clamp(LOWEST_MICROS, HIGHEST_MICROS);
         let shard = &self.shards[crate::shard::current() % self.shards.len()];
         let Ok(mut s) = shard.0.lock() else { return };
-        s.rotate_to(self.period(now));
+        if self.period_nanos.is_some() {
+            s.rotate_to(self.period(at.into()));
+        }
         if s.current.is_none() {
             s.current = new_shard_histogram();
         }
@@ -111,7 +107,7 @@ impl Recorder {
     /// Everything recorded in the window (or ever), over all shards.
     pub(crate) fn snapshot(&self, now: Instant) -> Histogram<u64> {
         let mut merged = new_histogram();
-        let period = self.period(now);
+        let period = self.period(now.into());
         for shard in self.shards.iter() {
             let Ok(mut s) = shard.0.lock() else { continue };
             s.rotate_to(period);

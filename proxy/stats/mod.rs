@@ -1,6 +1,7 @@
 //! What switchyard counts and measures: counters and histograms behind methods (the request
 //! path says what happened; it never stores into an atomic), and their Prometheus exposition.
 
+pub mod clock;
 pub(crate) mod counters;
 pub mod histogram;
 pub mod limits;
@@ -12,6 +13,7 @@ pub(crate) mod tls;
 pub(crate) mod traffic;
 pub mod window;
 
+pub use clock::Tick;
 pub(crate) use counters::{GlobalCounters, RequestCounters};
 pub use histogram::Recorder;
 pub(crate) use histogram::{Buckets, Percentiles};

@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::time::Instant;
+use super::clock::Tick;
 
 const SLOTS: usize = 10;
 
@@ -38,12 +38,6 @@ impl Totals {
     }
 }
 
-fn nanos(now: Instant) -> u64 {
-    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    let start = *START.get_or_init(|| Instant::now() - Duration::from_secs(1));
-    now.saturating_duration_since(start).as_nanos() as u64
-}
-
 impl WindowCounts {
     pub(crate) fn new(window: Duration) -> Self {
         WindowCounts {
@@ -52,13 +46,13 @@ impl WindowCounts {
         }
     }
 
-    pub(crate) fn record(&self, now: Instant, failed: bool) {
-        self.add(now, 1, u64::from(failed));
+    pub(crate) fn record(&self, at: impl Into<Tick>, failed: bool) {
+        self.add(at, 1, u64::from(failed));
     }
 
-    pub(crate) fn add(&self, now: Instant, total: u64, failed: u64) {
+    pub(crate) fn add(&self, at: impl Into<Tick>, total: u64, failed: u64) {
         // Period 0 marks a never-used slot; real periods start at 1.
-        let period = nanos(now) / self.slot_nanos + 1;
+        let period = at.into().0 / self.slot_nanos + 1;
         let slot = &self.slots[period as usize % SLOTS];
         let seen = slot.period.load(Ordering::Acquire);
         if seen != period
@@ -88,8 +82,8 @@ impl WindowCounts {
     }
 
     /// Totals of the slots within the window ending now.
-    pub(crate) fn sum(&self, now: Instant) -> Totals {
-        let current = nanos(now) / self.slot_nanos + 1;
+    pub(crate) fn sum(&self, at: impl Into<Tick>) -> Totals {
+        let current = at.into().0 / self.slot_nanos + 1;
         let oldest = current.saturating_sub(SLOTS as u64 - 1);
         let mut c = Totals::default();
         for slot in &self.slots {
@@ -106,6 +100,7 @@ impl WindowCounts {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::time::Instant;
 
     #[tokio::test(start_paused = true)]
     async fn counts_slide_out_of_the_window() {

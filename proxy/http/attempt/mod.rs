@@ -217,8 +217,11 @@ impl<'a> Attempt<'a> {
     /// Whether time (and, under a policy, the retry budget) leaves room for the retry a failed
     /// try at `at` asks for.
     pub(crate) fn may_retry(&mut self, retry: Retry, at: BackendRef) -> bool {
+        if retry == Retry::No {
+            return false;
+        }
         let now = Instant::now();
-        if retry == Retry::No || now >= self.deadline {
+        if now >= self.deadline {
             return false;
         }
         if self.policy.is_none() {
@@ -271,7 +274,10 @@ impl<'a> Attempt<'a> {
             let until = self.try_deadline(sent_at);
             let sent = self
                 .timer
-                .until(until, sender.send(backend, req, fresh))
+                .until(
+                    until,
+                    std::pin::pin!(sender.send(backend, req, fresh, sent_at)),
+                )
                 .await;
             let rules = self.rules();
             let mut tried = TryRecord {
@@ -283,7 +289,7 @@ impl<'a> Attempt<'a> {
                 resent: false,
             };
             let (verdict, error, unsent) = match sent {
-                Some(Ok((resp, conn))) => {
+                Some(Ok(crate::backend::pool::Sent { resp, conn })) => {
                     let ttfb = sent_at.elapsed();
                     let status = resp.status().as_u16();
                     let v = classify::answered(status, &rules);
@@ -326,7 +332,7 @@ impl<'a> Attempt<'a> {
                         &backend.state.upstream,
                         backend.state.addr.as_str(),
                     );
-                    (v, e.with_source(f.error), f.unsent)
+                    (v, e.with_source(f.error), f.unsent.map(|r| *r))
                 }
                 None => {
                     let e = ProxyError::timeout(
@@ -422,7 +428,7 @@ async fn guard(
         Err(plain) => return Ok(ReqBody::Streaming(plain)),
     };
     if prime {
-        match timer.until(deadline, g.prime()).await {
+        match timer.until(deadline, std::pin::pin!(g.prime())).await {
             Some(Ok(())) => {}
             Some(Err(e)) => return Err(e),
             None => return Err(BodyLimitError::TooSlow.to_proxy_error()),
@@ -448,7 +454,7 @@ async fn keep_small(
         _ => return Ok((body, None)),
     }
     let left = deadline.saturating_duration_since(Instant::now());
-    match timer.until(deadline, body.collect()).await {
+    match timer.until(deadline, std::pin::pin!(body.collect())).await {
         Some(Ok(collected)) => {
             let bytes = collected.to_bytes();
             Ok((ReqBody::full(bytes.clone()), Some(bytes)))

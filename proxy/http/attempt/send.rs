@@ -1,8 +1,9 @@
 //! What sends one try: the backend's connection pool, or (in unit tests) a stub that answers
 //! as a test tells it to, so that retries, reroutes and timeouts run on a paused clock.
 
-use http::{Request, Response};
+use http::Request;
 use hyper::body::Incoming;
+use tokio::time::Instant;
 
 use crate::backend::Backend;
 use crate::backend::pool::{Conn, Failed, Sent};
@@ -13,13 +14,15 @@ pub(crate) trait Sender {
     /// The connection a response came on, kept until its body has been read.
     type Conn;
 
-    /// Sends `req` to `backend` (on a new connection if `fresh`) and waits for the head.
-    fn send(
-        &self,
-        backend: &Backend,
+    /// Sends `req` to `backend` (on a new connection if `fresh`) and waits for the head; `now`
+    /// is when the try started.
+    fn send<'a>(
+        &'a self,
+        backend: &'a Backend,
         req: Request<ReqBody>,
         fresh: bool,
-    ) -> impl Future<Output = Result<(Response<Self::Body>, Self::Conn), Failed>> + Send;
+        now: Instant,
+    ) -> impl Future<Output = Result<Sent<Self::Body, Self::Conn>, Failed>> + Send + 'a;
 }
 
 /// The backends' own connection pools.
@@ -29,13 +32,13 @@ impl Sender for Pools {
     type Body = Incoming;
     type Conn = Conn;
 
-    async fn send(
-        &self,
-        backend: &Backend,
+    fn send<'a>(
+        &'a self,
+        backend: &'a Backend,
         req: Request<ReqBody>,
         fresh: bool,
-    ) -> Result<(Response<Incoming>, Conn), Failed> {
-        let Sent { resp, conn } = backend.pool.send(req, fresh).await?;
-        Ok((resp, conn))
+        now: Instant,
+    ) -> impl Future<Output = Result<Sent, Failed>> + Send + 'a {
+        backend.pool.send(req, fresh, now)
     }
 }

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use super::aim::Aim;
 use super::send::Sender;
 use super::{Answered, Attempt};
-use crate::backend::pool::{Failed, SendError};
+use crate::backend::pool::{Failed, SendError, Sent};
 use crate::backend::{Backend, Registry};
 use crate::body::ReqBody;
 use crate::error::{ErrorKind, ProxyError};
@@ -78,7 +78,8 @@ impl Sender for Stub {
         backend: &Backend,
         req: Request<ReqBody>,
         fresh: bool,
-    ) -> Result<(Response<()>, ()), Failed> {
+        _now: Instant,
+    ) -> Result<Sent<(), ()>, Failed> {
         self.sent
             .lock()
             .unwrap()
@@ -91,11 +92,14 @@ impl Sender for Stub {
             .unwrap_or(Reply::Status(200));
         let unsent = |error| Failed {
             error,
-            unsent: Some(req),
+            unsent: Some(Box::new(req)),
             reused: false,
         };
         match reply {
-            Reply::Status(s) => Ok((Response::builder().status(s).body(()).unwrap(), ())),
+            Reply::Status(s) => Ok(Sent {
+                resp: Response::builder().status(s).body(()).unwrap(),
+                conn: (),
+            }),
             Reply::Refused => Err(unsent(SendError::Connect(
                 std::io::ErrorKind::ConnectionRefused.into(),
             ))),

@@ -68,13 +68,14 @@ pub(crate) struct PrimaryTap {
 }
 
 /// Decides whether this request is shadowed; if so, the copy of its head and the tap for the
-/// primary's response. Costs one atomic add for a request of a route that shadows.
+/// primary's response (boxed: only shadowed requests pay for their room). Costs one atomic add
+/// for a request of a route that shadows.
 pub(crate) fn start(
     rt: &Arc<ShadowRuntime>,
     aim: &Aim,
     head: &Parts,
     upgrade: bool,
-) -> Option<(Mirror, Option<PrimaryTap>)> {
+) -> Option<(Box<Mirror>, Box<PrimaryTap>)> {
     let spec = &rt.spec;
     if spec.basis_points == 0 || upgrade {
         return None;
@@ -119,7 +120,7 @@ pub(crate) fn start(
         primary,
         open: true,
     };
-    Some((mirror, Some(tap)))
+    Some((Box::new(mirror), Box::new(tap)))
 }
 
 impl Mirror {

@@ -49,7 +49,7 @@ pub(super) async fn run(mut m: Mirror, body: Bytes) {
     let exchange = async {
         let sent = backend
             .pool
-            .send(req, false)
+            .send(req, false, sent_at)
             .await
             .map_err(|f| (f.error, f.reused))?;
         let ttfb = sent_at.elapsed();
@@ -79,7 +79,7 @@ pub(super) async fn run(mut m: Mirror, body: Bytes) {
     };
     let (class, ttfb, answer) = match tokio::time::timeout(spec.timeout, exchange).await {
         Ok(Ok((status, answer, conn, ttfb))) => {
-            backend.pool.checkin(conn);
+            backend.pool.checkin(conn, Instant::now());
             (classify::answered(status, &never).class, Some(ttfb), answer)
         }
         Ok(Err((error, reused))) => {
