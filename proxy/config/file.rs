@@ -10,8 +10,8 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_yaml::Value;
 
-use super::ConfigError;
 use super::duration::DurationStr;
+use super::errors::{ConfigError, did_you_mean, quoted_list};
 use super::resilience::{CircuitBreakerFile, HealthCheckFile, RetriesFile};
 use super::rollout::RolloutFile;
 use super::shadow::ShadowFile;
@@ -312,38 +312,6 @@ fn explain_serde(e: &serde_yaml::Error) -> String {
     )
 }
 
-pub(crate) fn did_you_mean(word: &str, candidates: &[&str]) -> String {
-    candidates
-        .iter()
-        .map(|c| (edit_distance(word, c), *c))
-        .filter(|(d, c)| *d <= 2.max(c.len() / 4))
-        .min()
-        .map(|(_, c)| format!(" (did you mean `{c}`?)"))
-        .unwrap_or_default()
-}
-
-fn quoted_list(items: &[&str]) -> String {
-    items
-        .iter()
-        .map(|s| format!("`{s}`"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let subst = prev[j] + usize::from(ca != *cb);
-            cur[j + 1] = subst.min(prev[j + 1] + 1).min(cur[j] + 1);
-        }
-        prev = cur;
-    }
-    prev[b.len()]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -396,12 +364,5 @@ bogus: 1
             .file;
         let names: Vec<&str> = f.upstreams.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["zeta", "alpha"]);
-    }
-
-    #[test]
-    fn edit_distance_counts_single_edits() {
-        assert_eq!(edit_distance("windw", "window"), 1);
-        assert_eq!(edit_distance("", "abc"), 3);
-        assert_eq!(did_you_mean("zzzzzz", &["window"]), "");
     }
 }

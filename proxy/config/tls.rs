@@ -14,7 +14,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
 use serde::Deserialize;
 
-use super::validate::Errors;
+use super::errors::Errors;
 
 /// `tls:` on a listener as written.
 #[derive(Debug, Deserialize)]

@@ -8,24 +8,12 @@ use std::sync::Arc;
 use http::uri::Authority;
 use http::{HeaderName, HeaderValue};
 
-use super::file::{self, did_you_mean};
+use super::duration::positive;
+use super::errors::{ConfigError, Errors, did_you_mean};
+use super::file;
 use super::model::*;
 use super::secret::AdminToken;
-use super::{ConfigError, resilience, rollout, shadow, traffic};
-
-/// Collects errors while the model is built, so that one pass reports all of them.
-#[derive(Default)]
-pub(super) struct Errors(Vec<ConfigError>);
-
-impl Errors {
-    pub(super) fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.0.push(ConfigError::new(path, message));
-    }
-
-    pub(super) fn len(&self) -> usize {
-        self.0.len()
-    }
-}
+use super::{resilience, rollout, shadow, traffic};
 
 pub fn validate(f: file::FileConfig) -> Result<Config, Vec<ConfigError>> {
     let mut errs = Errors::default();
@@ -88,7 +76,7 @@ pub fn validate(f: file::FileConfig) -> Result<Config, Vec<ConfigError>> {
         .map(|d| d.0)
         .unwrap_or(DEFAULT_DRAIN_TIMEOUT);
 
-    match (errs.0.is_empty(), admin) {
+    match (errs.is_empty(), admin) {
         (true, Some(admin)) => Ok(Config {
             listeners,
             admin,
@@ -97,7 +85,7 @@ pub fn validate(f: file::FileConfig) -> Result<Config, Vec<ConfigError>> {
             upstreams,
             routes,
         }),
-        _ => Err(errs.0),
+        _ => Err(errs.into_vec()),
     }
 }
 
@@ -202,7 +190,7 @@ fn socket_addr(s: &str, path: &str, errs: &mut Errors) -> Option<SocketAddr> {
 
 fn upstream(name: &str, u: &file::Upstream, errs: &mut Errors) -> Option<Upstream> {
     let path = format!("upstreams.{name}");
-    let before = errs.0.len();
+    let before = errs.len();
     if name.is_empty() {
         errs.push(&path, "upstream names must not be empty");
     }
@@ -261,7 +249,7 @@ fn upstream(name: &str, u: &file::Upstream, errs: &mut Errors) -> Option<Upstrea
     let breaker = resilience::breaker(&path, u.circuit_breaker.as_ref(), errs);
     let health_check = resilience::health_check(&path, u.health_check.as_ref(), errs);
     let panic_threshold = resilience::panic_threshold(&path, u.panic_threshold, errs);
-    (errs.0.len() == before).then(|| Upstream {
+    (errs.len() == before).then(|| Upstream {
         name: name.into(),
         backends,
         transport,
@@ -269,23 +257,6 @@ fn upstream(name: &str, u: &file::Upstream, errs: &mut Errors) -> Option<Upstrea
         health_check,
         panic_threshold,
     })
-}
-
-pub(super) fn positive(
-    value: Option<super::duration::DurationStr>,
-    default: std::time::Duration,
-    path: &str,
-    key: &str,
-    errs: &mut Errors,
-) -> std::time::Duration {
-    match value {
-        Some(d) if d.0.is_zero() => {
-            errs.push(format!("{path}.{key}"), "must be longer than zero");
-            default
-        }
-        Some(d) => d.0,
-        None => default,
-    }
 }
 
 /// `host:port`, with a port, and nothing else (no scheme, no path).
@@ -316,7 +287,7 @@ fn route(
     broken_upstreams: &[&str],
     errs: &mut Errors,
 ) -> Option<Route> {
-    let before = errs.0.len();
+    let before = errs.len();
     if r.name.is_empty() {
         errs.push(format!("{path}.name"), "route names must not be empty");
     }
@@ -403,7 +374,7 @@ fn route(
     let shadow = shadow::shadow(path, r.shadow.as_ref(), &known, r.sticky.is_some(), errs);
     shadow_gate(path, rollout.as_deref(), shadow.as_ref(), errs);
 
-    (errs.0.len() == before).then(|| Route {
+    (errs.len() == before).then(|| Route {
         name: r.name.as_str().into(),
         matcher,
         timeout,
