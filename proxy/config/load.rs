@@ -1,4 +1,5 @@
-//! The whole of loading: text -> [`super::file`] -> [`super::validate`] -> a [`Config`].
+//! The whole of loading: text -> [`super::file`] -> [`super::validate`] -> a [`Config`], or every
+//! error, the structural ones and the value checks together.
 
 use std::path::Path;
 
@@ -14,7 +15,9 @@ pub fn parse_str(text: &str) -> Result<Config, ConfigErrors> {
         Ok(config) if errors.is_empty() => Ok(config),
         Ok(_) => Err(ConfigErrors(errors)),
         Err(more) => {
-            errors.extend(more);
+            // What the checks say about a stand-in is not the user's mistake: the structural
+            // error at that place already is.
+            errors.extend(more.into_iter().filter(|e| !parsed.patches.hides(&e.path)));
             Err(ConfigErrors(errors))
         }
     }

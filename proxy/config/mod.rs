@@ -15,6 +15,7 @@ pub mod file;
 pub mod limits;
 pub mod load;
 pub mod model;
+mod repair;
 pub mod resilience;
 pub mod rollout;
 pub mod secret;

@@ -247,3 +247,48 @@ async fn listeners_follow_the_config_and_a_port_in_use_rejects_the_reload() {
     assert_eq!(r.backend(), "blue");
     assert_eq!(proxy.running().listeners().len(), 2);
 }
+
+/// A rejected reload reports what `check` does: the structural errors (unknown key, wrong type,
+/// missing key) and the value checks together, each with its path, in one answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_reload_reports_every_error_of_the_file_at_once() {
+    let (blue, green) = (
+        TestBackend::start("blue").await,
+        TestBackend::start("green").await,
+    );
+    let proxy = Proxy::start_with(&all_to(&blue, &green, "blue"), false).await;
+    write_atomic(
+        &proxy.config_path,
+        include_str!("../../config/invalid/six-mistakes-mixed.yaml"),
+    );
+    let c = client();
+    let r = send(
+        &c,
+        Request::post(proxy.admin_url("/reload"))
+            .body(Default::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 422);
+    let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    let mut paths: Vec<&str> = body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["path"].as_str().unwrap())
+        .collect();
+    paths.sort_unstable();
+    assert_eq!(
+        paths,
+        [
+            "routes[0].split[1].upstream",
+            "routes[0].timout",
+            "routes[1].match.path_prefix",
+            "routes[1].split[0].upstream",
+            "routes[1].split[0].weight",
+            "upstreams.checkout-blue.connect_timeout",
+        ],
+        "{body:#}"
+    );
+    assert_eq!(get(&c, &proxy.url("/")).await.backend(), "blue");
+}
