@@ -63,7 +63,7 @@ pub async fn start(opts: Options) -> Result<Running, ConfigErrors> {
             format!("cannot start worker threads: {e}"),
         )])
     })?;
-    let (mut reloader, reload) = Reloader::load(opts.source.clone(), workers.len())?;
+    let (mut reloader, reload) = Reloader::open(opts.source.clone(), workers.len()).await?;
     let config = Arc::clone(reloader.config());
     let shared = Arc::clone(reloader.shared());
     let tracker = Tracker::default();

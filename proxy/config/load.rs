@@ -5,7 +5,7 @@ use std::path::Path;
 
 use super::errors::{ConfigError, ConfigErrors};
 use super::model::Config;
-use super::{file, validate};
+use super::{file, read, validate};
 
 /// Parses and validates a whole config document.
 pub fn parse_str(text: &str) -> Result<Config, ConfigErrors> {
@@ -26,13 +26,26 @@ pub fn parse_str(text: &str) -> Result<Config, ConfigErrors> {
 /// Reads and validates a config file; the text is returned too, so a reload can skip an
 /// unchanged file.
 pub fn load_file(path: &Path) -> Result<(Config, String), ConfigErrors> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    let text = read_text(path)?;
+    parse_str(&text).map(|c| (c, text))
+}
+
+/// The text of the config file at `path`: a regular file of at most
+/// [`super::read::MAX_FILE_BYTES`], in UTF-8.
+pub fn read_text(path: &Path) -> Result<String, ConfigErrors> {
+    let error = |why: String| {
         ConfigErrors(vec![ConfigError::new(
             path.display().to_string(),
-            format!("cannot read the config file: {e}"),
+            format!("cannot read the config file: {why}"),
         )])
-    })?;
-    parse_str(&text).map(|c| (c, text))
+    };
+    let bytes = read::read_regular(path).map_err(error)?;
+    String::from_utf8(bytes).map_err(|e| {
+        error(format!(
+            "it is not UTF-8 text (invalid byte at offset {})",
+            e.utf8_error().valid_up_to()
+        ))
+    })
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ pub mod file;
 pub mod limits;
 pub mod load;
 pub mod model;
+pub mod read;
 mod repair;
 pub mod resilience;
 pub mod rollout;
@@ -26,5 +27,5 @@ pub mod upstream_tls;
 pub mod validate;
 
 pub use errors::{ConfigError, ConfigErrors};
-pub use load::{load_file, parse_str};
+pub use load::{load_file, parse_str, read_text};
 pub use model::Config;

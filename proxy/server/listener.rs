@@ -16,8 +16,8 @@ use arc_swap::ArcSwap;
 use super::conn::{self, ServeCtx};
 use super::limits::{Limit, ListenerLimits, OpenConnections};
 use super::shutdown::{Stop, StopTrigger, stop_pair};
-use super::tls::TlsListener;
-use crate::config::model::Listener;
+use super::tls::{CertTable, FreshCerts, TlsListener};
+use crate::config::model::{Listener, ListenerTls};
 use crate::config::{Config, ConfigError};
 
 const BACKLOG: i32 = 4096;
@@ -146,18 +146,33 @@ impl ListenerSet {
         self
     }
 
-    /// Re-reads the certificates of every TLS listener (a reload command, even when the config
-    /// text is unchanged: that is how certificates are reloaded by hand).
-    pub fn reload_certificates(&self) {
+    /// The TLS specs of the running listeners, whose certificates a reload re-reads.
+    pub fn tls_specs(&self) -> Vec<ListenerTls> {
+        self.running
+            .iter()
+            .filter_map(|r| r.tls.load_full().map(|t| t.spec().clone()))
+            .collect()
+    }
+
+    /// Puts re-read certificates into service on every TLS listener (a reload command, even
+    /// when the config text is unchanged: that is how certificates are reloaded by hand).
+    pub fn reload_certificates(&self, certs: &FreshCerts) {
         for r in &self.running {
-            if let Some(tls) = r.tls.load_full() {
-                tls.reload_certificates();
+            if let Some(tls) = r.tls.load_full()
+                && let Some(table) = certs.get(tls.spec())
+            {
+                tls.apply_certificates(table);
             }
         }
     }
 
     /// Binds the listeners `config` adds; fails, binding nothing, if any bind fails.
-    pub fn prepare(&self, config: &Config) -> Result<Prepared, Vec<ConfigError>> {
+    /// Certificates come from `certs`, read off the workers.
+    pub fn prepare(
+        &self,
+        config: &Config,
+        certs: &FreshCerts,
+    ) -> Result<Prepared, Vec<ConfigError>> {
         let mut bound = Vec::new();
         let mut retls = Vec::new();
         let mut errors = Vec::new();
@@ -168,7 +183,19 @@ impl ListenerSet {
             }
             let tls = match &l.tls {
                 Some(spec) => {
-                    match TlsListener::start(spec, &self.ctx.shared, &l.name, self.watch_certs) {
+                    let started = certs
+                        .get(spec)
+                        .unwrap_or_else(|| CertTable::load(spec))
+                        .and_then(|table| {
+                            TlsListener::start(
+                                spec,
+                                table,
+                                &self.ctx.shared,
+                                &l.name,
+                                self.watch_certs,
+                            )
+                        });
+                    match started {
                         Ok(t) => Some(Arc::new(t)),
                         Err(why) => {
                             let path = format!("listeners[{i}].tls");
