@@ -98,7 +98,9 @@ enum Command {
 
 fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // notify logs its own bookkeeping when a watched directory is deleted (the watcher
+        // re-arms, see reload::watcher): not news for an operator.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,notify=error"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)

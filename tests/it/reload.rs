@@ -59,23 +59,81 @@ async fn a_configmap_symlink_swap_changes_routing() {
     let c = client();
     assert_eq!(get(&c, &proxy.url("/")).await.backend(), "blue");
 
-    let before = proxy.reload_event();
-    std::fs::create_dir(root.join("..v2")).unwrap();
-    std::fs::write(
-        root.join("..v2/switchyard.yaml"),
-        all_to(&blue, &green, "green"),
-    )
-    .unwrap();
-    symlink("..v2", root.join("..data_tmp")).unwrap();
-    std::fs::rename(root.join("..data_tmp"), root.join("..data")).unwrap();
-    std::fs::remove_dir_all(root.join("..v1")).unwrap();
-    let mut ev = proxy.wait_reload_after(before).await;
-    // The swap is several events; wait until the one that applied it.
-    while ev.generation < 2 {
-        ev = proxy.wait_reload_after(ev).await;
+    // Several updates in a row: each swap replaces the directory the file resolves to.
+    for (v, to) in [(2, "green"), (3, "blue"), (4, "green")] {
+        let before = proxy.reload_event();
+        let (dir, old) = (format!("..v{v}"), format!("..v{}", v - 1));
+        std::fs::create_dir(root.join(&dir)).unwrap();
+        std::fs::write(
+            root.join(&dir).join("switchyard.yaml"),
+            all_to(&blue, &green, to),
+        )
+        .unwrap();
+        symlink(&dir, root.join("..data_tmp")).unwrap();
+        std::fs::rename(root.join("..data_tmp"), root.join("..data")).unwrap();
+        std::fs::remove_dir_all(root.join(old)).unwrap();
+        let mut ev = proxy.wait_reload_after(before).await;
+        // The swap is several events; wait until the one that applied it.
+        while ev.generation < before.generation + 1 {
+            ev = proxy.wait_reload_after(ev).await;
+        }
+        assert_eq!(ev.rejected, 0);
+        assert_eq!(get(&c, &proxy.url("/")).await.backend(), to, "after ..v{v}");
     }
-    assert_eq!(ev.rejected, 0);
-    assert_eq!(get(&c, &proxy.url("/")).await.backend(), "green");
+}
+
+/// `rm -rf dir; mkdir dir; cp new.yaml dir/`: the watch on the old directory ends with it; the
+/// watcher must watch the new one, and keep seeing edits there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watch_survives_its_directory_being_replaced() {
+    let (blue, green) = (
+        TestBackend::start("blue").await,
+        TestBackend::start("green").await,
+    );
+    let dir = TempDir::new();
+    let conf = dir.0.join("conf");
+    std::fs::create_dir(&conf).unwrap();
+    let path = conf.join("switchyard.yaml");
+    std::fs::write(&path, all_to(&blue, &green, "blue")).unwrap();
+    let proxy = Proxy::start_at(dir, path.clone(), true).await;
+    let c = client();
+    assert_eq!(get(&c, &proxy.url("/")).await.backend(), "blue");
+
+    // Waits until the generation after `before` is in force (a reload that read the directory
+    // between its removal and the copy is rejected and does not count).
+    let applied = |before: switchyard::shared::ReloadEvent| {
+        let proxy = &proxy;
+        async move {
+            let mut ev = proxy.wait_reload_after(before).await;
+            while ev.generation <= before.generation {
+                ev = proxy.wait_reload_after(ev).await;
+            }
+            ev
+        }
+    };
+    for (round, to) in [(1, "green"), (2, "blue")] {
+        let before = proxy.reload_event();
+        std::fs::remove_dir_all(&conf).unwrap();
+        std::fs::create_dir(&conf).unwrap();
+        std::fs::write(&path, all_to(&blue, &green, to)).unwrap();
+        applied(before).await;
+        assert_eq!(
+            get(&c, &proxy.url("/")).await.backend(),
+            to,
+            "round {round}"
+        );
+
+        // Edits in the new directory are seen: by rename, then in place.
+        let back = if to == "green" { "blue" } else { "green" };
+        let before = proxy.reload_event();
+        write_atomic(&path, &all_to(&blue, &green, back));
+        applied(before).await;
+        assert_eq!(get(&c, &proxy.url("/")).await.backend(), back);
+        let before = proxy.reload_event();
+        std::fs::write(&path, all_to(&blue, &green, to)).unwrap();
+        applied(before).await;
+        assert_eq!(get(&c, &proxy.url("/")).await.backend(), to);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
