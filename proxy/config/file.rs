@@ -10,6 +10,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_yaml::Value;
 
+use super::control::OpsFile;
 use super::duration::DurationStr;
 use super::errors::{ConfigError, did_you_mean, quoted_list};
 use super::repair::{self, Patches};
@@ -22,6 +23,7 @@ use super::traffic::{FaultFile, RateLimitFile};
 pub struct FileConfig {
     pub listeners: Vec<Listener>,
     pub admin: Option<Admin>,
+    pub ops: Option<OpsFile>,
     pub state_dir: Option<String>,
     pub drain_timeout: Option<DurationStr>,
     /// In declaration order: `upstreams` is a mapping, and its order is the user's.
@@ -57,6 +59,8 @@ pub struct Admin {
     pub bind: Option<String>,
     pub token_file: Option<String>,
     pub protect_reads: Option<bool>,
+    pub max_connections: Option<usize>,
+    pub header_read_timeout: Option<DurationStr>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -117,6 +121,7 @@ pub struct Sticky {
 const TOP_LEVEL_KEYS: &[&str] = &[
     "listeners",
     "admin",
+    "ops",
     "state_dir",
     "drain_timeout",
     "upstreams",
@@ -162,6 +167,7 @@ pub fn parse(text: &str) -> Result<Parsed, Vec<ConfigError>> {
                 out.upstreams = piece_map(value, "upstreams", &mut errors, &mut broken, p);
             }
             "admin" => out.admin = piece(value, "admin", &mut errors, p),
+            "ops" => out.ops = piece(value, "ops", &mut errors, p),
             "state_dir" => out.state_dir = piece(value, "state_dir", &mut errors, p),
             "drain_timeout" => out.drain_timeout = piece(value, "drain_timeout", &mut errors, p),
             other => errors.push(ConfigError::new(

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use http::uri::Authority;
 use http::{HeaderName, HeaderValue};
 
+use super::control::{OpsFile, control_limits};
 use super::duration::positive;
 use super::errors::{ConfigError, Errors, did_you_mean};
 use super::file;
@@ -36,6 +37,10 @@ pub fn validate(f: file::FileConfig) -> Result<Config, Vec<ConfigError>> {
             ),
         );
     }
+    let ops = f
+        .ops
+        .as_ref()
+        .and_then(|o| ops(o, &listeners, admin.as_ref(), &mut errs));
 
     let upstreams: Vec<Arc<Upstream>> = f
         .upstreams
@@ -80,6 +85,7 @@ pub fn validate(f: file::FileConfig) -> Result<Config, Vec<ConfigError>> {
         (true, Some(admin)) => Ok(Config {
             listeners,
             admin,
+            ops,
             state_dir: f.state_dir.map(PathBuf::from),
             drain_timeout,
             upstreams,
@@ -109,12 +115,50 @@ fn admin(f: Option<&file::Admin>, bind: &str, errs: &mut Errors) -> Option<Admin
             "needs `admin.token_file`: without a token there is nothing to ask readers for",
         );
     }
+    let limits = control_limits(
+        "admin",
+        f.and_then(|a| a.max_connections),
+        f.and_then(|a| a.header_read_timeout),
+        errs,
+    );
     Some(Admin {
         bind: bind?,
         token,
         protect_reads,
+        limits,
     })
 }
+
+/// The ops listener: its own address (not a listener's, not the admin API's).
+fn ops(
+    f: &OpsFile,
+    listeners: &[Listener],
+    admin: Option<&Admin>,
+    errs: &mut Errors,
+) -> Option<Ops> {
+    let limits = control_limits("ops", f.max_connections, f.header_read_timeout, errs);
+    let bind = socket_addr(&f.bind, "ops.bind", errs)?;
+    if bind.port() != 0 {
+        let taken = if admin.is_some_and(|a| a.bind == bind) {
+            Some("admin.bind".to_owned())
+        } else {
+            listeners
+                .iter()
+                .position(|l| l.bind == bind)
+                .map(|i| format!("listeners[{i}].bind"))
+        };
+        if let Some(other) = taken {
+            errs.push(
+                "ops.bind",
+                format!("{bind} is also {other}; give the ops listener its own port"),
+            );
+        }
+    }
+    Some(Ops { bind, limits })
+}
+
+/// The admin and ops listeners' names in `listener` labels.
+const RESERVED_LISTENER_NAMES: &[&str] = &["admin", "ops"];
 
 fn listeners(list: &[file::Listener], broken: bool, errs: &mut Errors) -> Vec<Listener> {
     if list.is_empty() && !broken {
@@ -129,6 +173,14 @@ fn listeners(list: &[file::Listener], broken: bool, errs: &mut Errors) -> Vec<Li
     for (i, l) in list.iter().enumerate() {
         let path = format!("listeners[{i}]");
         let name = l.name.clone().unwrap_or_else(|| format!("listener-{i}"));
+        if RESERVED_LISTENER_NAMES.contains(&name.as_str()) {
+            errs.push(
+                format!("{path}.name"),
+                format!(
+                    "`{name}` names the {name} listener in metrics and logs; choose another name"
+                ),
+            );
+        }
         if !seen_names.insert(name.clone()) {
             errs.push(
                 format!("{path}.name"),

@@ -406,6 +406,9 @@ impl Reloader {
         if config.admin.bind != self.config.admin.bind {
             tracing::warn!("admin.bind changed; the admin listener moves only on restart");
         }
+        if config.ops.as_ref().map(|o| o.bind) != self.config.ops.as_ref().map(|o| o.bind) {
+            tracing::warn!("ops changed; the ops listener starts, stops or moves only on restart");
+        }
 
         let (pools, changes) = self.registry.reconcile(&config);
         self.health.reconcile(&config, &pools);

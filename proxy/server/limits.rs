@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 
+use super::accept::LogGate;
 use crate::config::limits::Limits;
 use crate::stats::prometheus::Exposition;
 
@@ -62,13 +63,34 @@ impl Limit {
     }
 }
 
-/// How often each [`Limit`] triggered on one listener; kept across reloads.
+/// How often each [`Limit`] triggered on one listener, and how often accepting failed; kept
+/// across reloads.
 #[derive(Debug, Default)]
 pub struct LimitCounters {
     by_limit: [AtomicU64; Limit::ALL.len()],
+    accept_errors: AtomicU64,
+    /// Rate-limits the listener's "accept failed" lines across its workers (see
+    /// [`super::accept`]); taken only when accept fails.
+    accept_log: Mutex<LogGate>,
 }
 
 impl LimitCounters {
+    pub fn accept_failed(&self) {
+        self.accept_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn accept_errors(&self) -> u64 {
+        self.accept_errors.load(Ordering::Relaxed)
+    }
+
+    /// Whether to log an accept failure now (see [`LogGate::admit`]).
+    pub fn admit_log(&self, now: tokio::time::Instant) -> Option<u64> {
+        self.accept_log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .admit(now)
+    }
+
     pub fn hit(&self, limit: Limit) {
         self.by_limit[limit as usize].fetch_add(1, Ordering::Relaxed);
     }
@@ -111,6 +133,18 @@ impl LimitStats {
                     c.get(l) as f64,
                 );
             }
+        }
+        e.family(
+            "switchyard_accept_errors_total",
+            "counter",
+            "Failed accepts by listener (admin and ops included): out of file descriptors or buffers, or a client gone before it was accepted.",
+        );
+        for (listener, c) in all.iter() {
+            e.sample(
+                "switchyard_accept_errors_total",
+                &[("listener", listener)],
+                c.accept_errors() as f64,
+            );
         }
     }
 }

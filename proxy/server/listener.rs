@@ -4,7 +4,6 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use socket2::{Domain, Protocol, Socket, Type};
@@ -13,6 +12,7 @@ use tokio::runtime::Handle;
 
 use arc_swap::ArcSwap;
 
+use super::accept::Acceptor;
 use super::conn::{self, ServeCtx};
 use super::limits::{Limit, ListenerLimits, OpenConnections};
 use super::shutdown::{Stop, StopTrigger, stop_pair};
@@ -80,16 +80,17 @@ pub fn bind_error(path: &str, addr: SocketAddr, e: &io::Error) -> ConfigError {
     ConfigError::new(path, why)
 }
 
-/// Tries every bind address of `config` (listeners and admin); for `check`.
+/// Tries every bind address of `config` (listeners, admin and ops); for `check`.
 pub fn check_bindable(config: &Config) -> Vec<ConfigError> {
     let mut errors = Vec::new();
     let admin = ("admin.bind".to_owned(), config.admin.bind);
+    let ops = config.ops.as_ref().map(|o| ("ops.bind".to_owned(), o.bind));
     let listeners = config
         .listeners
         .iter()
         .enumerate()
         .map(|(i, l)| (format!("listeners[{i}].bind"), l.bind));
-    for (path, addr) in listeners.chain(std::iter::once(admin)) {
+    for (path, addr) in listeners.chain(std::iter::once(admin)).chain(ops) {
         if let Err(e) = bind(addr) {
             errors.push(bind_error(&path, addr, &e));
         }
@@ -263,7 +264,7 @@ impl ListenerSet {
             let counters = self.ctx.shared.limit_stats.counters(&spec.name);
             let limits = Arc::new(ArcSwap::from_pointee(ListenerLimits::new(
                 spec.limits,
-                counters,
+                Arc::clone(&counters),
             )));
             let open = Arc::new(OpenConnections::default());
             for (socket, worker) in group.into_iter().zip(&self.workers) {
@@ -273,10 +274,13 @@ impl ListenerSet {
                 let tls = Arc::clone(&tls);
                 let limits = Arc::clone(&limits);
                 let open = Arc::clone(&open);
+                let acceptor = Acceptor::new(&spec.name, Arc::clone(&counters));
                 // Registered with the worker's own reactor, so it must happen on that worker.
                 worker.spawn(async move {
                     match TcpListener::from_std(socket) {
-                        Ok(listener) => accept_loop(listener, ctx, limits, open, signal, tls).await,
+                        Ok(listener) => {
+                            accept_loop(listener, ctx, limits, open, signal, tls, acceptor).await;
+                        }
                         Err(e) => tracing::error!(listener = %name, error = %e, "cannot register listener"),
                     }
                 });
@@ -314,50 +318,42 @@ async fn accept_loop(
     open: Arc<OpenConnections>,
     mut stop: Stop,
     tls: Arc<ArcSwapOption<TlsListener>>,
+    mut acceptor: Acceptor,
 ) {
     loop {
-        let accepted = tokio::select! {
+        let (stream, peer) = tokio::select! {
             () = stop.wait() => break,
-            a = listener.accept() => a,
+            a = acceptor.next(&listener) => a,
         };
-        match accepted {
-            Ok((stream, peer)) => {
-                let limits = limits.load_full();
-                // Over the cap: accepted (so the client is not left in the backlog) and closed.
-                let Some(slot) = open.try_open(limits.spec.max_connections) else {
-                    limits.counters.hit(Limit::MaxConnections);
-                    tracing::debug!(%peer, "connection limit reached; closing");
-                    drop(stream);
-                    continue;
-                };
-                let _ = stream.set_nodelay(true);
-                if let Some(tls) = tls.load_full() {
-                    tokio::spawn(super::tls::serve(
-                        tls,
-                        stream,
-                        peer,
-                        Arc::clone(&ctx),
-                        limits,
-                        slot,
-                        stop.clone(),
-                    ));
-                    continue;
-                }
-                tokio::spawn(conn::serve(
-                    stream,
-                    peer,
-                    "http",
-                    Arc::clone(&ctx),
-                    limits,
-                    slot,
-                    stop.clone(),
-                ));
-            }
-            Err(e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+        let limits = limits.load_full();
+        // Over the cap: accepted (so the client is not left in the backlog) and closed.
+        let Some(slot) = open.try_open(limits.spec.max_connections) else {
+            limits.counters.hit(Limit::MaxConnections);
+            tracing::debug!(%peer, "connection limit reached; closing");
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        if let Some(tls) = tls.load_full() {
+            tokio::spawn(super::tls::serve(
+                tls,
+                stream,
+                peer,
+                Arc::clone(&ctx),
+                limits,
+                slot,
+                stop.clone(),
+            ));
+            continue;
         }
+        tokio::spawn(conn::serve(
+            stream,
+            peer,
+            "http",
+            Arc::clone(&ctx),
+            limits,
+            slot,
+            stop.clone(),
+        ));
     }
 }

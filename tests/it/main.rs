@@ -7,6 +7,7 @@ mod admin;
 mod admin_auth;
 mod cli;
 mod config_files;
+mod control;
 mod edge_traffic;
 mod forward;
 mod lifecycle;
