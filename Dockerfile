@@ -34,8 +34,8 @@ USER 10001:10001
 # Logs go to stderr; RUST_LOG sets the level (e.g. RUST_LOG=debug).
 ENV RUST_LOG=info
 # 8080: the proxy listener of config/example.yaml. 9901: the admin API. Note that the example
-# binds admin to 127.0.0.1 (there is no admin authentication yet), so 9901 is only reachable
-# from outside the container if your config sets admin.bind: 0.0.0.0:9901.
+# binds admin to 127.0.0.1, so 9901 is only reachable from outside the container if your config
+# sets admin.bind: 0.0.0.0:9901 (then also set admin.token_file, which mutating calls need).
 EXPOSE 8080 9901
 # /livez on the admin API; change the port here if your config moves admin.bind.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
