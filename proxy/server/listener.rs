@@ -29,31 +29,47 @@ pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
 }
 
 /// One socket per worker on the same address, with SO_REUSEPORT so the kernel spreads new
-/// connections over the workers. A single worker gets a plain socket: SO_REUSEPORT would let a
-/// second process quietly share the port instead of failing to bind it.
+/// connections over the workers. A single worker gets a plain socket.
+///
+/// SO_REUSEPORT would also let these sockets quietly join another process's group on the same
+/// address (a second switchyard, by the same user), taking half of its connections. So the
+/// group is bound beside a guard socket without SO_REUSEPORT: binding the guard fails if
+/// anything listens on the address, whatever its options, and the guard does not stop our own
+/// group from binding while it is held (it never listens). It is dropped once the group
+/// listens.
 pub fn bind_group(addr: SocketAddr, workers: usize) -> io::Result<Vec<std::net::TcpListener>> {
     if workers <= 1 {
         return Ok(vec![bind_socket(addr, false)?]);
     }
-    let first = bind_socket(addr, true)?;
-    // With port 0 the first socket picks the port; the others join it.
-    let local = first.local_addr()?;
-    let mut group = vec![first];
-    for _ in 1..workers {
-        group.push(bind_socket(local, true)?);
-    }
+    let guard = socket_for(addr)?;
+    guard.bind(&addr.into())?;
+    // With port 0 the guard picks the port; the group joins it.
+    let local = guard
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| io::Error::other("the guard socket has no IP address"))?;
+    let group = (0..workers)
+        .map(|_| bind_socket(local, true))
+        .collect::<io::Result<Vec<_>>>()?;
+    drop(guard);
     Ok(group)
 }
 
-fn bind_socket(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
+/// A TCP socket for `addr` with SO_REUSEADDR (restarts do not wait out TIME_WAIT), and `[::]`
+/// taking IPv4 too, as users expect from "all addresses".
+fn socket_for(addr: SocketAddr) -> io::Result<Socket> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        let _ = socket.set_only_v6(false);
+    }
+    Ok(socket)
+}
+
+fn bind_socket(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
+    let socket = socket_for(addr)?;
     if reuse_port {
         socket.set_reuse_port(true)?;
-    }
-    if addr.is_ipv6() {
-        // `[::]` takes IPv4 too, as users expect from "all addresses".
-        let _ = socket.set_only_v6(false);
     }
     socket.set_tcp_nodelay(true)?;
     socket.bind(&addr.into())?;

@@ -306,6 +306,43 @@ async fn listeners_follow_the_config_and_a_port_in_use_rejects_the_reload() {
     assert_eq!(proxy.running().listeners().len(), 2);
 }
 
+/// Another process listening with SO_REUSEPORT (as a switchyard with several workers does):
+/// a reload adding a listener on its address is rejected, not joined to its group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_does_not_share_a_port_with_another_process_listening_with_reuseport() {
+    let (blue, green) = (
+        TestBackend::start("blue").await,
+        TestBackend::start("green").await,
+    );
+    let base = all_to(&blue, &green, "blue");
+    let dir = TempDir::new();
+    let path = dir.0.join("switchyard.yaml");
+    std::fs::write(&path, &base).unwrap();
+    let proxy = Proxy::start_full(dir, path, true, 2).await;
+
+    let other = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    other.set_reuse_address(true).unwrap();
+    other.set_reuse_port(true).unwrap();
+    other
+        .bind(
+            &"127.0.0.1:0"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+        )
+        .unwrap();
+    other.listen(16).unwrap();
+    let held = other.local_addr().unwrap().as_socket().unwrap();
+    let ev = proxy
+        .rewrite(&base.replace(
+            "listeners: [{ name: public, bind: \"127.0.0.1:0\" }]",
+            &format!("listeners: [{{ name: public, bind: \"127.0.0.1:0\" }}, {{ name: extra, bind: \"{held}\" }}]"),
+        ))
+        .await;
+    assert_eq!((ev.generation, ev.rejected), (1, 1));
+    assert_eq!(proxy.running().listeners().len(), 1);
+}
+
 /// A rejected reload reports what `check` does: the structural errors (unknown key, wrong type,
 /// missing key) and the value checks together, each with its path, in one answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
