@@ -1,7 +1,7 @@
 //! The YAML as written: serde structs that mirror the file, nothing validated yet.
 //!
 //! The document is read in pieces (each listener, upstream and route on its own), and each piece
-//! is read past its errors ([`super::repair`]), so that every unknown key, wrong type and
+//! is read past its errors (`config::repair`), so that every unknown key, wrong type and
 //! missing key is collected, with its full YAML path, and the value checks still run on the rest.
 
 use std::collections::{BTreeMap, HashSet};

@@ -1,11 +1,11 @@
-//! Config: YAML text -> [`file`] (serde, as written) -> [`validate`] -> [`model`] (immutable).
+//! Config: YAML text -> [`file`](mod@file) (serde, as written) -> [`validate`] -> [`model`] (immutable).
 //!
 //! Loading never stops at the first problem: the result is either a whole valid [`Config`] or
 //! every error found, each with the YAML path where it was found and how to fix it.
 //!
 //! Imports run one way: [`errors`], [`duration`] and [`read`] at the bottom; the feature
 //! modules ([`limits`], [`control`], [`resilience`], [`rollout`], [`shadow`], [`tls`],
-//! [`traffic`], [`upstream_tls`], [`secret`]) each hold a feature's YAML shape, model and checks; [`file`]
+//! [`traffic`], [`upstream_tls`], [`secret`]) each hold a feature's YAML shape, model and checks; [`file`](mod@file)
 //! and [`model`] gather them; [`validate`] turns one into the other; [`load`] runs the whole.
 //! This file only names and re-exports.
 
