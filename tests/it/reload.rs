@@ -22,6 +22,14 @@ fn all_to(blue: &TestBackend, green: &TestBackend, to: &str) -> String {
     )
 }
 
+/// `base` with a second listener, named `extra`, on `addr`.
+fn with_extra_listener(base: &str, addr: std::net::SocketAddr) -> String {
+    base.replace(
+        "listeners: [{ name: public, bind: \"127.0.0.1:0\" }]",
+        &format!("listeners: [{{ name: public, bind: \"127.0.0.1:0\" }}, {{ name: extra, bind: \"{addr}\" }}]"),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rewritten_file_changes_routing() {
     let (blue, green) = (
@@ -288,12 +296,7 @@ async fn listeners_follow_the_config_and_a_port_in_use_rejects_the_reload() {
 
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let taken_addr = taken.local_addr().unwrap();
-    let with_listener = |addr: std::net::SocketAddr| {
-        base.replace(
-            "listeners: [{ name: public, bind: \"127.0.0.1:0\" }]",
-            &format!("listeners: [{{ name: public, bind: \"127.0.0.1:0\" }}, {{ name: extra, bind: \"{addr}\" }}]"),
-        )
-    };
+    let with_listener = |addr| with_extra_listener(&base, addr);
     let ev = proxy.rewrite(&with_listener(taken_addr)).await;
     assert_eq!((ev.generation, ev.rejected), (1, 1));
     assert_eq!(get(&c, &proxy.url("/")).await.backend(), "blue");
@@ -333,12 +336,7 @@ async fn a_reload_does_not_share_a_port_with_another_process_listening_with_reus
         .unwrap();
     other.listen(16).unwrap();
     let held = other.local_addr().unwrap().as_socket().unwrap();
-    let ev = proxy
-        .rewrite(&base.replace(
-            "listeners: [{ name: public, bind: \"127.0.0.1:0\" }]",
-            &format!("listeners: [{{ name: public, bind: \"127.0.0.1:0\" }}, {{ name: extra, bind: \"{held}\" }}]"),
-        ))
-        .await;
+    let ev = proxy.rewrite(&with_extra_listener(&base, held)).await;
     assert_eq!((ev.generation, ev.rejected), (1, 1));
     assert_eq!(proxy.running().listeners().len(), 1);
 }
