@@ -196,6 +196,38 @@ async fn pods_added_and_removed_under_load_fail_no_request() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_pod_finishes_the_requests_it_has_and_gets_no_more() {
+    let (port, pods) = pods(2).await;
+    let mut dns = Dns::start(&records(&[ip(2)])).await;
+    let p = Proxy::start(&config(&dns, port, "")).await;
+    let held = tokio::spawn({
+        let url = p.url("/hold/drain");
+        async move { get(&client(), &url).await }
+    });
+    pods[0].wait_for_path("/hold/drain").await;
+
+    dns.set(&records(&[ip(3)])).await;
+    wait_in_force(&p, &addresses(port, &[3])).await;
+    let st = p.status().await;
+    let draining = &st["upstreams"][0]["discovery"]["draining"];
+    assert_eq!(draining[0]["address"], format!("{}:{port}", ip(2)), "{st}");
+    assert_eq!(draining[0]["in_flight"], 1);
+    let c = client();
+    for _ in 0..20 {
+        assert_eq!(get(&c, &p.url("/")).await.backend(), "pod-3");
+    }
+
+    pods[0].release("drain");
+    let r = held.await.unwrap();
+    assert_eq!((r.status.as_u16(), r.text()), (200, "pod-2 held drain\n"));
+    let st = p.status().await;
+    assert_eq!(
+        st["upstreams"][0]["discovery"]["draining"],
+        serde_json::json!([])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_pods_breaker_opens_while_the_others_serve_and_survives_re_resolution() {
     let (port, pods) = pods(4).await;
     let ips: Vec<String> = (2..5).map(ip).collect();
