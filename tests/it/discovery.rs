@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use serde_json::Value;
 
-use crate::support::dns::{Dns, free_port, ip, pods};
+use crate::support::dns::{DeadServer, Dns, free_port, ip, pods};
 use crate::support::proxy::sample;
 use crate::support::*;
 
@@ -315,7 +315,8 @@ async fn an_empty_answer_and_a_dead_dns_server_keep_the_last_set() {
 async fn without_a_first_answer_the_route_answers_503_and_readyz_waits() {
     let (port, pods) = pods(1).await;
     // Nothing answers on this port yet.
-    let dns_port = free_port();
+    let dead = DeadServer::new();
+    let dns_port = dead.port;
     let p = Proxy::start(&config_at(&format!("127.0.0.1:{dns_port}"), port, "2s", "")).await;
     let c = client();
     let r = get(&c, &p.url("/")).await;
@@ -326,14 +327,10 @@ async fn without_a_first_answer_the_route_answers_503_and_readyz_waits() {
 
     // A server comes up that knows no such name: an answer (none), so the replica is ready;
     // the route still has nothing to send to.
-    let mut dns = None;
-    for _ in 0..5 {
-        dns = Dns::start_on(dns_port, &[("other.test", "127.0.0.9")], 0).await;
-        if dns.is_some() {
-            break;
-        }
-    }
-    let mut dns = dns.expect("dnsmasq on the resolver's port");
+    drop(dead);
+    let mut dns = Dns::start_on(dns_port, &[("other.test", "127.0.0.9")], 0)
+        .await
+        .expect("dnsmasq on the resolver's port");
     wait_until("ready after an answer", async || {
         get(&c, &p.admin_url("/readyz")).await.status == 200
     })

@@ -7,6 +7,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -45,11 +46,41 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A loopback port held (UDP and TCP) where nothing answers: a DNS server that is down. Drop
+/// it right before starting dnsmasq there, so that no other socket takes the port meanwhile.
+pub struct DeadServer {
+    pub port: u16,
+    _udp: UdpSocket,
+    _tcp: std::net::TcpListener,
+}
+
+impl DeadServer {
+    pub fn new() -> DeadServer {
+        for _ in 0..20 {
+            let udp = UdpSocket::bind("127.0.0.1:0").expect("a UDP port");
+            let port = udp.local_addr().unwrap().port();
+            if let Ok(tcp) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+                return DeadServer {
+                    port,
+                    _udp: udp,
+                    _tcp: tcp,
+                };
+            }
+        }
+        panic!("no port free for both UDP and TCP");
+    }
+}
+
 fn hosts_text(records: &[(&str, &str)]) -> String {
     records
         .iter()
         .map(|(name, ip)| format!("{ip} {name}\n"))
         .collect()
+}
+
+fn write_hosts(path: &Path, records: &[(&str, &str)]) {
+    write_atomic(path, &hosts_text(records));
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).unwrap();
 }
 
 impl Dns {
@@ -66,8 +97,10 @@ impl Dns {
     /// Starts on `port` with records of TTL `ttl`; `None` if dnsmasq exited (port taken).
     pub async fn start_on(port: u16, records: &[(&str, &str)], ttl: u32) -> Option<Dns> {
         let dir = TempDir::new();
+        // dnsmasq reads the file as `nobody` once it has dropped root: let it, whatever the umask.
+        std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).unwrap();
         let hosts = dir.0.join("hosts");
-        std::fs::write(&hosts, hosts_text(records)).unwrap();
+        write_hosts(&hosts, records);
         let mut child = Command::new(binary())
             .args([
                 "--keep-in-foreground",
@@ -120,7 +153,7 @@ impl Dns {
     /// Replaces every record, and returns once dnsmasq has read them.
     pub async fn set(&mut self, records: &[(&str, &str)]) {
         let before = *self.reads.borrow();
-        write_atomic(&self.hosts, &hosts_text(records));
+        write_hosts(&self.hosts, records);
         let pid = self.child.as_ref().expect("dnsmasq is running").id();
         let sent = Command::new("kill")
             .args(["-HUP", &pid.to_string()])
