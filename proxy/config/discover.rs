@@ -80,7 +80,7 @@ pub enum Resolver {
     /// The system's: the name servers, search domains and options of `/etc/resolv.conf`.
     #[default]
     System,
-    /// These name servers (UDP, then TCP for long answers), asked in turn; no search domains.
+    /// These name servers (UDP, then TCP for long answers), as one pool; no search domains.
     Servers(Vec<SocketAddr>),
 }
 
