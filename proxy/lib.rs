@@ -24,9 +24,11 @@
 //!   Route, split and pick are pure functions over tables compiled per snapshot.
 //!   [`http::shadow`] copies sampled requests to a route's shadow upstream in tasks of their
 //!   own; [`http::compare`] (pure) diffs the two answers.
-//! - [`backend`]: [`backend::registry`] (state by upstream + address, kept across reloads),
-//!   [`backend::state`], [`backend::pool`] (a connection pool per backend), [`backend::tls`]
-//!   (TLS and mTLS to backends).
+//! - [`backend`]: [`backend::registry`] (state by upstream + address, kept across reloads and
+//!   re-resolution), [`backend::state`], [`backend::pool`] (a connection pool per backend),
+//!   [`backend::tls`] (TLS and mTLS to backends), [`backend::health`] (active checks),
+//!   [`backend::discovery`] (DNS: a task per discovered upstream looks its name up and sends
+//!   the addresses to the reloader).
 //! - [`stats`]: lock-free counters kept across reloads; Prometheus text exposition.
 //! - [`rollout`]: canary and blue-green rollouts: a pure policy, a state machine, a controller
 //!   that sends weights to the reloader, and a journal.

@@ -21,7 +21,12 @@ TOOLS=(
   "py:prometheus_client pip:prometheus_client"
   # tests/it/tls.rs: https:// backends without a ca_file trust the system's roots.
   "update-ca-certificates apt:ca-certificates"
+  # tests/it/discovery.rs: a real DNS server on a loopback port (tests/support/dns.rs).
+  "dnsmasq apt:dnsmasq-base"
 )
+
+# Debian installs servers such as dnsmasq in /usr/sbin, which a non-login PATH may lack.
+export PATH="$PATH:/usr/sbin:/sbin"
 
 log() { printf 'test.sh: %s\n' "$*" >&2; }
 

@@ -227,6 +227,7 @@ pub fn render(ctx: &AdminCtx) -> String {
         }
     }
 
+    ctx.shared.discovery.render(&mut e);
     traffic(&mut e, &snap);
     super::shadow::metrics(&snap, &mut e);
 
