@@ -262,6 +262,7 @@ impl Reloader {
                 );
             }
         }
+        counters.last_reload.record(result.is_ok());
         self.shared.note_reload(result.is_err());
         result
     }
