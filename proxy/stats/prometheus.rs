@@ -44,13 +44,14 @@ pub struct Exposition {
 }
 
 impl Exposition {
-    /// Writes the family's HELP and TYPE lines; its samples follow through the returned writer.
+    /// The writer of one family's samples. Its HELP and TYPE lines come with its first sample:
+    /// a family without samples (no route has a rate limit, say) is left out, as client
+    /// libraries do.
     pub fn family(&mut self, family: &'static Family) -> Samples<'_> {
-        let _ = writeln!(self.out, "# HELP {} {}", family.name, family.help);
-        let _ = writeln!(self.out, "# TYPE {} {}", family.name, family.kind.as_str());
         Samples {
             out: &mut self.out,
             family,
+            started: false,
         }
     }
 
@@ -63,6 +64,7 @@ impl Exposition {
 pub struct Samples<'a> {
     out: &'a mut String,
     family: &'static Family,
+    started: bool,
 }
 
 impl Samples<'_> {
@@ -107,6 +109,12 @@ impl Samples<'_> {
 
     fn line(&mut self, suffix: &str, values: &[&str], extra: Option<(&str, &str)>, value: f64) {
         let out = &mut *self.out;
+        let family = self.family;
+        if !self.started {
+            self.started = true;
+            let _ = writeln!(out, "# HELP {} {}", family.name, family.help);
+            let _ = writeln!(out, "# TYPE {} {}", family.name, family.kind.as_str());
+        }
         out.push_str(self.family.name);
         out.push_str(suffix);
         let labels = self
@@ -183,12 +191,14 @@ mod tests {
         labels: &["u"],
     };
 
+    /// LATENCY has no sample, so no lines either.
     #[test]
     fn writes_families_and_escaped_labels() {
         let mut e = Exposition::default();
         e.family(&THINGS)
             .sample(&["q\"uo\\te\n"], 3u32)
             .sample(&["b"], 0.25);
+        e.family(&LATENCY);
         e.family(&PLAIN).sample(&[], f64::NAN);
         assert_eq!(
             e.finish(),
