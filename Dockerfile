@@ -15,12 +15,14 @@ ARG SWITCHYARD_COMMIT=unknown
 ENV SWITCHYARD_COMMIT=${SWITCHYARD_COMMIT}
 COPY . .
 # Cache mounts keep the crate registry and the target dir between builds; the binary is copied
-# out of the cached target dir because a cache mount is not part of the image. The empty state
-# directory is made here: the runtime image has no shell to make it with.
+# out of the cached target dir because a cache mount is not part of the image. Its debug line
+# tables go (35 MB -> 8 MB); its symbols stay, so backtraces and perf still name functions.
+# The empty state directory is made here: the runtime image has no shell to make it with.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --bin switchyard \
     && install -m 0755 target/release/switchyard /usr/local/bin/switchyard \
+    && strip --strip-debug /usr/local/bin/switchyard \
     && install -d -m 0750 /state
 
 # ---- run ----------------------------------------------------------------------------------
