@@ -9,6 +9,7 @@ use http::uri::Authority;
 use http::{HeaderName, HeaderValue};
 
 pub use super::control::{ControlLimits, Ops};
+pub use super::discover::{Discover, Resolver};
 pub use super::resilience::{BreakerConfig, HealthCheck, RetryOn, RetryPolicy};
 pub use super::rollout::RolloutSpec;
 pub use super::secret::AdminToken;
@@ -34,6 +35,8 @@ pub struct Config {
     pub drain_timeout: Duration,
     pub upstreams: Vec<Arc<Upstream>>,
     pub routes: Vec<Arc<Route>>,
+    /// Who answers DNS discovery's lookups.
+    pub resolver: Resolver,
 }
 
 impl Config {
@@ -68,7 +71,11 @@ pub struct Admin {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Upstream {
     pub name: Arc<str>,
+    /// As configured; empty when the backends are discovered (`discover`).
     pub backends: Vec<BackendAddr>,
+    /// Backends are the addresses a DNS name resolves to, kept up to date by
+    /// [`crate::backend::discovery`].
+    pub discover: Option<Discover>,
     pub transport: Transport,
     pub breaker: BreakerConfig,
     pub health_check: Option<HealthCheck>,

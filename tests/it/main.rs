@@ -8,6 +8,7 @@ mod admin_auth;
 mod cli;
 mod config_files;
 mod control;
+mod discovery;
 mod edge_traffic;
 mod forward;
 mod lifecycle;
