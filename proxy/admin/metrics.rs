@@ -291,7 +291,7 @@ fn limits(e: &mut Exposition, stats: &LimitStats) {
     }
     let mut s = e.family(&f::ACCEPT_ERRORS);
     for (listener, c) in &all {
-        s.sample(&[listener], c.accept_errors() as f64);
+        s.sample(&[listener], c.accept.errors() as f64);
     }
 }
 

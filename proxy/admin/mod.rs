@@ -79,7 +79,7 @@ impl Surface {
 /// Serves `surface` on `listener` until `stop` fires.
 pub async fn serve(listener: TcpListener, ctx: Arc<AdminCtx>, surface: Surface, mut stop: Stop) {
     let counters = ctx.shared.limit_stats.counters(surface.name());
-    let mut acceptor = Acceptor::new(surface.name(), Arc::clone(&counters));
+    let mut acceptor = Acceptor::new(surface.name(), Arc::clone(&counters.accept));
     let open = Arc::new(OpenConnections::default());
     loop {
         let (stream, peer) = tokio::select! {

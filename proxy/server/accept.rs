@@ -15,10 +15,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
-
-use super::limits::LimitCounters;
 
 /// The first pause after a failed accept.
 pub const FIRST_BACKOFF: Duration = Duration::from_millis(5);
@@ -70,6 +71,32 @@ impl LogGate {
     }
 }
 
+/// One listener's accept failures: the count (`switchyard_accept_errors_total`) and the gate
+/// that keeps its log lines sparse, shared by the listener's accept loops (one per worker).
+#[derive(Debug, Default)]
+pub struct AcceptStats {
+    errors: AtomicU64,
+    /// Taken only when accept fails.
+    log: Mutex<LogGate>,
+}
+
+impl AcceptStats {
+    pub fn errors(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
+    }
+
+    fn failed(&self) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn admit_log(&self, now: Instant) -> Option<u64> {
+        self.log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .admit(now)
+    }
+}
+
 /// A failure that belongs to one client's connection, not to the listener or the process.
 fn is_connection_error(e: &io::Error) -> bool {
     matches!(
@@ -81,19 +108,19 @@ fn is_connection_error(e: &io::Error) -> bool {
     )
 }
 
-/// One accept loop's view of its listener: its counters (shared with the listener's other
-/// loops) and its own backoff.
+/// One accept loop's view of its listener: its stats (shared with the listener's other loops)
+/// and its own backoff.
 pub struct Acceptor {
     listener: String,
-    counters: Arc<LimitCounters>,
+    stats: Arc<AcceptStats>,
     backoff: Backoff,
 }
 
 impl Acceptor {
-    pub fn new(listener: impl Into<String>, counters: Arc<LimitCounters>) -> Self {
+    pub fn new(listener: impl Into<String>, stats: Arc<AcceptStats>) -> Self {
         Acceptor {
             listener: listener.into(),
-            counters,
+            stats,
             backoff: Backoff::default(),
         }
     }
@@ -108,13 +135,13 @@ impl Acceptor {
                     return accepted;
                 }
                 Err(e) => {
-                    self.counters.accept_failed();
+                    self.stats.failed();
                     if is_connection_error(&e) {
                         tracing::debug!(listener = %self.listener, error = %e, "a client left before its connection was accepted");
                         continue;
                     }
                     let pause = self.backoff.failed();
-                    if let Some(suppressed) = self.counters.admit_log(Instant::now()) {
+                    if let Some(suppressed) = self.stats.admit_log(Instant::now()) {
                         tracing::warn!(
                             listener = %self.listener,
                             error = %e,

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 
-use super::accept::LogGate;
+use super::accept::AcceptStats;
 use crate::config::limits::Limits;
 
 /// Each way a limit can turn a client away, with its `limit` label.
@@ -67,29 +67,11 @@ impl Limit {
 #[derive(Debug, Default)]
 pub struct LimitCounters {
     by_limit: [AtomicU64; Limit::ALL.len()],
-    accept_errors: AtomicU64,
-    /// Rate-limits the listener's "accept failed" lines across its workers (see
-    /// [`super::accept`]); taken only when accept fails.
-    accept_log: Mutex<LogGate>,
+    /// The listener's accept failures (see [`super::accept`]).
+    pub accept: Arc<AcceptStats>,
 }
 
 impl LimitCounters {
-    pub fn accept_failed(&self) {
-        self.accept_errors.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn accept_errors(&self) -> u64 {
-        self.accept_errors.load(Ordering::Relaxed)
-    }
-
-    /// Whether to log an accept failure now (see [`LogGate::admit`]).
-    pub fn admit_log(&self, now: tokio::time::Instant) -> Option<u64> {
-        self.accept_log
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .admit(now)
-    }
-
     pub fn hit(&self, limit: Limit) {
         self.by_limit[limit as usize].fetch_add(1, Ordering::Relaxed);
     }

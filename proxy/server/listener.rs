@@ -290,7 +290,7 @@ impl ListenerSet {
                 let tls = Arc::clone(&tls);
                 let limits = Arc::clone(&limits);
                 let open = Arc::clone(&open);
-                let acceptor = Acceptor::new(&spec.name, Arc::clone(&counters));
+                let acceptor = Acceptor::new(&spec.name, Arc::clone(&counters.accept));
                 // Registered with the worker's own reactor, so it must happen on that worker.
                 worker.spawn(async move {
                     match TcpListener::from_std(socket) {
