@@ -11,16 +11,22 @@
 //! From the bottom up:
 //!
 //! - [`shard`]: which worker thread this is; [`error`]: one error type, one map to status
-//!   codes; [`config`]: YAML -> [`config::file`] (serde, as written) -> [`config::validate`]
-//!   (every error with its YAML path) -> [`config::model`] (validated, immutable).
+//!   codes; [`watch`]: signals when watched files change (directories watched, re-armed when
+//!   replaced, on a thread of its own); [`config`]: YAML -> [`config::file`] (serde, as written, read past structural
+//!   errors by `config::repair`) -> [`config::validate`] (every error with its YAML path) ->
+//!   [`config::model`] (validated, immutable); [`config::read`] reads only regular files of at
+//!   most 16 MiB; [`config::errors`] is the leaf.
 //! - [`stats`]: counters and histograms behind methods (the request path says what happened,
-//!   it never stores into an atomic); Prometheus text exposition.
+//!   it never stores into an atomic); [`stats::prometheus`], the one writer of the Prometheus
+//!   text format.
 //! - `body`: the request and response bodies of a proxied exchange, and the listener's limits
 //!   on a request body as it streams.
-//! - [`backend`]: [`backend::registry`] (state by upstream + address, kept across reloads),
-//!   [`backend::state`] (statistics and the breaker, which logs its own transitions),
-//!   [`backend::breaker`] (pure), [`backend::health`], [`backend::pool`] (a connection pool per
-//!   backend), [`backend::tls`] (TLS and mTLS to backends).
+//! - [`backend`]: [`backend::registry`] (state by upstream + address, kept across reloads and
+//!   re-resolution), [`backend::state`] (statistics and the breaker, which logs its own
+//!   transitions), [`backend::breaker`] (pure), [`backend::health`] (active checks),
+//!   [`backend::pool`] (a connection pool per backend), [`backend::tls`] (TLS and mTLS to
+//!   backends), [`backend::discovery`] (DNS: a task per discovered upstream looks its name up
+//!   and sends the addresses to the reloader).
 //! - [`routing`]: the tables the request path reads, one set per snapshot: [`routing::route`],
 //!   [`routing::split`], upstreams and the pick of a backend in one (panic mode included), rate
 //!   limits with their buckets, fault decisions, shadow sampling and admission, retry budgets,
@@ -28,8 +34,9 @@
 //!   `reload`, read by `http`; imports neither.
 //! - [`shared`]: what every task reads: the snapshot in force, process-wide counters, the
 //!   lifecycle.
-//! - [`server`]: [`server::listener`] (socket2, accept, reconcile on reload), [`server::conn`]
-//!   (one connection, HTTP/1.1 or h2c, handed to a handler it does not know), [`server::tls`]
+//! - [`server`]: [`server::listener`] (socket2, accept, reconcile on reload),
+//!   [`server::accept`] (backoff and sparse logs when accept fails), [`server::conn`] (one
+//!   connection, HTTP/1.1 or h2c, handed to a handler it does not know), [`server::tls`]
 //!   (certificates by SNI, reloaded when their files change), [`server::shutdown`] (stop,
 //!   drain), [`server::limits`] (a listener's limits), [`server::sniff`] (raw HTTP/1 heads
 //!   watched for framing hyper repairs quietly), [`server::clock`] (lazily re-armed timers).
@@ -41,11 +48,15 @@
 //!   try; `local` is switchyard's own answers; [`http::headers`] rewrites heads;
 //!   [`http::validate`] refuses smuggling and malformed heads; `fault` serves injected faults;
 //!   `shadow` copies sampled requests in tasks of their own, `compare` (pure) diffs answers.
-//! - [`reload`]: [`reload::watcher`] (notify; only signals), [`reload::reloader`] (the one
-//!   writer of the snapshot), [`reload::snapshot`] (builds one from a config).
+//! - [`reload`]: [`reload::watcher`] (the config file's [`watch`]; only signals),
+//!   [`reload::loader`] (file reads off the workers, with a deadline),
+//!   [`reload::reloader`] (the one writer of the snapshot), [`reload::snapshot`] (builds one
+//!   from a config).
 //! - [`rollout`]: canary and blue-green rollouts: a pure policy, a state machine, a controller
 //!   that sends weights to the reloader, and a journal.
-//! - [`admin`]: the admin HTTP API and its client for the CLI.
+//! - [`admin`]: the admin HTTP API, the ops listener (probes and metrics only), and the admin
+//!   client for the CLI; `/metrics` reads every statistic through its accessors in one module,
+//!   from one table of families.
 //! - [`app`]: wiring: config -> registry -> snapshot; listeners (with the proxy as their
 //!   handler), reloader, watcher, admin; graceful shutdown. [`demo`]: the built-in demo.
 #![forbid(unsafe_code)]
@@ -65,3 +76,4 @@ pub mod server;
 pub mod shard;
 pub mod shared;
 pub mod stats;
+pub mod watch;

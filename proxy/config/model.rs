@@ -8,6 +8,8 @@ use std::time::Duration;
 use http::uri::Authority;
 use http::{HeaderName, HeaderValue};
 
+pub use super::control::{ControlLimits, Ops};
+pub use super::discover::{Discover, Resolver};
 pub use super::resilience::{BreakerConfig, HealthCheck, RetryOn, RetryPolicy};
 pub use super::rollout::RolloutSpec;
 pub use super::secret::AdminToken;
@@ -27,10 +29,14 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Config {
     pub listeners: Vec<Listener>,
     pub admin: Admin,
+    /// The ops listener (probes and metrics only), when configured.
+    pub ops: Option<Ops>,
     pub state_dir: Option<PathBuf>,
     pub drain_timeout: Duration,
     pub upstreams: Vec<Arc<Upstream>>,
     pub routes: Vec<Arc<Route>>,
+    /// Who answers DNS discovery's lookups.
+    pub resolver: Resolver,
 }
 
 impl Config {
@@ -59,12 +65,17 @@ pub struct Admin {
     pub token: Option<AdminToken>,
     /// With a token, reads (`/status`, `/metrics`, ...) need it too; probes stay open.
     pub protect_reads: bool,
+    pub limits: ControlLimits,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Upstream {
     pub name: Arc<str>,
+    /// As configured; empty when the backends are discovered (`discover`).
     pub backends: Vec<BackendAddr>,
+    /// Backends are the addresses a DNS name resolves to, kept up to date by
+    /// [`crate::backend::discovery`].
+    pub discover: Option<Discover>,
     pub transport: Transport,
     pub breaker: BreakerConfig,
     pub health_check: Option<HealthCheck>,

@@ -56,7 +56,7 @@ impl UpstreamRuntime {
         }
         if self.panic_mode(excluded, now) {
             let i = pick::pick(n, self.next_rr(), pick::fast_random(), in_flight, |i| {
-                !excluded(i)
+                !excluded(i) && !backends[i].state.is_pending()
             })?;
             return Some((i, Ticket::unchecked()));
         }
@@ -83,6 +83,7 @@ impl UpstreamRuntime {
     }
 
     /// More than the threshold of the backends still in play are out (but not all of them).
+    /// Pods not yet checked are not in play: they are not out, they are not in yet.
     fn panic_mode(&self, excluded: &dyn Fn(usize) -> bool, now: Instant) -> bool {
         let threshold = u64::from(self.spec.panic_threshold);
         if threshold >= 100 {
@@ -90,7 +91,7 @@ impl UpstreamRuntime {
         }
         let (mut considered, mut out) = (0u64, 0u64);
         for (i, b) in self.backends.iter().enumerate() {
-            if !excluded(i) {
+            if !excluded(i) && !b.state.is_pending() {
                 considered += 1;
                 out += u64::from(!b.state.available(now));
             }

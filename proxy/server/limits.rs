@@ -9,7 +9,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 
 use crate::config::limits::Limits;
-pub(crate) use crate::stats::limits::{Limit, LimitCounters};
+pub use crate::stats::limits::{Limit, LimitCounters, LimitStats};
 
 /// One listener's limits, ready to serve with.
 pub struct ListenerLimits {

@@ -19,14 +19,14 @@ use super::conn::{self, ServeCtx};
 use super::limits::{ListenerLimits, OpenSlot};
 use super::shutdown::Stop;
 use crate::config::tls::{self, ListenerTls, NamePattern};
-use crate::reload::watcher::{self, WatchGuard};
 use crate::shared::Shared;
+use crate::watch::{self, WatchGuard};
 
 /// TLS 1.2 sessions kept per listener for resumption by session id.
 const SESSION_CACHE: usize = 4096;
 
 /// The certificates of one listener, by the name they are served for.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct CertTable {
     /// Of every certificate chain, in order: tells a real change from a touched file.
     fingerprint: u64,
@@ -34,6 +34,9 @@ pub struct CertTable {
     /// Keyed by what follows the `*.`.
     wildcard: HashMap<String, Arc<CertifiedKey>>,
     default: Option<Arc<CertifiedKey>>,
+    /// (server name, earliest notAfter of the chain in unix seconds) of each entry; the name
+    /// is empty for an explicit default certificate.
+    expiry: Vec<(String, f64)>,
 }
 
 impl CertTable {
@@ -50,6 +53,9 @@ impl CertTable {
         };
         if let Some(files) = &spec.default {
             table.default = load(files, &mut errors);
+            if let Some(t) = table.default.as_deref().and_then(expires) {
+                table.expiry.push((String::new(), t));
+            }
         }
         for entry in &spec.sni {
             let Some(ck) = load(&entry.files, &mut errors) else {
@@ -62,12 +68,14 @@ impl CertTable {
                     .iter()
                     .filter_map(|n| tls::not_covered(&ck, n, &entry.files)),
             );
+            let expiry = expires(&ck);
             for name in &entry.names {
-                let (map, key) = match name {
-                    NamePattern::Exact(n) => (&mut table.exact, n),
-                    NamePattern::Wildcard(n) => (&mut table.wildcard, n),
+                let (map, key, shown) = match name {
+                    NamePattern::Exact(n) => (&mut table.exact, n, n.clone()),
+                    NamePattern::Wildcard(n) => (&mut table.wildcard, n, format!("*.{n}")),
                 };
                 map.insert(key.clone(), Arc::clone(&ck));
+                table.expiry.extend(expiry.map(|t| (shown, t)));
             }
             if table.default.is_none() && spec.default.is_none() {
                 // No default given: the first entry serves names that match nothing.
@@ -113,6 +121,47 @@ impl CertTable {
             })
             .or(self.default.as_ref())
     }
+}
+
+/// Certificates read for a reload, off the workers, by the listener spec they were read for.
+#[derive(Default)]
+pub struct FreshCerts(Vec<(ListenerTls, Result<CertTable, Vec<String>>)>);
+
+impl FreshCerts {
+    /// Reads the certificates of every distinct spec (a blocking read: call it off the
+    /// workers).
+    pub fn read<'a>(specs: impl IntoIterator<Item = &'a ListenerTls>) -> FreshCerts {
+        let mut out: Vec<(ListenerTls, Result<CertTable, Vec<String>>)> = Vec::new();
+        for spec in specs {
+            if !out.iter().any(|(s, _)| s == spec) {
+                out.push((spec.clone(), CertTable::load(spec)));
+            }
+        }
+        FreshCerts(out)
+    }
+
+    /// What was read for `spec`, if it was.
+    pub fn get(&self, spec: &ListenerTls) -> Option<Result<CertTable, Vec<String>>> {
+        self.0
+            .iter()
+            .find(|(s, _)| s == spec)
+            .map(|(_, t)| t.clone())
+    }
+}
+
+/// When a chain stops working: the earliest notAfter of its certificates, in unix seconds.
+/// rustls keeps certificates as DER and does not expose their validity, hence x509-parser.
+fn expires(ck: &CertifiedKey) -> Option<f64> {
+    ck.cert
+        .iter()
+        .map(|der| {
+            x509_parser::parse_x509_certificate(der)
+                .ok()
+                .map(|(_, cert)| cert.validity().not_after.timestamp() as f64)
+        })
+        .collect::<Option<Vec<f64>>>()?
+        .into_iter()
+        .reduce(f64::min)
 }
 
 /// Accepts the TLS handshake on a fresh connection, then serves it as HTTPS (HTTP/2 when the
@@ -187,30 +236,50 @@ struct CertReload {
     spec: ListenerTls,
     shared: Arc<Shared>,
     listener: String,
+    /// Whose entry in `switchyard_tls_certificate_expiry_timestamp_seconds` this is.
+    expiry_owner: u64,
+}
+
+impl Drop for TlsListener {
+    fn drop(&mut self) {
+        self.reload
+            .shared
+            .counters
+            .tls
+            .expiry
+            .forget(self.reload.expiry_owner);
+    }
 }
 
 impl TlsListener {
-    /// Loads the certificates, builds the acceptor and (with `watch`) starts watching the
-    /// files.
+    /// Builds the acceptor for certificates already read (by [`CertTable::load`], off the
+    /// workers) and (with `watch`) starts watching the files.
     pub fn start(
         spec: &ListenerTls,
+        table: CertTable,
         shared: &Arc<Shared>,
         name: &str,
         watch: bool,
     ) -> Result<TlsListener, Vec<String>> {
+        let certs = table.expiry.clone();
         let resolver = Arc::new(Resolver {
-            table: ArcSwap::from_pointee(CertTable::load(spec)?),
+            table: ArcSwap::from_pointee(table),
         });
         let acceptor = TlsAcceptor::from(server_config(Arc::clone(&resolver) as _)?);
+        // Nothing fails from here on, so the entry always has a TlsListener to take it away.
+        let expiry = &shared.counters.tls.expiry;
+        let expiry_owner = expiry.owner();
+        expiry.set(expiry_owner, name, certs);
         let reload = Arc::new(CertReload {
             resolver,
             spec: spec.clone(),
             shared: Arc::clone(shared),
             listener: name.to_owned(),
+            expiry_owner,
         });
         let watch = if watch {
             let r = Arc::clone(&reload);
-            match watcher::watch_with(&spec.files(), "certificates", move || r.run()) {
+            match watch::watch_with(&spec.files(), "certificates", move || r.run()) {
                 Ok(w) => Some(w),
                 Err(e) => {
                     // Serving matters more than reloading: say so and go on.
@@ -228,9 +297,15 @@ impl TlsListener {
         })
     }
 
-    /// Re-reads the certificate files (SIGHUP, `POST /reload`), as a file change would.
-    pub fn reload_certificates(&self) {
-        self.reload.run();
+    /// The certificate files this listener serves from.
+    pub fn spec(&self) -> &ListenerTls {
+        &self.reload.spec
+    }
+
+    /// Puts certificates re-read from this listener's files (SIGHUP, `POST /reload`) into
+    /// service, as a file change would.
+    pub fn apply_certificates(&self, table: Result<CertTable, Vec<String>>) {
+        self.reload.apply(table);
     }
 }
 
@@ -251,16 +326,24 @@ fn server_config(resolver: Arc<dyn ResolvesServerCert>) -> Result<Arc<ServerConf
 }
 
 impl CertReload {
-    /// Re-reads the certificate files; all of them or none go into service. Files that load
-    /// to the certificates already in service change nothing and count nothing.
+    /// Re-reads the certificate files (called by the watcher, on its own thread).
     fn run(&self) {
+        self.apply(CertTable::load(&self.spec));
+    }
+
+    /// All of the certificates or none go into service. Files that load to the certificates
+    /// already in service change nothing and count nothing.
+    fn apply(&self, table: Result<CertTable, Vec<String>>) {
         let counters = &self.shared.counters.tls;
         let listener = &self.listener;
-        match CertTable::load(&self.spec) {
+        match table {
             Ok(table) if table.fingerprint == self.resolver.table.load().fingerprint => {
                 tracing::debug!(%listener, "certificates unchanged");
             }
             Ok(table) => {
+                counters
+                    .expiry
+                    .set(self.expiry_owner, listener, table.expiry.clone());
                 self.resolver.table.store(Arc::new(table));
                 counters.cert_reloads_applied.fetch_add(1, Relaxed);
                 tracing::info!(%listener, "certificates reloaded");

@@ -39,7 +39,7 @@ use crate::config::resilience::MAX_REPLAY_BODY;
 use crate::error::{ErrorKind, ProxyError};
 use crate::routing::{BackendRef, RouteRuntime};
 use crate::server::conn::{ConnInfo, Timer};
-use crate::stats::counters::{LocalErrors, LocalOp};
+use crate::stats::counters::LocalErrors;
 
 pub(crate) struct Attempt<'a> {
     route: &'a RouteRuntime,
@@ -172,13 +172,20 @@ impl<'a> Attempt<'a> {
             return Err(e);
         }
         self.record.charge(self.aim.target, None);
-        Err(ProxyError::new(
-            ErrorKind::NoBackend,
+        let upstream = &self.route.targets[self.aim.target].upstream;
+        let why = if upstream.backends.is_empty() {
+            // Only a discovered upstream can be empty: its name has not resolved yet.
+            format!(
+                "upstream `{}` of route `{}` has no backends: its DNS name has not resolved to any address yet",
+                upstream.spec.name, self.route.spec.name
+            )
+        } else {
             format!(
                 "no backend of route `{}` can take the request: every one is unhealthy or its circuit breaker is open",
                 self.route.spec.name
-            ),
-        ))
+            )
+        };
+        Err(ProxyError::new(ErrorKind::NoBackend, why))
     }
 
     /// A backend for a try: the aimed upstream first, then another upstream of the route (a
@@ -357,7 +364,7 @@ impl<'a> Attempt<'a> {
             self.record.tried(tried);
             self.record.flags.set(Flags::of_class(verdict.class));
             if let Class::Shortage(s) = verdict.class {
-                self.shortages.count(LocalOp::Connect, s);
+                self.shortages.count(s);
                 tracing::warn!(backend = %backend.state.addr.as_str(), error = %error, "out of resources connecting to a backend; not counted against it");
             }
             match verdict.class.backend_outcome() {

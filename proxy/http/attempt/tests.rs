@@ -143,7 +143,7 @@ const HEAD: &str = "listeners: [{bind: '127.0.0.1:0'}]\n";
 
 fn snapshot(yaml: &str) -> Snapshot {
     let config = Arc::new(crate::config::parse_str(&format!("{HEAD}{yaml}")).unwrap());
-    let (backends, _) = Registry::new(1).reconcile(&config);
+    let (backends, _) = Registry::new(1).reconcile(&config, &HashMap::new());
     crate::reload::snapshot::build(1, config, &backends, &HashMap::new(), &mut Keeper::new(1))
 }
 
