@@ -65,7 +65,7 @@ pub fn render(ctx: &AdminCtx) -> String {
     e.family(
         "switchyard_rollout_step",
         "gauge",
-        "Step index of each route's rollout (the number of steps once promoted, -1 once rolled back or aborted).",
+        "Step index of each route's rollout (the number of steps once promoted, -1 once rolled back, aborted or held).",
     );
     for (route, step) in ctx.rollouts.steps() {
         e.sample("switchyard_rollout_step", &[("route", &route)], step);

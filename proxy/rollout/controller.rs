@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use super::engine::{Counts, Latency, Rollout, Sample};
 use super::handle::{Request, RolloutHandle, view};
-use super::journal::{Entry, Journal, Saved};
+use super::journal::{Entry, Journal, Loaded, Saved};
 use super::machine::State;
 use crate::config::Config;
 use crate::config::model::Route;
@@ -33,6 +33,9 @@ pub struct Controller {
     journal: Journal,
     /// What the state file held at start, until the first reconcile picks it up.
     saved: BTreeMap<String, Saved>,
+    /// Why the state file could not be trusted at start: the first reconcile holds every
+    /// rollout at stable (fail closed) instead of starting it.
+    untrusted: Option<String>,
     rollouts: BTreeMap<Arc<str>, Rollout>,
     views: Arc<Mutex<BTreeMap<String, Value>>>,
     rx: mpsc::Receiver<Request>,
@@ -68,8 +71,24 @@ impl Controller {
         }
         let (tx, rx) = mpsc::channel(16);
         let views = Arc::default();
+        let (saved, untrusted) = match journal.load() {
+            Loaded::Saved(saved) => (saved, None),
+            Loaded::Untrusted { why, kept_aside } => {
+                let aside = kept_aside.map_or_else(
+                    || "it could not be moved aside".to_owned(),
+                    |p| format!("it was kept aside as {}", p.display()),
+                );
+                (
+                    BTreeMap::new(),
+                    Some(format!(
+                        "the rollout state file could not be read: {why}; {aside}; stable takes all the traffic until an operator resumes (from step 0) or aborts"
+                    )),
+                )
+            }
+        };
         let mut c = Controller {
-            saved: journal.load(),
+            saved,
+            untrusted,
             journal,
             generation: shared.snapshot().generation,
             shared,
@@ -79,6 +98,7 @@ impl Controller {
             rx,
         };
         c.reconcile(config, Instant::now());
+        c.untrusted = None;
         for route in std::mem::take(&mut c.saved).keys() {
             tracing::warn!(route = %route, "the state file has a rollout for a route that has none in the config; dropped");
         }
@@ -133,6 +153,13 @@ impl Controller {
                 },
             };
             let mut r = r;
+            if let Some(why) = &self.untrusted
+                && r.state == State::Pending
+                && let Ok(change) = r.transition(State::Held, why.clone(), now)
+            {
+                tracing::error!(route = %name, "{why}");
+                record(&self.journal, &mut r, route, change, generation);
+            }
             if let Some((from, reason)) = replaced {
                 tracing::warn!(route = %name, %from, "{reason}");
                 let entry = Entry {

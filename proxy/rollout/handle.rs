@@ -67,7 +67,7 @@ pub(super) fn view(r: &Rollout, weights: Vec<Value>, now: Instant, persistent: b
         State::Pending => 0.0,
         State::Progressing { step } | State::Paused { step } => step as f64,
         State::Promoted => steps as f64,
-        State::RolledBack | State::Aborted => -1.0,
+        State::RolledBack | State::Aborted | State::Held => -1.0,
     };
     json!({
         "route": &*r.route,

@@ -40,6 +40,54 @@ pub struct Saved {
     pub history: Vec<Entry>,
 }
 
+/// What [`Journal::load`] found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Loaded {
+    /// The saved rollouts (none without a state file or a `state_dir`).
+    Saved(BTreeMap<String, Saved>),
+    /// A state file exists but cannot be trusted; `kept_aside` is where it went.
+    Untrusted {
+        why: String,
+        kept_aside: Option<PathBuf>,
+    },
+}
+
+/// Renames an untrusted state file to `<name>.untrusted-<unix ms>` (never over another file),
+/// so that the next save does not destroy what an operator may want to look at.
+fn keep_aside(path: &Path) -> std::io::Result<PathBuf> {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or(STATE_FILE);
+    for n in 0..100u32 {
+        let suffix = if n == 0 {
+            String::new()
+        } else {
+            format!("-{n}")
+        };
+        let aside = path.with_file_name(format!("{name}.untrusted-{ms}{suffix}"));
+        // hard_link fails if the target exists: nothing is ever overwritten.
+        match std::fs::hard_link(path, &aside) {
+            Ok(()) => {
+                std::fs::remove_file(path)?;
+                return Ok(aside);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            // A file system without hard links: rename, after checking the name is free (the
+            // state_dir is ours alone).
+            Err(_) if !aside.exists() => {
+                std::fs::rename(path, &aside)?;
+                return Ok(aside);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(std::io::Error::other("no free name to keep it aside"))
+}
+
 pub struct Journal {
     dir: Option<PathBuf>,
 }
@@ -66,21 +114,34 @@ impl Journal {
         self.dir.is_some()
     }
 
-    /// The saved rollouts; none when there is no state file or it cannot be read (logged).
-    pub fn load(&self) -> BTreeMap<String, Saved> {
+    /// What the state file holds. A file that cannot be read or parsed is kept aside (renamed,
+    /// never overwritten) and reported as [`Loaded::Untrusted`]: the caller fails closed.
+    pub fn load(&self) -> Loaded {
         let Some(path) = self.dir.as_ref().map(|d| d.join(STATE_FILE)) else {
-            return BTreeMap::new();
+            return Loaded::Saved(BTreeMap::new());
         };
-        match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-                tracing::warn!(file = %path.display(), error = %e, "unreadable rollout state file; rollouts start over");
-                BTreeMap::new()
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-            Err(e) => {
-                tracing::warn!(file = %path.display(), error = %e, "cannot read the rollout state file; rollouts start over");
-                BTreeMap::new()
+        let why = match std::fs::read(&path) {
+            Ok(bytes) => match serde_json::from_slice(&bytes) {
+                Ok(saved) => return Loaded::Saved(saved),
+                Err(e) => format!("it is not valid rollout state ({e})"),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Loaded::Saved(BTreeMap::new());
             }
+            Err(e) => format!("it cannot be read ({e})"),
+        };
+        let kept_aside = keep_aside(&path);
+        match &kept_aside {
+            Ok(aside) => {
+                tracing::error!(file = %path.display(), kept_aside = %aside.display(), "the rollout state file could not be read: {why}; it is kept aside and every rollout waits at stable 100 % for an operator")
+            }
+            Err(e) => {
+                tracing::error!(file = %path.display(), error = %e, "the rollout state file could not be read: {why}; it could not be kept aside either; every rollout waits at stable 100 % for an operator")
+            }
+        }
+        Loaded::Untrusted {
+            why,
+            kept_aside: kept_aside.ok(),
         }
     }
 
@@ -131,7 +192,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("switchyard-journal-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let j = Journal::open(Some(&dir));
-        assert!(j.load().is_empty());
+        assert_eq!(j.load(), Loaded::Saved(BTreeMap::new()));
         let entry = Entry {
             time_ms: 1,
             route: "r".into(),
@@ -153,7 +214,7 @@ mod tests {
             },
         );
         j.save(&all);
-        assert_eq!(j.load(), all);
+        assert_eq!(j.load(), Loaded::Saved(all));
         let lines = std::fs::read_to_string(dir.join(JOURNAL_FILE)).unwrap();
         assert_eq!(lines.lines().count(), 2);
         let back: Entry = serde_json::from_str(lines.lines().next().unwrap()).unwrap();
@@ -167,6 +228,6 @@ mod tests {
         let j = Journal::open(None);
         assert!(!j.is_persistent());
         j.save(&BTreeMap::new());
-        assert!(j.load().is_empty());
+        assert_eq!(j.load(), Loaded::Saved(BTreeMap::new()));
     }
 }

@@ -14,6 +14,7 @@ mod metrics;
 mod reload;
 mod resilience;
 mod rollout;
+mod rollout_state;
 mod shadow;
 mod smuggling;
 mod split;
