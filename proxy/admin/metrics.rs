@@ -72,6 +72,17 @@ pub fn render(ctx: &AdminCtx) -> String {
     }
 
     e.family(
+        "switchyard_rollout_state_persistent",
+        "gauge",
+        "1 while rollout transitions are saved to state_dir; 0 without one or while it cannot be written.",
+    );
+    e.sample(
+        "switchyard_rollout_state_persistent",
+        &[],
+        u8::from(ctx.rollouts.persistence().is_persistent()),
+    );
+
+    e.family(
         "switchyard_request_duration_seconds",
         "histogram",
         "Time from a request's arrival to the last byte of its response, by route and upstream answering.",

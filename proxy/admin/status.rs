@@ -80,6 +80,7 @@ pub fn render(ctx: &AdminCtx) -> Value {
             .collect::<Vec<_>>(),
         "routes": routes,
         "upstreams": upstreams,
+        "state_dir": ctx.rollouts.persistence().json(),
     })
 }
 

@@ -64,28 +64,14 @@ impl Controller {
         reload: ReloadHandle,
     ) -> (Self, RolloutHandle) {
         let journal = Journal::open(config.state_dir.as_deref());
-        if !journal.is_persistent() && config.routes.iter().any(|r| r.rollout.is_some()) {
+        if !journal.has_dir() && config.routes.iter().any(|r| r.rollout.is_some()) {
             tracing::warn!(
                 "no state_dir: rollouts are kept in memory only and start over after a restart"
             );
         }
         let (tx, rx) = mpsc::channel(16);
         let views = Arc::default();
-        let (saved, untrusted) = match journal.load() {
-            Loaded::Saved(saved) => (saved, None),
-            Loaded::Untrusted { why, kept_aside } => {
-                let aside = kept_aside.map_or_else(
-                    || "it could not be moved aside".to_owned(),
-                    |p| format!("it was kept aside as {}", p.display()),
-                );
-                (
-                    BTreeMap::new(),
-                    Some(format!(
-                        "the rollout state file could not be read: {why}; {aside}; stable takes all the traffic until an operator resumes (from step 0) or aborts"
-                    )),
-                )
-            }
-        };
+        let (saved, untrusted) = trusted_state(&journal);
         let mut c = Controller {
             saved,
             untrusted,
@@ -103,7 +89,15 @@ impl Controller {
             tracing::warn!(route = %route, "the state file has a rollout for a route that has none in the config; dropped");
         }
         c.publish_views(Instant::now());
-        (c, RolloutHandle { tx, views })
+        let persistence = c.journal.persistence();
+        (
+            c,
+            RolloutHandle {
+                tx,
+                views,
+                persistence,
+            },
+        )
     }
 
     /// The weights every rolled-out route should start with.
@@ -346,6 +340,37 @@ impl Controller {
             .collect();
         if let Ok(mut v) = self.views.lock() {
             *v = views;
+        }
+    }
+}
+
+/// The saved rollouts that can be trusted, or why none can: a state file that cannot be read,
+/// or one in a `state_dir` that cannot be written (it may miss the latest transitions).
+fn trusted_state(journal: &Journal) -> (BTreeMap<String, Saved>, Option<String>) {
+    const HELD: &str =
+        "stable takes all the traffic until an operator resumes (from step 0) or aborts";
+    match journal.load() {
+        Loaded::Saved(saved)
+            if !saved.is_empty() && journal.has_dir() && !journal.is_persistent() =>
+        {
+            let why = format!(
+                "state_dir cannot be written, so its rollout state file may miss the latest transitions and is not trusted; {HELD}"
+            );
+            tracing::error!("{why}");
+            (BTreeMap::new(), Some(why))
+        }
+        Loaded::Saved(saved) => (saved, None),
+        Loaded::Untrusted { why, kept_aside } => {
+            let aside = kept_aside.map_or_else(
+                || "it could not be moved aside".to_owned(),
+                |p| format!("it was kept aside as {}", p.display()),
+            );
+            (
+                BTreeMap::new(),
+                Some(format!(
+                    "the rollout state file could not be read: {why}; {aside}; {HELD}"
+                )),
+            )
         }
     }
 }

@@ -9,6 +9,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::engine::{Op, Rollout};
+use super::journal::Persistence;
 use super::machine::State;
 
 pub(super) type Reply = oneshot::Sender<Result<Value, (u16, String)>>;
@@ -24,6 +25,7 @@ pub(super) struct Request {
 pub struct RolloutHandle {
     pub(super) tx: tokio::sync::mpsc::Sender<Request>,
     pub(super) views: Arc<Mutex<BTreeMap<String, Value>>>,
+    pub(super) persistence: Arc<Persistence>,
 }
 
 impl RolloutHandle {
@@ -44,6 +46,11 @@ impl RolloutHandle {
             .iter()
             .filter_map(|v| Some((v["route"].as_str()?.to_owned(), v["step_metric"].as_f64()?)))
             .collect()
+    }
+
+    /// Whether transitions reach `state_dir` (`/status`, `switchyard_rollout_state_persistent`).
+    pub fn persistence(&self) -> &Persistence {
+        &self.persistence
     }
 
     /// Runs an operator command; the error is (HTTP status, message).

@@ -6,6 +6,8 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
@@ -52,6 +54,13 @@ pub enum Loaded {
     },
 }
 
+/// Whether a file can be created in `dir` (and removed again).
+fn probe(dir: &Path) -> std::io::Result<()> {
+    let path = dir.join(format!(".probe-{}", std::process::id()));
+    std::fs::File::create(&path)?;
+    std::fs::remove_file(&path)
+}
+
 /// Renames an untrusted state file to `<name>.untrusted-<unix ms>` (never over another file),
 /// so that the next save does not destroy what an operator may want to look at.
 fn keep_aside(path: &Path) -> std::io::Result<PathBuf> {
@@ -88,30 +97,97 @@ fn keep_aside(path: &Path) -> std::io::Result<PathBuf> {
     Err(std::io::Error::other("no free name to keep it aside"))
 }
 
+/// Whether rollout transitions reach `state_dir`, and why not: `GET /rollouts`, `/status` and
+/// `switchyard_rollout_state_persistent` read it.
+#[derive(Debug, Default)]
+pub struct Persistence {
+    path: Option<PathBuf>,
+    ok: AtomicBool,
+    reason: Mutex<Option<String>>,
+}
+
+impl Persistence {
+    pub fn is_persistent(&self) -> bool {
+        self.ok.load(Ordering::Relaxed)
+    }
+
+    /// `state_dir` of `/status`.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "path": self.path.as_ref().map(|p| p.display().to_string()),
+            "persistent": self.is_persistent(),
+            "reason": self.reason.lock().ok().and_then(|r| r.clone()),
+        })
+    }
+
+    /// Records the outcome of a write; says whether persistence changed.
+    fn note(&self, result: Result<(), String>) -> bool {
+        let ok = result.is_ok();
+        if let Ok(mut reason) = self.reason.lock() {
+            *reason = result.err();
+        }
+        self.ok.swap(ok, Ordering::Relaxed) != ok
+    }
+}
+
 pub struct Journal {
+    /// Where files go; kept when it cannot be written, so that every save tries again.
     dir: Option<PathBuf>,
+    status: Arc<Persistence>,
 }
 
 impl Journal {
     /// A journal in `dir` (created if missing), or in memory only when `dir` is `None` or cannot
-    /// be created (logged).
+    /// be created. A `dir` that cannot be written is reported as not persistent (logged).
     pub fn open(dir: Option<&Path>) -> Journal {
+        let status = Arc::new(Persistence {
+            path: dir.map(Path::to_path_buf),
+            ..Persistence::default()
+        });
         let Some(dir) = dir else {
-            return Journal { dir: None };
+            status.note(Err(
+                "no state_dir: rollouts live in memory and start over after a restart".into(),
+            ));
+            return Journal { dir: None, status };
         };
-        match std::fs::create_dir_all(dir) {
-            Ok(()) => Journal {
-                dir: Some(dir.to_path_buf()),
-            },
-            Err(e) => {
-                tracing::warn!(dir = %dir.display(), error = %e, "cannot create state_dir; rollouts run in memory only and restart from scratch after a restart");
-                Journal { dir: None }
-            }
+        let writable = std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create state_dir: {e}"))
+            .and_then(|()| probe(dir).map_err(|e| format!("cannot write in state_dir: {e}")));
+        if let Err(why) = &writable {
+            tracing::error!(dir = %dir.display(), "{why}; rollout transitions are not saved (switchyard_rollout_state_persistent is 0) and a restart does not trust what is there");
+        }
+        status.note(writable);
+        Journal {
+            dir: dir.is_dir().then(|| dir.to_path_buf()),
+            status,
         }
     }
 
     pub fn is_persistent(&self) -> bool {
-        self.dir.is_some()
+        self.status.is_persistent()
+    }
+
+    /// Whether a `state_dir` is configured (writable or not).
+    pub fn has_dir(&self) -> bool {
+        self.status.path.is_some()
+    }
+
+    pub fn persistence(&self) -> Arc<Persistence> {
+        Arc::clone(&self.status)
+    }
+
+    /// Records a write's outcome, logging only when persistence is lost or regained.
+    fn note(&self, what: &str, result: std::io::Result<()>) {
+        let result = result.map_err(|e| format!("cannot write the rollout {what}: {e}"));
+        let failed = result.as_ref().err().cloned();
+        if self.status.note(result) {
+            match failed {
+                Some(why) => {
+                    tracing::error!(dir = ?self.dir, "{why}; rollout transitions are not saved until it works again")
+                }
+                None => tracing::info!(dir = ?self.dir, "the rollout state is saved again"),
+            }
+        }
     }
 
     /// What the state file holds. A file that cannot be read or parsed is kept aside (renamed,
@@ -159,9 +235,10 @@ impl Journal {
                     .open(&path)?
                     .write_all(&line)
             });
-        if let Err(e) = result {
+        if let Err(e) = &result {
             tracing::warn!(file = %path.display(), error = %e, "cannot append to the rollout journal");
         }
+        self.note("journal", result);
     }
 
     /// Replaces the state file with `all`, atomically.
@@ -177,9 +254,10 @@ impl Journal {
                 f.sync_all()?;
                 std::fs::rename(&tmp, &path)
             });
-        if let Err(e) = result {
+        if let Err(e) = &result {
             tracing::warn!(file = %path.display(), error = %e, "cannot write the rollout state file");
         }
+        self.note("state file", result);
     }
 }
 
@@ -229,5 +307,35 @@ mod tests {
         assert!(!j.is_persistent());
         j.save(&BTreeMap::new());
         assert_eq!(j.load(), Loaded::Saved(BTreeMap::new()));
+        assert_eq!(j.persistence().json()["persistent"], false);
+    }
+
+    #[test]
+    fn an_unreadable_state_file_is_kept_aside_byte_for_byte() {
+        let dir = std::env::temp_dir().join(format!("switchyard-aside-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let j = Journal::open(Some(&dir));
+        assert!(j.is_persistent());
+        std::fs::write(dir.join(STATE_FILE), b"{\"r\": {\"finger").unwrap();
+        let Loaded::Untrusted { why, kept_aside } = j.load() else {
+            panic!("a truncated file was trusted");
+        };
+        assert!(why.contains("not valid rollout state"), "{why}");
+        let aside = kept_aside.unwrap();
+        assert_eq!(std::fs::read(&aside).unwrap(), b"{\"r\": {\"finger");
+        assert!(!dir.join(STATE_FILE).exists());
+        // A second bad file in the same millisecond gets a name of its own.
+        std::fs::write(dir.join(STATE_FILE), b"x").unwrap();
+        let Loaded::Untrusted { kept_aside, .. } = j.load() else {
+            panic!("garbage was trusted");
+        };
+        let second = kept_aside.unwrap();
+        assert_ne!(second, aside);
+        assert_eq!(std::fs::read(&aside).unwrap(), b"{\"r\": {\"finger");
+        assert_eq!(std::fs::read(&second).unwrap(), b"x");
+        // A directory where the file should be cannot be read: untrusted too.
+        std::fs::create_dir(dir.join(STATE_FILE)).unwrap();
+        assert!(matches!(j.load(), Loaded::Untrusted { .. }));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

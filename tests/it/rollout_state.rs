@@ -7,6 +7,7 @@ use serde_json::Value;
 use crate::rollout::{
     all_to_stable, backends, config, post, rollout, state, wait_rollout, weights,
 };
+use crate::support::bin::{Process, give_to_nobody};
 use crate::support::proxy::TempDir;
 use crate::support::*;
 
@@ -127,4 +128,116 @@ async fn a_held_rollout_stays_held_across_restarts_until_aborted() {
         Some(-1.0)
     );
     second.shutdown().await;
+}
+
+fn chmod(path: &std::path::Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+async fn json(url: String) -> Value {
+    serde_json::from_slice(&get(&client(), &url).await.body).unwrap()
+}
+
+/// (`persistent` of `GET /rollouts/r`, `state_dir` of `/status`, the metric) of a process.
+async fn persistence(p: &Process) -> (Value, Value, Option<f64>) {
+    let r = json(format!("http://{}/rollouts/r", p.admin)).await;
+    let s = json(format!("http://{}/status", p.admin)).await;
+    let m = get(&client(), &format!("http://{}/metrics", p.admin)).await;
+    let m = String::from_utf8(m.body.to_vec()).unwrap();
+    (
+        r["persistent"].clone(),
+        s["state_dir"].clone(),
+        crate::support::proxy::sample(&m, "switchyard_rollout_state_persistent"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_dir_that_cannot_be_written_says_so_and_its_old_state_is_not_trusted() {
+    let (stable, canary) = backends().await;
+    let state_dir = TempDir::new();
+    let conf_dir = TempDir::new();
+    let extra = format!("state_dir: \"{}\"\n", state_dir.0.display());
+    let yaml = config(&stable, &canary, SPEC, &extra);
+    let path = conf_dir.0.join("switchyard.yaml");
+    std::fs::write(&path, &yaml).unwrap();
+    let first = Proxy::start(&yaml).await;
+    wait_rollout(&first, "started", |v| v["state"] == "progressing").await;
+    post(&first, "/rollouts/r/promote").await;
+    post(&first, "/rollouts/r/promote").await;
+    assert!(first.shutdown().await);
+    let file = state_dir.0.join("rollouts.state.json");
+    let saved = std::fs::read(&file).unwrap();
+    chmod(&file, 0o444);
+    chmod(&state_dir.0, 0o555);
+
+    let p = Process::run_unprivileged(&path, &["--no-watch"]);
+    let v = json(format!("http://{}/rollouts/r", p.admin)).await;
+    // What the file says (step 2) may be older than the last transitions: held at stable.
+    assert_eq!(state(&v), ("held", None), "{v:#}");
+    assert_eq!(weights(&v), [100, 0]);
+    let (persistent, dir, metric) = persistence(&p).await;
+    assert_eq!(persistent, false);
+    assert_eq!(dir["persistent"], false, "{dir:#}");
+    assert_eq!(dir["path"], state_dir.0.display().to_string());
+    assert!(
+        dir["reason"].as_str().unwrap_or("").contains("cannot"),
+        "{dir:#}"
+    );
+    assert_eq!(metric, Some(0.0));
+    let r = get(&client(), &format!("http://{}/", p.proxy)).await;
+    assert_eq!(r.backend(), "stable");
+    assert_eq!(std::fs::read(&file).unwrap(), saved, "left as it was");
+    drop(p);
+    chmod(&state_dir.0, 0o755);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_dir_that_stops_being_writable_says_so_until_it_is_again() {
+    let (stable, canary) = backends().await;
+    let state_dir = TempDir::new();
+    let conf_dir = TempDir::new();
+    give_to_nobody(&state_dir.0);
+    let extra = format!("state_dir: \"{}\"\n", state_dir.0.display());
+    let path = conf_dir.0.join("switchyard.yaml");
+    std::fs::write(&path, config(&stable, &canary, SPEC, &extra)).unwrap();
+    let p = Process::run_unprivileged(&path, &["--no-watch"]);
+    let admin = |path: &str| format!("http://{}{path}", p.admin);
+    let (persistent, dir, metric) = persistence(&p).await;
+    assert_eq!(
+        (persistent, &dir["persistent"], metric),
+        (Value::Bool(true), &Value::Bool(true), Some(1.0)),
+        "{dir:#}"
+    );
+
+    chmod(&state_dir.0, 0o555);
+    let c = client();
+    let pause = http::Request::post(admin("/rollouts/r/pause"))
+        .body(http_body_util::Full::default())
+        .unwrap();
+    assert_eq!(send(&c, pause).await.status, 200);
+    let (persistent, dir, metric) = persistence(&p).await;
+    assert_eq!(persistent, false, "{dir:#}");
+    assert_eq!(dir["persistent"], false);
+    assert_eq!(metric, Some(0.0));
+    p.wait_log("cannot write the rollout state file");
+
+    chmod(&state_dir.0, 0o755);
+    let resume = http::Request::post(admin("/rollouts/r/resume"))
+        .body(http_body_util::Full::default())
+        .unwrap();
+    assert_eq!(send(&c, resume).await.status, 200);
+    let (persistent, dir, metric) = persistence(&p).await;
+    assert_eq!(
+        (persistent, &dir["persistent"], metric),
+        (Value::Bool(true), &Value::Bool(true), Some(1.0)),
+        "{dir:#}"
+    );
+    let saved: Value =
+        serde_json::from_slice(&std::fs::read(state_dir.0.join("rollouts.state.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        saved["r"]["state"]["state"], "progressing",
+        "saved again: {saved:#}"
+    );
 }
