@@ -68,7 +68,8 @@ pub async fn start(opts: Options) -> Result<Running, ConfigErrors> {
     let shared = Arc::clone(reloader.shared());
     let tracker = Tracker::default();
     // Rollouts resumed from the state file set their weights before the first request.
-    let (controller, rollouts) = Controller::new(&config, Arc::clone(&shared), reload.clone());
+    let (controller, rollouts) = Controller::new(&config, Arc::clone(&shared), reload.clone())
+        .map_err(|e| ConfigErrors(vec![ConfigError::new("state_dir", e.to_string())]))?;
     for (route, weights) in controller.initial_weights(&config) {
         reloader.set_weights(route, Some(weights));
     }

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use super::engine::{Counts, Latency, Rollout, Sample};
 use super::handle::{Request, RolloutHandle, view};
-use super::journal::{Entry, Journal, Loaded, Saved};
+use super::journal::{Entry, InUse, Journal, Loaded, Saved};
 use super::machine::State;
 use crate::config::Config;
 use crate::config::model::Route;
@@ -57,13 +57,14 @@ fn split_of(route: &Route) -> Vec<(&str, u32)> {
 }
 
 impl Controller {
-    /// Picks up the rollouts of `config`, resuming saved ones of the same spec.
+    /// Picks up the rollouts of `config`, resuming saved ones of the same spec. Fails only when
+    /// another process holds `state_dir`.
     pub fn new(
         config: &Config,
         shared: Arc<Shared>,
         reload: ReloadHandle,
-    ) -> (Self, RolloutHandle) {
-        let journal = Journal::open(config.state_dir.as_deref());
+    ) -> Result<(Self, RolloutHandle), InUse> {
+        let journal = Journal::open(config.state_dir.as_deref())?;
         if !journal.has_dir() && config.routes.iter().any(|r| r.rollout.is_some()) {
             tracing::warn!(
                 "no state_dir: rollouts are kept in memory only and start over after a restart"
@@ -90,14 +91,14 @@ impl Controller {
         }
         c.publish_views(Instant::now());
         let persistence = c.journal.persistence();
-        (
+        Ok((
             c,
             RolloutHandle {
                 tx,
                 views,
                 persistence,
             },
-        )
+        ))
     }
 
     /// The weights every rolled-out route should start with.
@@ -164,6 +165,7 @@ impl Controller {
                     reason: reason.to_owned(),
                     weights: r.weights(&split_of(route)),
                     generation,
+                    writer: self.journal.writer().to_owned(),
                 };
                 self.journal.append(&entry);
                 r.record(entry);
@@ -392,6 +394,7 @@ fn record(
         reason: change.reason,
         weights,
         generation,
+        writer: journal.writer().to_owned(),
     };
     journal.append(&entry);
     r.record(entry);

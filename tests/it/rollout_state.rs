@@ -241,3 +241,54 @@ async fn a_state_dir_that_stops_being_writable_says_so_until_it_is_again() {
         "saved again: {saved:#}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_on_a_state_dir_says_who_holds_it_and_exits_1() {
+    let (stable, canary) = backends().await;
+    let state_dir = TempDir::new();
+    let conf_dir = TempDir::new();
+    let extra = format!("state_dir: \"{}\"\n", state_dir.0.display());
+    let yaml = config(&stable, &canary, SPEC, &extra);
+    let first = Proxy::start(&yaml).await;
+    wait_rollout(&first, "started", |v| v["state"] == "progressing").await;
+
+    let path = conf_dir.0.join("second.yaml");
+    std::fs::write(&path, &yaml).unwrap();
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args(["run", "--no-watch", "-c"])
+            .kill_on_drop(true)
+            .arg(&path)
+            .output(),
+    )
+    .await
+    .expect("the second switchyard kept running")
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("state_dir")
+            && stderr.contains("in use by another switchyard")
+            && stderr.contains(&format!("pid {}", std::process::id())),
+        "{stderr}"
+    );
+
+    // The first one is unharmed and still saves; every journal line says who wrote it.
+    let (code, _) = post(&first, "/rollouts/r/promote").await;
+    assert_eq!(code, 200);
+    first.shutdown().await;
+    let lines = journal(&state_dir.0);
+    assert_eq!(lines.len(), 2);
+    for l in &lines {
+        let writer = l["writer"].as_str().unwrap_or("");
+        assert!(writer.ends_with(&format!("/{}", std::process::id())), "{l}");
+    }
+    // Once the first has stopped, the state_dir is free again.
+    let again = Proxy::start(&yaml).await;
+    assert_eq!(
+        state(&rollout(&again, "r").await.1),
+        ("progressing", Some(1))
+    );
+    again.shutdown().await;
+}
