@@ -30,6 +30,8 @@
 //! - [`stats`]: lock-free counters kept across reloads; Prometheus text exposition.
 //! - [`rollout`]: canary and blue-green rollouts: a pure policy, a state machine, a controller
 //!   that sends weights to the reloader, and a journal.
+//! - [`fleet`]: with `cluster:`, the replicas of a fleet act as one through etcd: one rollout
+//!   state, a leader that decides on everyone's numbers, aborts and commands from anywhere.
 //! - [`admin`]: the admin HTTP API and its client for the CLI.
 //! - [`body`]: the streaming request and response bodies; [`error`]: one error type, one map
 //!   to status codes; [`shared`]: what every task reads; [`shard`]: which worker thread this
@@ -43,6 +45,7 @@ pub mod body;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod fleet;
 pub mod http;
 pub mod reload;
 pub mod rollout;

@@ -81,6 +81,9 @@ pub fn render(ctx: &AdminCtx) -> String {
         &[],
         u8::from(ctx.rollouts.persistence().is_persistent()),
     );
+    if let Some(fleet) = &ctx.fleet {
+        fleet.metrics(&mut e);
+    }
 
     e.family(
         "switchyard_request_duration_seconds",

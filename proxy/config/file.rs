@@ -26,6 +26,7 @@ pub struct FileConfig {
     /// In declaration order: `upstreams` is a mapping, and its order is the user's.
     pub upstreams: Vec<(String, Upstream)>,
     pub routes: Vec<Route>,
+    pub cluster: Option<super::cluster::ClusterFile>,
     /// Pieces that did not parse, by path (`upstreams.blue`), and sections with such a piece
     /// (`routes`): validation skips what would only repeat their errors.
     pub broken: HashSet<String>,
@@ -117,6 +118,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "drain_timeout",
     "upstreams",
     "routes",
+    "cluster",
 ];
 
 /// Parses the document, collecting the first error of every piece. Fails outright only when
@@ -154,6 +156,7 @@ pub fn parse(text: &str) -> Result<Parsed, Vec<ConfigError>> {
             "admin" => out.admin = piece(value, "admin", &mut errors),
             "state_dir" => out.state_dir = piece(value, "state_dir", &mut errors),
             "drain_timeout" => out.drain_timeout = piece(value, "drain_timeout", &mut errors),
+            "cluster" => out.cluster = piece(value, "cluster", &mut errors),
             other => errors.push(ConfigError::new(
                 other,
                 format!(

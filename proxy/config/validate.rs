@@ -83,6 +83,11 @@ pub fn validate(f: file::FileConfig) -> Result<Config, Vec<ConfigError>> {
         errs.push("routes", "no routes: add at least one route with a `split`");
     }
 
+    let cluster = f
+        .cluster
+        .as_ref()
+        .and_then(|c| super::cluster::cluster(c, &mut errs));
+
     let drain_timeout = f
         .drain_timeout
         .map(|d| d.0)
@@ -96,6 +101,7 @@ pub fn validate(f: file::FileConfig) -> Result<Config, Vec<ConfigError>> {
             drain_timeout,
             upstreams,
             routes,
+            cluster,
         }),
         _ => Err(errs.0),
     }

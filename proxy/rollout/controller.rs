@@ -8,12 +8,12 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::engine::{Counts, Latency, Rollout, Sample};
-use super::handle::{Request, RolloutHandle, view};
+use super::handle::{Request, RolloutHandle, view, weights_json};
 use super::journal::{Entry, InUse, Journal, Loaded, Saved};
 use super::machine::State;
 use crate::config::Config;
@@ -42,13 +42,13 @@ pub struct Controller {
     generation: u64,
 }
 
-fn unix_ms() -> u64 {
+pub(crate) fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-fn split_of(route: &Route) -> Vec<(&str, u32)> {
+pub(crate) fn split_of(route: &Route) -> Vec<(&str, u32)> {
     route
         .split
         .iter()
@@ -99,6 +99,11 @@ impl Controller {
                 persistence,
             },
         ))
+    }
+
+    /// Renders `GET /rollouts` again (after the first snapshot took the initial weights).
+    pub fn refresh_views(&self) {
+        self.publish_views(Instant::now());
     }
 
     /// The weights every rolled-out route should start with.
@@ -237,25 +242,8 @@ impl Controller {
             let Some((canary, stable)) = arms(rt, &r.spec.canary, &r.spec.stable) else {
                 continue;
             };
-            let sample = Sample {
-                canary: counts(&canary.stats),
-                stable: counts(&stable.stats),
-                breaker_opens: canary
-                    .pool
-                    .backends
-                    .iter()
-                    .map(|b| b.state.stats.breaker_opens.load(Relaxed))
-                    .sum(),
-                shadow: rt.shadow_stats.read(),
-            };
-            let latency = || -> Latency {
-                let now = Instant::now();
-                (
-                    canary.stats.latency.snapshot(now),
-                    stable.stats.latency.snapshot(now),
-                )
-            };
-            if let Some(change) = r.observe(now, unix_ms(), sample, latency) {
+            let sample = sample(rt, canary, stable);
+            if let Some(change) = r.observe(now, unix_ms(), sample, || latency(canary, stable)) {
                 record(&self.journal, r, &rt.spec, change, self.generation);
                 changed = true;
             }
@@ -324,16 +312,7 @@ impl Controller {
             .rollouts
             .values()
             .map(|r| {
-                let weights: Vec<Value> = snap
-                    .route(&r.route)
-                    .map(|rt| {
-                        rt.targets
-                            .iter()
-                            .zip(rt.split.weights())
-                            .map(|(t, w)| json!({ "upstream": &*t.pool.spec.name, "weight": w }))
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                let weights = weights_json(snap.route(&r.route));
                 (
                     r.route.to_string(),
                     view(r, weights, now, self.journal.is_persistent()),
@@ -348,7 +327,7 @@ impl Controller {
 
 /// The saved rollouts that can be trusted, or why none can: a state file that cannot be read,
 /// or one in a `state_dir` that cannot be written (it may miss the latest transitions).
-fn trusted_state(journal: &Journal) -> (BTreeMap<String, Saved>, Option<String>) {
+pub(crate) fn trusted_state(journal: &Journal) -> (BTreeMap<String, Saved>, Option<String>) {
     const HELD: &str =
         "stable takes all the traffic until an operator resumes (from step 0) or aborts";
     match journal.load() {
@@ -400,7 +379,12 @@ fn record(
     r.record(entry);
 }
 
-fn arms<'a>(rt: &'a RouteRuntime, canary: &str, stable: &str) -> Option<(&'a Target, &'a Target)> {
+/// A rollout's (canary, stable) targets in the route's snapshot.
+pub(crate) fn arms<'a>(
+    rt: &'a RouteRuntime,
+    canary: &str,
+    stable: &str,
+) -> Option<(&'a Target, &'a Target)> {
     let find = |name: &str| rt.targets.iter().find(|t| &*t.pool.spec.name == name);
     Some((find(canary)?, find(stable)?))
 }
@@ -410,6 +394,30 @@ fn counts(t: &TargetStats) -> Counts {
         requests: t.requests(),
         failures: t.failures(),
     }
+}
+
+/// The cumulative readings of a rollout's two arms (latency aside: see [`latency`]).
+pub(crate) fn sample(rt: &RouteRuntime, canary: &Target, stable: &Target) -> Sample {
+    Sample {
+        canary: counts(&canary.stats),
+        stable: counts(&stable.stats),
+        breaker_opens: canary
+            .pool
+            .backends
+            .iter()
+            .map(|b| b.state.stats.breaker_opens.load(Relaxed))
+            .sum(),
+        shadow: rt.shadow_stats.read(),
+    }
+}
+
+/// The cumulative latency histograms of (canary, stable): costlier, read only when needed.
+pub(crate) fn latency(canary: &Target, stable: &Target) -> Latency {
+    let now = Instant::now();
+    (
+        canary.stats.latency.snapshot(now),
+        stable.stats.latency.snapshot(now),
+    )
 }
 
 #[cfg(test)]

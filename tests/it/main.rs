@@ -7,6 +7,7 @@ mod admin;
 mod admin_auth;
 mod cli;
 mod edge_traffic;
+mod fleet;
 mod forward;
 mod lifecycle;
 mod limits;

@@ -13,6 +13,8 @@ pub struct Process {
     pub admin: SocketAddr,
     /// Every log line after start-up.
     pub lines: mpsc::Receiver<String>,
+    /// The log lines up to start-up.
+    pub startup: Vec<String>,
 }
 
 /// uid and gid of `nobody`.
@@ -85,6 +87,7 @@ impl Process {
             proxy: unset,
             admin: unset,
             lines: rx,
+            startup: Vec::new(),
         };
         while p.proxy == unset || p.admin == unset {
             let line = p
@@ -97,6 +100,7 @@ impl Process {
             if line.contains("switchyard started") {
                 p.admin = addr_after(&line, "admin=").unwrap_or(unset);
             }
+            p.startup.push(line);
         }
         p
     }
