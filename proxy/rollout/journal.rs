@@ -153,7 +153,7 @@ pub fn this_process() -> String {
 /// Another process holds the `state_dir`'s lock.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "{dir} is in use by another switchyard ({holder}, per its {LOCK_FILE}); give each switchyard its own state_dir"
+    "{dir} is in use by another switchyard ({holder}, per its {LOCK_FILE}); give each switchyard its own state_dir (replicas of a fleet share rollouts through `cluster:` instead)"
 )]
 pub struct InUse {
     pub dir: String,
