@@ -352,25 +352,8 @@ impl FleetController {
                 node: &self.cluster.node,
                 now_ms: unix_ms(),
             };
-            let mut st = next::started(
-                spec,
-                saved.state,
-                canary_weight(&r.name, spec, saved.state),
-                saved.history.clone(),
-                saved.history.last().cloned().unwrap_or_else(|| Entry {
-                    time_ms: by.now_ms,
-                    route: r.name.to_string(),
-                    from: State::Pending,
-                    to: saved.state,
-                    reason: "saved in state_dir".into(),
-                    weights: Vec::new(),
-                    generation: 0,
-                    writer: self.writer.clone(),
-                }),
-                0,
-                by,
-            );
-            st.history.pop();
+            let cw = canary_weight(&r.name, spec, saved.state);
+            let st = next::started(spec, saved.state, cw, saved.history.clone(), None, 0, by);
             // Revision 0: any state read from etcd later replaces it.
             r.fleet = Some((st, 0));
         }
@@ -869,10 +852,9 @@ impl FleetController {
                     .and_then(|x| x.fingerprint.as_deref())
             });
         let agreed = decide::agreed(std::iter::once(r.local_fp.as_deref()).chain(others));
-        let plan = decide::plan(
-            r.fleet.as_ref().map(|(s, _)| s.fingerprint.as_str()),
-            agreed,
-        );
+        // A state seeded from state_dir at start (revision 0) is not in etcd yet: start it there.
+        let in_etcd = r.fleet.as_ref().filter(|(_, rev)| *rev != 0);
+        let plan = decide::plan(in_etcd.map(|(s, _)| s.fingerprint.as_str()), agreed);
         let holding = (plan == Plan::Hold).then(|| {
             let differ: Vec<String> = self
                 .nodes
@@ -973,6 +955,7 @@ impl FleetController {
             (&spec.stable, &spec.canary),
             cw,
         );
+        let entry = Some(entry);
         let prev_epoch = prev.as_ref().map_or(0, |(p, _)| p.epoch);
         let next = next::started(&spec, state, cw, history, entry, prev_epoch, by);
         let rev = prev.as_ref().map_or(0, |(_, rev)| *rev);

@@ -58,18 +58,21 @@ pub(crate) fn after(
 
 /// A rollout of `spec` in `state` (canary at `canary_weight`) that the fleet did not have:
 /// `history` is what is known of it (a saved copy's, or a replaced rollout's), `entry` says
-/// why it starts. `prev_epoch` is the epoch of the state it replaces (0: none).
+/// why it starts (none for a copy taken as it is). `prev_epoch` is the epoch of the state it
+/// replaces (0: none).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn started(
     spec: &RolloutSpec,
     state: State,
     canary_weight: u32,
     mut history: Vec<Entry>,
-    entry: Entry,
+    entry: Option<Entry>,
     prev_epoch: u64,
     by: Author<'_>,
 ) -> FleetState {
-    push(&mut history, entry, KEEP_HISTORY);
+    if let Some(entry) = entry {
+        push(&mut history, entry, KEEP_HISTORY);
+    }
     FleetState {
         fingerprint: spec.fingerprint(),
         spec: serde_json::to_value(spec).unwrap_or(Value::Null),

@@ -429,3 +429,6 @@ fn message(value: &Value, status: StatusCode) -> String {
         .or_else(|| value["error"].as_str())
         .map_or_else(|| format!("HTTP {status}"), str::to_owned)
 }
+
+#[cfg(test)]
+mod tests;
