@@ -80,7 +80,7 @@ chmod -R a+r "$D/state"; chmod 555 "$D/state"
 start "$D/c.yaml" "$D/2.log" nobody; wait_up 19390
 echo "2. read-only state_dir holding a rollout at step 2, restart: $(state_of 19390)"
 curl -s -X POST http://127.0.0.1:19390/rollouts/app/abort >/dev/null
-echo "   after abort: $(state_of 19390); metric: $(curl -s http://127.0.0.1:19390/metrics | grep -E '^switchyard_rollout_state_persistent' | tr '\n' ' ')"
+echo "   after abort: $(state_of 19390); metric: $(curl -s http://127.0.0.1:19390/metrics | grep -E '^switchyard_state_dir_persistent' | tr '\n' ' ')"
 echo "   /status: $(curl -s http://127.0.0.1:19390/status | python3 -c 'import json,sys; print(json.load(sys.stdin).get("state_dir"))')"
 kill "$P"; wait "$P" 2>/dev/null
 start "$D/c.yaml" "$D/3.log" nobody; wait_up 19390

@@ -4,6 +4,7 @@
 //! every error found, each with the YAML path where it was found and how to fix it.
 
 pub mod cluster;
+pub mod discover;
 pub mod duration;
 pub mod file;
 pub mod limits;

@@ -31,7 +31,7 @@ pub(crate) mod sum;
 pub(crate) mod view;
 
 pub use controller::FleetController;
-pub use status::FleetHandle;
+pub use status::{FleetHandle, FleetNumbers};
 
 pub(crate) use crate::rollout::controller::unix_ms;
 

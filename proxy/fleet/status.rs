@@ -1,6 +1,6 @@
 //! What the admin API shows of the fleet: [`Status`], written by the session and the controller
-//! and read by `/status` and `/metrics`; [`FleetHandle`] adds, for `/status`, every replica's
-//! report read from etcd when asked (followers do not watch them).
+//! and read by `/status` and `/metrics` ([`FleetNumbers`]); [`FleetHandle`] adds, for
+//! `/status`, every replica's report read from etcd when asked (followers do not watch them).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -12,7 +12,6 @@ use serde_json::{Value, json};
 use super::Keys;
 use super::etcd::Etcd;
 use super::state::NodeReport;
-use crate::stats::prometheus::Exposition;
 
 /// One route as this replica sees it in the fleet.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -98,6 +97,22 @@ impl Status {
     pub(crate) fn set_routes(&self, routes: BTreeMap<String, RouteStatus>) {
         self.with(|i| i.routes = routes);
     }
+}
+
+/// The fleet's numbers for `/metrics` (`switchyard_fleet_*`).
+#[derive(Debug, Clone, Default)]
+pub struct FleetNumbers {
+    pub leading: bool,
+    pub nodes: usize,
+    pub etcd_up: bool,
+    pub publishes_ok: u64,
+    pub publishes_failed: u64,
+    /// Writes by (kind, result).
+    pub writes: Vec<((&'static str, &'static str), u64)>,
+    /// etcd calls by (call, result).
+    pub etcd_calls: Vec<((&'static str, &'static str), u64)>,
+    /// Whether this replica's spec differs from the fleet's, by route.
+    pub spec_mismatch: Vec<(String, bool)>,
 }
 
 /// What the admin API holds of the fleet; cheap to clone.
@@ -197,90 +212,33 @@ impl FleetHandle {
         out
     }
 
-    /// The fleet's metric families.
-    pub fn metrics(&self, e: &mut Exposition) {
-        let (leading, nodes, up, routes) = self.status.with(|i| {
+    /// What `/metrics` shows of the fleet.
+    pub fn numbers(&self) -> FleetNumbers {
+        let (leading, nodes, etcd_up, spec_mismatch) = self.status.with(|i| {
             (
                 i.leading,
                 i.nodes,
                 i.connected_once && i.down.is_none(),
-                i.routes.clone(),
+                i.routes
+                    .iter()
+                    .map(|(route, r)| (route.clone(), r.mismatch()))
+                    .collect(),
             )
         });
-        e.family(
-            "switchyard_fleet_leader",
-            "gauge",
-            "1 while this replica leads its fleet (only the leader advances rollouts).",
-        );
-        e.sample("switchyard_fleet_leader", &[], u8::from(leading));
-        e.family(
-            "switchyard_fleet_nodes",
-            "gauge",
-            "Replicas of the fleet with a live lease, as this replica last saw them.",
-        );
-        e.sample("switchyard_fleet_nodes", &[], nodes as f64);
-        e.family(
-            "switchyard_fleet_etcd_up",
-            "gauge",
-            "1 while etcd answers this replica.",
-        );
-        e.sample("switchyard_fleet_etcd_up", &[], u8::from(up));
-        e.family(
-            "switchyard_fleet_publishes_total",
-            "counter",
-            "This replica's reports written to etcd, by result.",
-        );
-        for (result, n) in [
-            ("ok", &self.status.publishes_ok),
-            ("failed", &self.status.publishes_failed),
-        ] {
-            e.sample(
-                "switchyard_fleet_publishes_total",
-                &[("result", result)],
-                n.load(Relaxed) as f64,
-            );
-        }
-        e.family(
-            "switchyard_fleet_writes_total",
-            "counter",
-            "Rollout writes to etcd by kind (decision, command, abort, start) and result (written, refused: a condition no longer held, failed: no answer).",
-        );
-        let writes = self
-            .status
-            .writes
-            .lock()
-            .map(|w| w.clone())
-            .unwrap_or_default();
-        for ((kind, result), n) in writes {
-            e.sample(
-                "switchyard_fleet_writes_total",
-                &[("kind", kind), ("result", result)],
-                n as f64,
-            );
-        }
-        e.family(
-            "switchyard_fleet_etcd_requests_total",
-            "counter",
-            "Calls to etcd by call and result (ok, error: etcd said no, unreachable).",
-        );
-        for ((call, result), n) in self.etcd.calls.snapshot() {
-            e.sample(
-                "switchyard_fleet_etcd_requests_total",
-                &[("call", call), ("result", result)],
-                n as f64,
-            );
-        }
-        e.family(
-            "switchyard_fleet_spec_mismatch",
-            "gauge",
-            "1 while this replica's rollout spec for a route differs from the fleet's (it follows the fleet's weights and does not judge).",
-        );
-        for (route, r) in &routes {
-            e.sample(
-                "switchyard_fleet_spec_mismatch",
-                &[("route", route)],
-                u8::from(r.mismatch()),
-            );
+        FleetNumbers {
+            leading,
+            nodes,
+            etcd_up,
+            publishes_ok: self.status.publishes_ok.load(Relaxed),
+            publishes_failed: self.status.publishes_failed.load(Relaxed),
+            writes: self
+                .status
+                .writes
+                .lock()
+                .map(|w| w.iter().map(|(k, v)| (*k, *v)).collect())
+                .unwrap_or_default(),
+            etcd_calls: self.etcd.calls.snapshot(),
+            spec_mismatch,
         }
     }
 }

@@ -50,7 +50,7 @@ impl RolloutHandle {
             .collect()
     }
 
-    /// Whether transitions reach `state_dir` (`/status`, `switchyard_rollout_state_persistent`).
+    /// Whether transitions reach `state_dir` (`/status`, `switchyard_state_dir_persistent`).
     pub fn persistence(&self) -> &Persistence {
         &self.persistence
     }

@@ -103,7 +103,7 @@ fn keep_aside(path: &Path) -> std::io::Result<PathBuf> {
 }
 
 /// Whether rollout transitions reach `state_dir`, and why not: `GET /rollouts`, `/status` and
-/// `switchyard_rollout_state_persistent` read it.
+/// `switchyard_state_dir_persistent` read it.
 #[derive(Debug, Default)]
 pub struct Persistence {
     path: Option<PathBuf>,
@@ -248,7 +248,7 @@ impl Journal {
         let writable = created
             .and_then(|()| probe(dir).map_err(|e| format!("cannot write in state_dir: {e}")));
         if let Err(why) = &writable {
-            tracing::error!(dir = %dir.display(), "{why}; rollout transitions are not saved (switchyard_rollout_state_persistent is 0) and a restart does not trust what is there");
+            tracing::error!(dir = %dir.display(), "{why}; rollout transitions are not saved (switchyard_state_dir_persistent is 0) and a restart does not trust what is there");
         }
         status.note(writable);
         Ok(journal(dir.is_dir().then_some(dir), lock))

@@ -334,7 +334,7 @@ async fn a_stale_leader_cannot_write_once_resumed() {
     // Only the leader (n0) gets traffic: its own counts make the step due, the others' do not.
     let f = Fleet::start(
         3,
-        &spec("steps: [20, 100], step_interval: 6s, gates: { min_requests: 40, max_p99_ms: 5000, abort_min_requests: 1000 }"),
+        &spec("steps: [50, 100], step_interval: 8s, gates: { min_requests: 40, max_p99_ms: 5000, abort_min_requests: 1000 }"),
     )
     .await;
     f.wait_all("started", |v| v["state"] == "progressing").await;
@@ -342,16 +342,20 @@ async fn a_stale_leader_cannot_write_once_resumed() {
     let started_ms = v["fleet"]["updated_ms"].as_u64().unwrap();
     let epoch = v["fleet"]["epoch"].clone();
     assert_eq!(f.leader().await, 0);
-    f.send_n(0, 300, None).await;
+    f.send_n(0, 100, None).await;
     // The leader has its own report back through etcd before it stops.
     f.wait(0, "counted", |v| {
         v["fleet"]["counted"]["canary"]["requests"].as_u64() >= Some(40)
     })
     .await;
+    assert!(
+        now_ms() < started_ms + 6_000,
+        "too slow to stop the leader before its step is due"
+    );
     f.p(0).signal("STOP");
     let new = f.leader_among(&[1, 2]).await;
     // Resume once the step is due by the wall clock: the stale leader's engine now promotes.
-    while now_ms() < started_ms + 6_500 {
+    while now_ms() < started_ms + 8_500 {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     f.p(0).signal("CONT");

@@ -148,7 +148,7 @@ async fn persistence(p: &Process) -> (Value, Value, Option<f64>) {
     (
         r["persistent"].clone(),
         s["state_dir"].clone(),
-        crate::support::proxy::sample(&m, "switchyard_rollout_state_persistent"),
+        crate::support::proxy::sample(&m, "switchyard_state_dir_persistent"),
     )
 }
 
