@@ -6,9 +6,10 @@
       first wall-clock time each replica showed the canary at weight 0.
   fleet_blast.py blast-report FIRST_FAILURE WATCH_OUT LOAD_OUT...
       Time from the canary's first failure until every replica had it at 0; failed requests.
-  fleet_blast.py failover ADMIN... 
-      Finds the leader, SIGKILLs it (its pid from /status), and reports the time until another
-      replica leads and until the rollout's next step decision (from its history).
+  fleet_blast.py failover STEP AFTER_MS ADMIN...
+      Once the rollout has been AFTER_MS ms at step STEP, finds the leader, SIGKILLs it (its pid
+      from /status), and reports the time until another replica leads and until the rollout's
+      next step decision (from its history).
   fleet_blast.py publishers ETCD FLEET N SECONDS CANARY_RATE FAIL_AFTER OUT
       N light publishers of the keys a replica writes (a lease each, kept alive; a report every
       250 ms with counters growing at CANARY_RATE canary requests/s, all failing from
@@ -87,7 +88,21 @@ def blast_report(first_failure_file, watch_out, *loads):
     return 0
 
 
-def failover(*admins):
+def failover(at_step, after_ms, *admins):
+    # Far enough into the step that its decision is due soon after the kill.
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            v = get_json(admins[0], "/rollouts/app", 1)
+        except Exception:
+            time.sleep(0.02)
+            continue
+        if v["step"] == int(at_step) and v["step_elapsed_ms"] >= int(after_ms):
+            break
+        if v["step"] is not None and v["step"] > int(at_step):
+            print(f"the rollout went past step {at_step} before the kill")
+            return 1
+        time.sleep(0.02)
     status = {a: get_json(a, "/status") for a in admins}
     leader = [a for a, s in status.items() if s["fleet"]["leading"]]
     if not leader:
