@@ -310,11 +310,16 @@ fn process_wide(e: &mut Exposition, shared: &Shared, snap: &Snapshot, connection
 
 /// Every listener that has run since start (kept for the life of the process).
 fn limits(e: &mut Exposition, stats: &LimitStats) {
+    let all = stats.all();
     let mut s = e.family(&f::LIMIT_REJECTIONS);
-    for (listener, c) in stats.all() {
+    for (listener, c) in &all {
         for l in Limit::ALL {
-            s.sample(&[&listener, l.as_str()], c.get(l) as f64);
+            s.sample(&[listener, l.as_str()], c.get(l) as f64);
         }
+    }
+    let mut s = e.family(&f::ACCEPT_ERRORS);
+    for (listener, c) in &all {
+        s.sample(&[listener], c.accept.errors() as f64);
     }
 }
 

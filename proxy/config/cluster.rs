@@ -11,8 +11,8 @@ use http::uri::Authority;
 use serde::Deserialize;
 
 use super::duration::DurationStr;
+use super::errors::Errors;
 use super::upstream_tls::{UpstreamTls, UpstreamTlsFile, upstream_tls};
-use super::validate::Errors;
 
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(5);
 pub const DEFAULT_PUBLISH_INTERVAL: Duration = Duration::from_millis(250);

@@ -6,6 +6,8 @@ mod support;
 mod admin;
 mod admin_auth;
 mod cli;
+mod config_files;
+mod control;
 mod discovery;
 mod edge_traffic;
 mod fleet;

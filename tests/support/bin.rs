@@ -42,13 +42,17 @@ fn addr_after(line: &str, key: &str) -> Option<SocketAddr> {
 impl Process {
     /// Runs `switchyard run -c CONFIG ARGS..` and waits for it to report its addresses.
     pub fn run(config: &Path, args: &[&str]) -> Process {
-        Self::start(Self::command(config, args))
+        Self::start(Self::command(
+            Command::new(env!("CARGO_BIN_EXE_switchyard")),
+            config,
+            args,
+        ))
     }
 
     /// As [`Process::run`], but as user `nobody` when the tests run as root, so that file
     /// permissions bind it (root's do not).
     pub fn run_unprivileged(config: &Path, args: &[&str]) -> Process {
-        let mut cmd = Self::command(config, args);
+        let mut cmd = Self::command(Command::new(env!("CARGO_BIN_EXE_switchyard")), config, args);
         if is_root() {
             use std::os::unix::process::CommandExt;
             cmd.uid(NOBODY).gid(NOBODY);
@@ -56,8 +60,16 @@ impl Process {
         Self::start(cmd)
     }
 
-    fn command(config: &Path, args: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchyard"));
+    /// [`Process::run`] with at most `nofile` file descriptors (`prlimit --nofile`).
+    pub fn run_with_fd_limit(config: &Path, args: &[&str], nofile: u32) -> Process {
+        let mut cmd = Command::new("prlimit");
+        cmd.arg(format!("--nofile={nofile}:{nofile}"))
+            .arg("--")
+            .arg(env!("CARGO_BIN_EXE_switchyard"));
+        Self::start(Self::command(cmd, config, args))
+    }
+
+    fn command(mut cmd: Command, config: &Path, args: &[&str]) -> Command {
         cmd.arg("run")
             .arg("-c")
             .arg(config)

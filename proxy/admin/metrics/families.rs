@@ -99,6 +99,8 @@ families! {
         "Open client connections and upgraded tunnels.";
     LIMIT_REJECTIONS = "switchyard_limit_rejections_total" Counter ["listener", "limit"]
         "Requests or connections turned away by a listener limit, by listener and limit.";
+    ACCEPT_ERRORS = "switchyard_accept_errors_total" Counter ["listener"]
+        "Failed accepts by listener (admin and ops included): out of file descriptors or buffers, or a client gone before it was accepted.";
     DRAINING = "switchyard_draining" Gauge []
         "1 while shutting down.";
     BUILD_INFO = "switchyard_build_info" Gauge ["version", "commit"]

@@ -2,23 +2,21 @@
 # How rollout state in state_dir behaves when it cannot be trusted (issue 11, items 3 and 4):
 #   1. after `abort`, the state file is truncated (then: garbage) and switchyard restarts:
 #      how many of 200 requests reach the aborted canary, and what the journal says;
-#   2. state_dir is read-only (as `nobody` when run as root): what /rollouts says;
+#   2. state_dir is read-only (as `nobody` when run as root): what /rollouts says, and what a
+#      restart after an abort resumes;
 #   3. a second switchyard on the same state_dir: does it start; with both driving
 #      transitions, failed state-file writes and invalid reads of the file (3,000 reads).
-#   load-tests/state-dir.sh            # debug build
-#   BUILD=release load-tests/state-dir.sh
+#   load-tests/fail-safe/state_dir.sh target/debug/switchyard
 # Loopback only, bounded; everything it starts is stopped on exit.
 set -uo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
+BIN=$(realpath "$1")
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 
-BUILD=${BUILD:-debug}
 W=$(mktemp -d /tmp/switchyard-statedir.XXXX)
 chmod 755 "$W"
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
-if [ "$BUILD" = release ]; then cargo build --release -q; BIN=target/release/switchyard
-else cargo build -q; BIN=target/debug/switchyard; fi
 
 python3 load-tests/rollout_blast.py backend stable 18391 & PIDS+=($!)
 python3 load-tests/rollout_blast.py backend canary 18392 & PIDS+=($!)
