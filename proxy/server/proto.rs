@@ -112,7 +112,9 @@ where
         first: [u8; 24],
         filled: usize,
     },
-    Http1(http1::UpgradeableConnection<Replay<I>, S>),
+    /// Boxed: a parked connection (most idle ones) then holds a pointer's size here, not
+    /// hyper's connection (over 600 bytes).
+    Http1(Box<http1::UpgradeableConnection<Replay<I>, S>>),
     /// HTTP/1.1 between requests, without hyper's state: waiting for the next request's bytes.
     Parked {
         io: Replay<I>,
@@ -163,7 +165,7 @@ where
     pub fn graceful_shutdown(mut self: Pin<&mut Self>) {
         match &mut self.state {
             State::Deciding { .. } | State::Parked { .. } => self.state = State::Stopped,
-            State::Http1(conn) => Pin::new(conn).graceful_shutdown(),
+            State::Http1(conn) => Pin::new(&mut **conn).graceful_shutdown(),
             State::Http2(conn) => conn.as_mut().graceful_shutdown(),
             State::Stopped => {}
         }
@@ -182,7 +184,7 @@ where
             park.timer.arm(Instant::now() + PARK_AFTER);
         }
         let conn = self.builder.http1.serve_connection(io, service);
-        self.state = State::Http1(conn.with_upgrades());
+        self.state = State::Http1(Box::new(conn.with_upgrades()));
     }
 
     /// Takes hyper's connection apart, keeping the socket and the service.
@@ -191,7 +193,7 @@ where
             return;
         };
         // `None` only after an upgrade, when the connection has already finished.
-        let Some(parts) = conn.into_parts() else {
+        let Some(parts) = (*conn).into_parts() else {
             return;
         };
         if !parts.read_buf.is_empty() {
@@ -247,7 +249,7 @@ where
                     }
                 }
                 State::Http1(conn) => {
-                    if let Poll::Ready(done) = Pin::new(conn).poll(cx) {
+                    if let Poll::Ready(done) = Pin::new(&mut **conn).poll(cx) {
                         return Poll::Ready(done.map_err(Into::into));
                     }
                     ready!(this.poll_park(cx));
