@@ -124,6 +124,9 @@ impl Exchange {
             }
         }
         self.log();
+        if let Some(line) = self.record.access.take() {
+            line.finish(&self.record, self.snap.as_deref());
+        }
     }
 
     /// The request's line in the debug log (`RUST_LOG=switchyard::request=debug`).

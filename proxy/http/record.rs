@@ -10,6 +10,7 @@ use std::time::Duration;
 use http::{Method, Version};
 use tokio::time::Instant;
 
+use super::access::Pending;
 use super::classify::Class;
 use crate::error::ErrorKind;
 use crate::routing::BackendRef;
@@ -62,6 +63,15 @@ impl Flags {
         (Flags::NO_ROUTE, "NR"),
         (Flags::LOCAL_RESOURCES, "LE"),
     ];
+
+    /// The short name of each bit, bit `i` first: `ALL`'s names in order (checked in a test).
+    pub(crate) const NAMES: [&'static str; 13] = [
+        "UF", "UT", "UH", "UR", "RL", "FI", "DI", "DC", "RT", "SH", "LR", "NR", "LE",
+    ];
+
+    pub(crate) fn bits(self) -> u16 {
+        self.0
+    }
 
     pub(crate) fn set(&mut self, f: Flags) {
         self.0 |= f.0;
@@ -170,6 +180,8 @@ pub(crate) struct Record {
     pub(crate) bytes_sent: u64,
     /// Time from arrival to the end of the response, once finished.
     pub(crate) duration: Duration,
+    /// The request's access log line, when its listener logs.
+    pub(crate) access: Option<Pending>,
 }
 
 impl Record {
@@ -189,6 +201,7 @@ impl Record {
             flags: Flags::default(),
             bytes_sent: 0,
             duration: Duration::ZERO,
+            access: None,
         }
     }
 
@@ -243,6 +256,10 @@ mod tests {
         assert_eq!(f.to_string(), "UF,RT");
         assert_eq!(Flags::default().to_string(), "-");
         assert!(f.has(Flags::RETRIED) && !f.has(Flags::SHADOWED));
+        for (i, (flag, name)) in Flags::ALL.iter().enumerate() {
+            assert_eq!(flag.0, 1 << i);
+            assert_eq!(Flags::NAMES[i], *name);
+        }
         let distinct: std::collections::HashSet<u16> =
             Flags::ALL.iter().map(|(f, _)| f.0).collect();
         assert_eq!(distinct.len(), Flags::ALL.len());
