@@ -9,19 +9,12 @@ use std::time::{Duration, SystemTime};
 use http::Request;
 use http::header::{self, HeaderValue};
 
-use super::record::{Flags, Record};
+use super::record::{Flags, Pending, Record};
+use crate::accesslog::Entry;
 use crate::accesslog::entry::FlagSet;
 use crate::accesslog::request_id::{self, X_REQUEST_ID};
-use crate::accesslog::{Entry, ListenerLog};
 use crate::routing::Snapshot;
 use crate::server::conn::ConnInfo;
-
-/// A line under way: the listener's log and the entry, filled as the request goes.
-#[derive(Debug)]
-pub(crate) struct Pending {
-    log: Arc<ListenerLog>,
-    entry: Box<Entry>,
-}
 
 /// Starts the line of a request on a listener that logs, and makes sure the request carries
 /// an `x-request-id` (a client's own when [`request_id::acceptable`], else a fresh one), which
@@ -67,32 +60,30 @@ pub(crate) fn begin<B>(conn: &ConnInfo, req: &mut Request<B>) -> Option<Pending>
     Some(Pending { log, entry })
 }
 
-impl Pending {
-    /// The id the response carries back to the client.
-    pub(crate) fn request_id(&self) -> &HeaderValue {
-        &self.entry.request_id
-    }
+/// The id the response carries back to the client.
+pub(crate) fn request_id(line: &Pending) -> &HeaderValue {
+    &line.entry.request_id
+}
 
-    /// Fills the line from the finished record and queues it (never waits).
-    pub(crate) fn finish(self, r: &Record, snap: Option<&Snapshot>) {
-        let Pending { log, mut entry } = self;
-        let route = snap.zip(r.route).map(|(s, i)| &s.routes[i]);
-        let target = route.zip(r.target).map(|(rt, t)| &rt.targets[t]);
-        let e = &mut *entry;
-        e.status = r.status;
-        e.route = route.map(|rt| Arc::clone(&rt.spec.name));
-        e.upstream = target.map(|t| Arc::clone(&t.upstream.spec.name));
-        e.backend = target
-            .zip(r.backend)
-            .and_then(|(t, b)| t.upstream.backends.get(b))
-            .map(|b| b.state.addr.authority.clone());
-        e.attempts = u32::try_from(r.attempts()).unwrap_or(u32::MAX);
-        e.duration = r.duration;
-        e.upstream_time = r.upstream_time();
-        e.bytes_sent = r.bytes_sent;
-        e.flags.bits = r.flags.bits();
-        log.sink.send(entry);
-    }
+/// Fills the line from the finished record and queues it (never waits).
+pub(crate) fn finish(line: Pending, r: &Record, snap: Option<&Snapshot>) {
+    let Pending { log, mut entry } = line;
+    let route = snap.zip(r.route).map(|(s, i)| &s.routes[i]);
+    let target = route.zip(r.target).map(|(rt, t)| &rt.targets[t]);
+    let e = &mut *entry;
+    e.status = r.status;
+    e.route = route.map(|rt| Arc::clone(&rt.spec.name));
+    e.upstream = target.map(|t| Arc::clone(&t.upstream.spec.name));
+    e.backend = target
+        .zip(r.backend)
+        .and_then(|(t, b)| t.upstream.backends.get(b))
+        .map(|b| b.state.addr.authority.clone());
+    e.attempts = u32::try_from(r.attempts()).unwrap_or(u32::MAX);
+    e.duration = r.duration;
+    e.upstream_time = r.upstream_time();
+    e.bytes_sent = r.bytes_sent;
+    e.flags.bits = r.flags.bits();
+    log.sink.send(entry);
 }
 
 /// The request body's length when the head says it: `Content-Length`, or 0 for an HTTP/1

@@ -11,6 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 
+use super::access;
 use super::classify::{self, Class};
 use super::record::{Flags, Record};
 use super::shadow::PrimaryTap;
@@ -125,7 +126,7 @@ impl Exchange {
         }
         self.log();
         if let Some(line) = self.record.access.take() {
-            line.finish(&self.record, self.snap.as_deref());
+            access::finish(line, &self.record, self.snap.as_deref());
         }
     }
 

@@ -54,7 +54,7 @@ async fn handle(
         return serve(shared, conn, req, record).await;
     };
     // The id goes back to the client, whoever answered.
-    let id = line.request_id().clone();
+    let id = access::request_id(&line).clone();
     record.access = Some(line);
     let mut resp = serve(shared, conn, req, record).await;
     resp.headers_mut().insert(X_REQUEST_ID.clone(), id);

@@ -5,13 +5,14 @@
 //! the request's server span are written from the finished record; each try record carries
 //! what a client span needs (which backend, when, how long, what came of it).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Method, Version};
 use tokio::time::Instant;
 
-use super::access::Pending;
 use super::classify::Class;
+use crate::accesslog::{Entry, ListenerLog};
 use crate::error::ErrorKind;
 use crate::routing::BackendRef;
 
@@ -150,6 +151,14 @@ pub(crate) struct TryRecord {
     pub(crate) status: Option<u16>,
     /// Sent again on a fresh connection after this one turned out closed.
     pub(crate) resent: bool,
+}
+
+/// A request's access log line under way (`access::begin` starts it, `access::finish` sends
+/// it): the listener's log and the entry, filled as the request goes.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    pub(crate) log: Arc<ListenerLog>,
+    pub(crate) entry: Box<Entry>,
 }
 
 /// One request, start to end.
