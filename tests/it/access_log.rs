@@ -488,3 +488,50 @@ async fn listeners_without_access_log_add_no_request_id() {
     assert!(!r.headers.contains_key("x-request-id"));
     assert!(!b.seen()[0].headers.contains_key("x-request-id"));
 }
+
+/// LE: out of file descriptors, switchyard cannot open a connection to the backend; it answers
+/// 503 itself, and the line says it was switchyard's own shortage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_descriptors_the_line_says_le() {
+    let b = TestBackend::start("b").await;
+    let dir = TempDir::new();
+    let log = dir.0.join("access.log");
+    let path = dir.0.join("switchyard.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "listeners: [{{ name: public, bind: \"127.0.0.1:0\", access_log: {{ path: {} }} }}]\n\
+             admin: {{ bind: \"127.0.0.1:0\" }}\n\
+             upstreams: {{ app: {{ backends: [\"{}\"] }} }}\n\
+             routes: [{{ name: r, split: [{{ upstream: app, weight: 1 }}] }}]\n",
+            log.display(),
+            b.addr
+        ),
+    )
+    .unwrap();
+    let sy = Process::run_with_fd_limit(&path, &["--workers", "1", "--no-watch"], 64);
+    // Connected first, so accepted while descriptors are left (the backlog is first in, first
+    // out); then more connections than descriptors, held open, until accepting fails.
+    let mut waiting = TcpStream::connect(sy.proxy).await.unwrap();
+    let mut held = Vec::new();
+    for _ in 0..100 {
+        held.push(TcpStream::connect(sy.proxy).await.unwrap());
+    }
+    sy.wait_log("accept failed");
+    // No backend connection is pooled yet: this request needs a socket there is none for.
+    waiting
+        .write_all(b"GET / HTTP/1.1\r\nhost: a\r\nx-request-id: le\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(20), waiting.read(&mut buf))
+        .await
+        .expect("no answer within 20 s")
+        .unwrap();
+    let reply = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(reply.starts_with("HTTP/1.1 503"), "{reply}");
+    let l = line(&log, "le").await;
+    assert_eq!(flags(&l), ["LE"], "{l}");
+    assert_eq!(b.traffic(), 0);
+    drop(held);
+}
