@@ -9,6 +9,7 @@
 #   BIN=/tmp/old-switchyard load-tests/callgrind.sh
 #   FEW=500 MANY=2500 load-tests/callgrind.sh    # counts (defaults 500, 2500)
 #   CONFIG_EXTRA='retries: {attempts: 1}' load-tests/callgrind.sh   # added to the route
+#   LISTENER_EXTRA='access_log: {path: /tmp/a.log}' load-tests/callgrind.sh   # added to the listener
 #   KEEP=/tmp/cg load-tests/callgrind.sh         # keep the callgrind files (callgrind_annotate)
 #
 # Needs valgrind and python3.
@@ -19,6 +20,7 @@ BIN=${BIN:-target/release/switchyard}
 FEW=${FEW:-500}
 MANY=${MANY:-2500}
 CONFIG_EXTRA=${CONFIG_EXTRA:-}
+LISTENER_EXTRA=${LISTENER_EXTRA:-}
 command -v valgrind >/dev/null || { echo "callgrind.sh: needs valgrind" >&2; exit 1; }
 [ -x "$BIN" ] || { echo "callgrind.sh: no $BIN (cargo build --release)" >&2; exit 1; }
 
@@ -77,7 +79,7 @@ measure() {
   local n=$1 port admin out
   port=$(free_port); admin=$(free_port); out="$WORK/cg.$n"
   cat >"$WORK/c.yaml" <<EOF
-listeners: [{bind: '127.0.0.1:$port'}]
+listeners: [{bind: '127.0.0.1:$port' $( [ -n "$LISTENER_EXTRA" ] && echo ", $LISTENER_EXTRA")}]
 admin: {bind: '127.0.0.1:$admin'}
 upstreams: { u: { backends: ['127.0.0.1:$BACKEND_PORT'] } }
 routes: [{ name: r, split: [{upstream: u, weight: 1}] $( [ -n "$CONFIG_EXTRA" ] && echo ", $CONFIG_EXTRA") }]

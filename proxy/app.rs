@@ -264,7 +264,7 @@ fn bind_control(path: &str, addr: SocketAddr) -> Result<TcpListener, ConfigError
         .map_err(error)
 }
 
-/// Runs until `shutdown` resolves, then drains. SIGHUP reloads.
+/// Runs until `shutdown` resolves, then drains. SIGHUP reloads; SIGUSR1 reopens the access logs.
 pub async fn run(
     opts: Options,
     shutdown: impl std::future::Future<Output = ()>,
@@ -281,8 +281,20 @@ pub async fn run(
             reload.trigger();
         }
     });
+    let shared = Arc::clone(&running.shared);
+    let usr1 = tokio::spawn(async move {
+        let Ok(mut usr1) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
+        else {
+            return;
+        };
+        while usr1.recv().await.is_some() {
+            shared.access_logs.reopen();
+        }
+    });
     shutdown.await;
     hup.abort();
+    usr1.abort();
     running.shutdown().await;
     Ok(())
 }

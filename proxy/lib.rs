@@ -32,6 +32,9 @@
 //!   limits with their buckets, fault decisions, shadow sampling and admission, retry budgets,
 //!   and the keeper that carries lasting state from one snapshot to the next. Built by
 //!   `reload`, read by `http`; imports neither.
+//! - `accesslog`: the JSON access log: a compact owned entry per request, its JSON line (every
+//!   byte escaped), a writer thread per target behind a bounded queue (full: dropped and
+//!   counted), reopened on SIGUSR1; `x-request-id` kept or made.
 //! - [`shared`]: what every task reads: the snapshot in force, process-wide counters, the
 //!   lifecycle.
 //! - [`server`]: [`server::listener`] (socket2, accept, reconcile on reload),
@@ -63,6 +66,7 @@
 //!   handler), reloader, watcher, admin; graceful shutdown. [`demo`]: the built-in demo.
 #![forbid(unsafe_code)]
 
+pub(crate) mod accesslog;
 pub mod admin;
 pub mod app;
 pub mod backend;

@@ -38,7 +38,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the proxy with a config file; it reloads when the file changes, on SIGHUP and on
-    /// POST /reload.
+    /// POST /reload; SIGUSR1 reopens the access logs.
     Run {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,

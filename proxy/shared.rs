@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
+use crate::accesslog::Logs;
 use crate::backend::discovery::board::Board;
 use crate::routing::Snapshot;
 use crate::stats::GlobalCounters;
@@ -17,6 +18,8 @@ pub struct Shared {
     pub(crate) counters: GlobalCounters,
     /// `switchyard_limit_rejections_total`, by listener.
     pub(crate) limit_stats: LimitStats,
+    /// The access log targets in use (`access_log:` of the listeners).
+    pub(crate) access_logs: Logs,
     /// What DNS discovery found and how its lookups went (`/status`, `/metrics`, `/readyz`).
     pub(crate) discovery: Arc<Board>,
     draining: AtomicBool,
@@ -43,6 +46,7 @@ impl Shared {
             snapshot: ArcSwap::from_pointee(first),
             counters: GlobalCounters::default(),
             limit_stats: LimitStats::default(),
+            access_logs: Logs::default(),
             discovery: Arc::default(),
             draining: AtomicBool::new(false),
             reloads: watch::Sender::new(ReloadEvent {

@@ -15,6 +15,7 @@ use serde_json::Value;
 
 use self::families as f;
 use super::AdminCtx;
+use crate::accesslog::{LogStats, Logs};
 use crate::backend::discovery::board::{Board, LookupResult};
 use crate::fleet::FleetNumbers;
 use crate::rollout::machine::State;
@@ -22,7 +23,7 @@ use crate::routing::Snapshot;
 use crate::server::limits::{Limit, LimitStats};
 use crate::shared::Shared;
 use crate::stats::counters::{CODE_CLASSES, GlobalCounters, LocalOp, Shortage};
-use crate::stats::prometheus::Exposition;
+use crate::stats::prometheus::{Exposition, Family};
 use crate::stats::{MismatchKind, Outcome, ShadowResult};
 
 pub fn render(ctx: &AdminCtx) -> String {
@@ -41,6 +42,7 @@ pub fn render(ctx: &AdminCtx) -> String {
     shadow(&mut e, &snap);
     process_wide(&mut e, &ctx.shared, &snap, ctx.tracker.live());
     limits(&mut e, &ctx.shared.limit_stats);
+    access_logs(&mut e, &ctx.shared.access_logs);
     shortages(&mut e, &ctx.shared.counters, &ctx.shared.limit_stats);
     build(&mut e);
     if let Some(p) = process::Process::read() {
@@ -325,6 +327,25 @@ fn limits(e: &mut Exposition, stats: &LimitStats) {
     let mut s = e.family(&f::ACCEPT_ERRORS);
     for (listener, c) in &all {
         s.sample(&[listener], c.accept.errors() as f64);
+    }
+}
+
+/// Every access log target used since start.
+fn access_logs(e: &mut Exposition, logs: &Logs) {
+    let all = logs.stats();
+    type Count = fn(&LogStats) -> u64;
+    let families: [(&Family, Count); 3] = [
+        (&f::ACCESS_LOG_LINES, |s| s.lines.load(Relaxed)),
+        (&f::ACCESS_LOG_DROPPED, |s| s.dropped.load(Relaxed)),
+        (&f::ACCESS_LOG_WRITE_ERRORS, |s| {
+            s.write_errors.load(Relaxed)
+        }),
+    ];
+    for (family, count) in families {
+        let mut s = e.family(family);
+        for (path, st) in &all {
+            s.sample(&[path], count(st) as f64);
+        }
     }
 }
 

@@ -54,6 +54,7 @@ pub struct Listener {
     pub bind: String,
     pub tls: Option<super::tls::ListenerTlsFile>,
     pub limits: Option<super::limits::LimitsFile>,
+    pub access_log: Option<super::access_log::AccessLogFile>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -9,6 +9,7 @@
 //! and checks; [`file`](mod@file) and [`model`] gather them; [`validate`] turns one into the other; [`load`] runs the whole.
 //! This file only names and re-exports.
 
+pub mod access_log;
 pub mod cluster;
 pub mod control;
 pub mod discover;

@@ -58,6 +58,8 @@ pub struct Listener {
     /// Serve TLS (HTTPS, HTTP/2 by ALPN) instead of plain HTTP.
     pub tls: Option<ListenerTls>,
     pub limits: super::limits::Limits,
+    /// One JSON line per request (`access_log:`), when configured.
+    pub access_log: Option<super::access_log::AccessLog>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

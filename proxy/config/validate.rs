@@ -199,6 +199,7 @@ fn listeners(list: &[file::Listener], broken: bool, errs: &mut Errors) -> Vec<Li
             );
         }
         let limits = super::limits::limits(&path, l.limits.as_ref(), errs);
+        let access_log = super::access_log::access_log(&path, l.access_log.as_ref(), errs);
         let Some(bind) = socket_addr(&l.bind, &format!("{path}.bind"), errs) else {
             continue;
         };
@@ -219,6 +220,7 @@ fn listeners(list: &[file::Listener], broken: bool, errs: &mut Errors) -> Vec<Li
             bind,
             tls,
             limits,
+            access_log,
         });
     }
     out

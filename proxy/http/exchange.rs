@@ -11,6 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 
+use super::access;
 use super::classify::{self, Class};
 use super::record::{Flags, Record};
 use super::shadow::PrimaryTap;
@@ -124,6 +125,9 @@ impl Exchange {
             }
         }
         self.log();
+        if let Some(line) = self.record.access.take() {
+            access::finish(line, &self.record, self.snap.as_deref());
+        }
     }
 
     /// The request's line in the debug log (`RUST_LOG=switchyard::request=debug`).

@@ -13,7 +13,8 @@ use super::attempt::send::Pools;
 use super::attempt::{self, Attempt};
 use super::exchange::ProxyBody;
 use super::record::{Flags, Record};
-use super::{fault, forward, headers, local, shadow, validate};
+use super::{access, fault, forward, headers, local, shadow, validate};
+use crate::accesslog::request_id::X_REQUEST_ID;
 use crate::error::ProxyError;
 use crate::routing::Snapshot;
 use crate::server::conn::{ConnInfo, Handler};
@@ -49,6 +50,23 @@ async fn handle(
     mut req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let mut record = Record::start(Instant::now(), req.method().clone(), req.version());
+    let Some(line) = access::begin(conn, &mut req) else {
+        return serve(shared, conn, req, record).await;
+    };
+    // The id goes back to the client, whoever answered.
+    let id = access::request_id(&line).clone();
+    record.access = Some(line);
+    let mut resp = serve(shared, conn, req, record).await;
+    resp.headers_mut().insert(X_REQUEST_ID.clone(), id);
+    resp
+}
+
+async fn serve(
+    shared: &Shared,
+    conn: &ConnInfo,
+    mut req: Request<Incoming>,
+    mut record: Record,
+) -> Response<ProxyBody> {
     if req.version() != http::Version::HTTP_2 && conn.heads.next_is_ambiguous() {
         conn.limits.counters.hit(Limit::MalformedRequest);
         record.flags.set(Flags::LIMIT_REJECTED);

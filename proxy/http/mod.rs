@@ -3,6 +3,7 @@
 //! request's record, finished once when its response ends). Decisions are pure functions over
 //! the routing tables and the classification; side effects stay at the edges.
 
+pub(crate) mod access;
 pub(crate) mod attempt;
 pub(crate) mod classify;
 pub(crate) mod compare;

@@ -5,12 +5,14 @@
 //! the request's server span are written from the finished record; each try record carries
 //! what a client span needs (which backend, when, how long, what came of it).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Method, Version};
 use tokio::time::Instant;
 
 use super::classify::Class;
+use crate::accesslog::{Entry, ListenerLog};
 use crate::error::ErrorKind;
 use crate::routing::BackendRef;
 
@@ -62,6 +64,15 @@ impl Flags {
         (Flags::NO_ROUTE, "NR"),
         (Flags::LOCAL_RESOURCES, "LE"),
     ];
+
+    /// The short name of each bit, bit `i` first: `ALL`'s names in order (checked in a test).
+    pub(crate) const NAMES: [&'static str; 13] = [
+        "UF", "UT", "UH", "UR", "RL", "FI", "DI", "DC", "RT", "SH", "LR", "NR", "LE",
+    ];
+
+    pub(crate) fn bits(self) -> u16 {
+        self.0
+    }
 
     pub(crate) fn set(&mut self, f: Flags) {
         self.0 |= f.0;
@@ -142,6 +153,14 @@ pub(crate) struct TryRecord {
     pub(crate) resent: bool,
 }
 
+/// A request's access log line under way (`access::begin` starts it, `access::finish` sends
+/// it): the listener's log and the entry, filled as the request goes.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    pub(crate) log: Arc<ListenerLog>,
+    pub(crate) entry: Box<Entry>,
+}
+
 /// One request, start to end.
 #[derive(Debug)]
 pub(crate) struct Record {
@@ -170,6 +189,8 @@ pub(crate) struct Record {
     pub(crate) bytes_sent: u64,
     /// Time from arrival to the end of the response, once finished.
     pub(crate) duration: Duration,
+    /// The request's access log line, when its listener logs.
+    pub(crate) access: Option<Pending>,
 }
 
 impl Record {
@@ -189,6 +210,7 @@ impl Record {
             flags: Flags::default(),
             bytes_sent: 0,
             duration: Duration::ZERO,
+            access: None,
         }
     }
 
@@ -243,6 +265,10 @@ mod tests {
         assert_eq!(f.to_string(), "UF,RT");
         assert_eq!(Flags::default().to_string(), "-");
         assert!(f.has(Flags::RETRIED) && !f.has(Flags::SHADOWED));
+        for (i, (flag, name)) in Flags::ALL.iter().enumerate() {
+            assert_eq!(flag.0, 1 << i);
+            assert_eq!(Flags::NAMES[i], *name);
+        }
         let distinct: std::collections::HashSet<u16> =
             Flags::ALL.iter().map(|(f, _)| f.0).collect();
         assert_eq!(distinct.len(), Flags::ALL.len());

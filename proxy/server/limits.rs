@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use hyper_util::rt::TokioTimer;
 
 use super::proto::ConnBuilder;
+use crate::accesslog::LogSlot;
 use crate::config::limits::Limits;
 pub use crate::stats::limits::{Limit, LimitCounters, LimitStats};
 
@@ -16,6 +17,8 @@ pub struct ListenerLimits {
     pub spec: Limits,
     pub counters: Arc<LimitCounters>,
     pub builder: ConnBuilder,
+    /// Where this listener's requests are logged (`access_log:`); the listener's one slot.
+    pub(crate) access_log: Arc<LogSlot>,
 }
 
 impl ListenerLimits {
@@ -44,7 +47,13 @@ impl ListenerLimits {
             spec,
             counters,
             builder,
+            access_log: Arc::default(),
         }
+    }
+
+    pub(crate) fn with_access_log(mut self, slot: &Arc<LogSlot>) -> Self {
+        self.access_log = Arc::clone(slot);
+        self
     }
 }
 

@@ -17,6 +17,7 @@ use super::conn::{self, ServeCtx};
 use super::limits::{Limit, ListenerLimits, OpenConnections};
 use super::shutdown::{Stop, StopTrigger, stop_pair};
 use super::tls::{CertTable, FreshCerts, TlsListener};
+use crate::accesslog::{ListenerLog, LogSlot, Sink};
 use crate::config::model::{Listener, ListenerTls};
 use crate::config::{Config, ConfigError};
 
@@ -122,6 +123,8 @@ struct Running {
     tls: Arc<ArcSwapOption<TlsListener>>,
     /// Read by the accept loops once per connection; replaced when a reload changes them.
     limits: Arc<ArcSwap<ListenerLimits>>,
+    /// Where the listener logs requests; a reload changes what is in it.
+    log: Arc<LogSlot>,
 }
 
 /// Listeners bound for a config but not yet serving.
@@ -134,6 +137,8 @@ pub struct Prepared {
     wanted: Vec<Listener>,
     /// Running listeners whose `tls:` changed, with what they serve next.
     retls: Vec<(SocketAddr, Option<Arc<TlsListener>>)>,
+    /// Each wanted listener's access log, opened (in `wanted`'s order).
+    logs: Vec<Option<Sink>>,
 }
 
 /// The running listeners; only the reloader changes them.
@@ -193,6 +198,22 @@ impl ListenerSet {
         let mut bound = Vec::new();
         let mut retls = Vec::new();
         let mut errors = Vec::new();
+        let mut logs = Vec::new();
+        for (i, l) in config.listeners.iter().enumerate() {
+            let sink = l.access_log.as_ref().and_then(|spec| {
+                match self.ctx.shared.access_logs.sink(spec) {
+                    Ok(sink) => Some(sink),
+                    Err(e) => {
+                        errors.push(ConfigError::new(
+                            format!("listeners[{i}].access_log.path"),
+                            format!("cannot open {} for appending: {e}", spec.target.label()),
+                        ));
+                        None
+                    }
+                }
+            });
+            logs.push(sink);
+        }
         for (i, l) in config.listeners.iter().enumerate() {
             let running = self.running.iter().find(|r| r.spec.bind == l.bind);
             if running.is_some_and(|r| r.spec.tls == l.tls) {
@@ -237,6 +258,7 @@ impl ListenerSet {
                 bound,
                 wanted: config.listeners.clone(),
                 retls,
+                logs,
             })
         } else {
             Err(errors)
@@ -246,16 +268,29 @@ impl ListenerSet {
     /// Starts what `prepare` bound and stops listeners the config no longer has. Their open
     /// connections finish their requests first.
     pub fn commit(&mut self, p: Prepared) {
+        let log_of = |w: &Listener| {
+            let i = p.wanted.iter().position(|x| x.bind == w.bind)?;
+            let sink = p.logs.get(i)?.clone()?;
+            Some(ListenerLog {
+                sink,
+                listener: Arc::from(w.name.as_str()),
+            })
+        };
         self.running
             .retain_mut(|r| match p.wanted.iter().find(|w| w.bind == r.spec.bind) {
                 Some(w) => {
                     if w.name != r.spec.name || w.limits != r.spec.limits {
                         let counters = self.ctx.shared.limit_stats.counters(&w.name);
-                        r.limits
-                            .store(Arc::new(ListenerLimits::new(w.limits, counters)));
+                        r.limits.store(Arc::new(
+                            ListenerLimits::new(w.limits, counters).with_access_log(&r.log),
+                        ));
+                    }
+                    if w.name != r.spec.name || w.access_log != r.spec.access_log {
+                        r.log.set(log_of(w));
                     }
                     r.spec.name.clone_from(&w.name);
                     r.spec.limits = w.limits;
+                    r.spec.access_log.clone_from(&w.access_log);
                     if let Some((_, tls)) = p.retls.iter().find(|(b, _)| *b == r.spec.bind) {
                         tracing::info!(listener = %w.name, tls = tls.is_some(), "listener TLS changed");
                         r.tls.store(tls.clone());
@@ -278,10 +313,11 @@ impl ListenerSet {
             let (stop, signal) = stop_pair();
             tracing::info!(listener = %spec.name, addr = %local, workers = group.len(), "listening");
             let counters = self.ctx.shared.limit_stats.counters(&spec.name);
-            let limits = Arc::new(ArcSwap::from_pointee(ListenerLimits::new(
-                spec.limits,
-                Arc::clone(&counters),
-            )));
+            let log = Arc::new(LogSlot::default());
+            log.set(log_of(&spec));
+            let limits = Arc::new(ArcSwap::from_pointee(
+                ListenerLimits::new(spec.limits, Arc::clone(&counters)).with_access_log(&log),
+            ));
             let open = Arc::new(OpenConnections::default());
             for (socket, worker) in group.into_iter().zip(&self.workers) {
                 let ctx = Arc::clone(&self.ctx);
@@ -307,8 +343,13 @@ impl ListenerSet {
                 stop,
                 tls,
                 limits,
+                log,
             });
         }
+        self.ctx
+            .shared
+            .access_logs
+            .keep(p.logs.into_iter().flatten());
     }
 
     /// (name, local address) of every running listener, in start order.

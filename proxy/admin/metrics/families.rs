@@ -105,6 +105,12 @@ families! {
         "Failed accepts by listener (admin and ops included): out of file descriptors or buffers, or a client gone before it was accepted.";
     LOCAL_RESOURCE_ERRORS = "switchyard_local_resource_errors_total" Counter ["op", "error"]
         "The proxy's own shortages (file descriptors, socket buffers, memory) connecting to a backend or accepting a client; never counted against a backend.";
+    ACCESS_LOG_LINES = "switchyard_access_log_lines_total" Counter ["path"]
+        "Access log lines queued for writing, by target (a file path or stderr).";
+    ACCESS_LOG_DROPPED = "switchyard_access_log_dropped_total" Counter ["path"]
+        "Access log lines dropped because the writer's queue was full (the request never waits for the log).";
+    ACCESS_LOG_WRITE_ERRORS = "switchyard_access_log_write_errors_total" Counter ["path"]
+        "Failed writes (each losing a batch of lines) and failed reopens of an access log.";
     DRAINING = "switchyard_draining" Gauge []
         "1 while shutting down.";
     BUILD_INFO = "switchyard_build_info" Gauge ["version", "commit"]

@@ -1,0 +1,184 @@
+//! The JSON access log: one line per request, written from the request's finished record.
+//!
+//! - [`entry`]: what a line is made of, owned and compact, filled on the request path.
+//! - [`json`]: an entry as a line of JSON (pure, every byte escaped).
+//! - `writer`: a thread per target (file or stderr) that batches lines into one write, reopens
+//!   the file on request and reports failures sparingly.
+//! - [`request_id`]: `x-request-id`, kept or made.
+//!
+//! The request path never waits for the log: [`Sink::send`] puts an entry on a bounded queue or,
+//! when it is full, drops the line and counts it (`switchyard_access_log_dropped_total`).
+//! [`Logs`] keeps one sink per target, shared by the listeners that name it, across reloads.
+
+pub(crate) mod entry;
+pub(crate) mod json;
+pub(crate) mod request_id;
+mod writer;
+
+use std::collections::BTreeMap;
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+
+use crate::config::access_log::{AccessLog, AccessLogTarget};
+pub(crate) use entry::Entry;
+
+/// What one target's writer has done, for `/metrics` (kept for the life of the process).
+#[derive(Debug, Default)]
+pub(crate) struct LogStats {
+    pub(crate) lines: AtomicU64,
+    pub(crate) dropped: AtomicU64,
+    pub(crate) write_errors: AtomicU64,
+}
+
+pub(super) enum Msg {
+    Line(Box<Entry>),
+    /// Wakes the writer to reopen its file.
+    Reopen,
+}
+
+pub(super) struct SinkState {
+    target: AccessLogTarget,
+    label: String,
+    reopen: AtomicBool,
+    stats: Arc<LogStats>,
+}
+
+/// The way into one target's queue. Clones share the queue.
+#[derive(Clone)]
+pub(crate) struct Sink {
+    tx: SyncSender<Msg>,
+    state: Arc<SinkState>,
+}
+
+impl std::fmt::Debug for Sink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sink")
+            .field("target", &self.state.label)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Sink {
+    /// Opens `spec`'s target (creating the file) and starts its writer; an error names why the
+    /// file cannot be opened.
+    fn open(spec: &AccessLog, stats: Arc<LogStats>) -> io::Result<Sink> {
+        let out = writer::Out::open(&spec.target)?;
+        let (tx, rx) = std::sync::mpsc::sync_channel(spec.buffer_lines);
+        let state = Arc::new(SinkState {
+            label: spec.target.label(),
+            target: spec.target.clone(),
+            reopen: AtomicBool::new(false),
+            stats,
+        });
+        let for_writer = Arc::clone(&state);
+        std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || writer::run(rx, out, for_writer))?;
+        Ok(Sink { tx, state })
+    }
+
+    /// Queues a line; never waits. A full queue drops it (counted).
+    pub(crate) fn send(&self, e: Box<Entry>) {
+        match self.tx.try_send(Msg::Line(e)) {
+            Ok(()) => self.state.stats.lines.fetch_add(1, Ordering::Relaxed),
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.state.stats.dropped.fetch_add(1, Ordering::Relaxed)
+            }
+        };
+    }
+
+    fn reopen(&self) {
+        self.state.reopen.store(true, Ordering::Release);
+        // A full queue wakes the writer anyway; it reopens before its next write.
+        let _ = self.tx.try_send(Msg::Reopen);
+    }
+
+    pub(crate) fn target(&self) -> &AccessLogTarget {
+        &self.state.target
+    }
+}
+
+/// A listener's access log: its sink and the name its lines carry.
+#[derive(Debug, Clone)]
+pub(crate) struct ListenerLog {
+    pub(crate) sink: Sink,
+    pub(crate) listener: Arc<str>,
+}
+
+/// Where one listener logs right now. A listener keeps its slot for life and a reload changes
+/// what is in it, so requests on connections opened before the reload follow it too (a
+/// keep-alive or HTTP/2 connection can outlive many reloads).
+#[derive(Debug, Default)]
+pub(crate) struct LogSlot {
+    /// Checked first, so a listener that does not log pays one relaxed load per request.
+    on: AtomicBool,
+    log: arc_swap::ArcSwapOption<ListenerLog>,
+}
+
+impl LogSlot {
+    pub(crate) fn set(&self, log: Option<ListenerLog>) {
+        self.on.store(log.is_some(), Ordering::Release);
+        self.log.store(log.map(Arc::new));
+    }
+
+    /// The listener's log, when it has one.
+    pub(crate) fn get(&self) -> Option<Arc<ListenerLog>> {
+        if !self.on.load(Ordering::Acquire) {
+            return None;
+        }
+        self.log.load_full()
+    }
+}
+
+/// Every access log target in use, one sink each; only the reloader changes the set.
+#[derive(Default)]
+pub(crate) struct Logs {
+    open: Mutex<BTreeMap<AccessLogTarget, Sink>>,
+    stats: Mutex<BTreeMap<String, Arc<LogStats>>>,
+}
+
+impl Logs {
+    /// The sink in use for `spec`'s target, or a newly opened one (not yet in use: see
+    /// [`Logs::keep`]).
+    pub(crate) fn sink(&self, spec: &AccessLog) -> io::Result<Sink> {
+        if let Some(s) = lock(&self.open).get(&spec.target) {
+            return Ok(s.clone());
+        }
+        let stats = Arc::clone(lock(&self.stats).entry(spec.target.label()).or_default());
+        Sink::open(spec, stats)
+    }
+
+    /// Puts `sinks` in use and lets go of every other (their writers finish once the
+    /// requests still holding them end).
+    pub(crate) fn keep(&self, sinks: impl IntoIterator<Item = Sink>) {
+        let mut open = lock(&self.open);
+        open.clear();
+        for s in sinks {
+            open.insert(s.target().clone(), s);
+        }
+    }
+
+    /// Asks every writer to reopen its file (SIGUSR1).
+    pub(crate) fn reopen(&self) {
+        let open = lock(&self.open);
+        tracing::info!(files = open.len(), "reopening access logs");
+        for s in open.values() {
+            s.reopen();
+        }
+    }
+
+    /// (target, statistics) of every target used since start.
+    pub(crate) fn stats(&self) -> Vec<(String, Arc<LogStats>)> {
+        lock(&self.stats)
+            .iter()
+            .map(|(k, v)| (k.clone(), Arc::clone(v)))
+            .collect()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The maps stay consistent whatever panicked while holding them.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

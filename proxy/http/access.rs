@@ -1,0 +1,98 @@
+//! The request path's side of the access log: a line started when a request arrives on a
+//! listener that logs (its `x-request-id` kept or made, and forwarded), finished from the
+//! request's record when the exchange ends, and handed to the listener's writer. Listeners
+//! without `access_log:` pay nothing here.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::Request;
+use http::header::{self, HeaderValue};
+
+use super::record::{Flags, Pending, Record};
+use crate::accesslog::Entry;
+use crate::accesslog::entry::FlagSet;
+use crate::accesslog::request_id::{self, X_REQUEST_ID};
+use crate::routing::Snapshot;
+use crate::server::conn::ConnInfo;
+
+/// Starts the line of a request on a listener that logs, and makes sure the request carries
+/// an `x-request-id` (a client's own when [`request_id::acceptable`], else a fresh one), which
+/// the backend then sees. Returns the id to answer with.
+pub(crate) fn begin<B>(conn: &ConnInfo, req: &mut Request<B>) -> Option<Pending> {
+    let log = conn.limits.access_log.get()?;
+    let request_id = match req.headers().get(&X_REQUEST_ID) {
+        Some(v) if request_id::acceptable(v) => v.clone(),
+        _ => {
+            let id = request_id::generate();
+            req.headers_mut().insert(X_REQUEST_ID.clone(), id.clone());
+            id
+        }
+    };
+    let uri = req.uri().clone();
+    let host = match uri.authority() {
+        Some(_) => None,
+        None => req.headers().get(header::HOST).cloned(),
+    };
+    let entry = Box::new(Entry {
+        time: SystemTime::now(),
+        listener: Arc::clone(&log.listener),
+        client: conn.peer,
+        method: req.method().clone(),
+        version: req.version(),
+        uri,
+        host,
+        request_id,
+        bytes_received: body_length(req),
+        status: 0,
+        route: None,
+        upstream: None,
+        backend: None,
+        attempts: 0,
+        duration: Duration::ZERO,
+        upstream_time: None,
+        bytes_sent: 0,
+        flags: FlagSet {
+            bits: 0,
+            names: &Flags::NAMES,
+        },
+    });
+    Some(Pending { log, entry })
+}
+
+/// The id the response carries back to the client.
+pub(crate) fn request_id(line: &Pending) -> &HeaderValue {
+    &line.entry.request_id
+}
+
+/// Fills the line from the finished record and queues it (never waits).
+pub(crate) fn finish(line: Pending, r: &Record, snap: Option<&Snapshot>) {
+    let Pending { log, mut entry } = line;
+    let route = snap.zip(r.route).map(|(s, i)| &s.routes[i]);
+    let target = route.zip(r.target).map(|(rt, t)| &rt.targets[t]);
+    let e = &mut *entry;
+    e.status = r.status;
+    e.route = route.map(|rt| Arc::clone(&rt.spec.name));
+    e.upstream = target.map(|t| Arc::clone(&t.upstream.spec.name));
+    e.backend = target
+        .zip(r.backend)
+        .and_then(|(t, b)| t.upstream.backends.get(b))
+        .map(|b| b.state.addr.authority.clone());
+    e.attempts = u32::try_from(r.attempts()).unwrap_or(u32::MAX);
+    e.duration = r.duration;
+    e.upstream_time = r.upstream_time();
+    e.bytes_sent = r.bytes_sent;
+    e.flags.bits = r.flags.bits();
+    log.sink.send(entry);
+}
+
+/// The request body's length when the head says it: `Content-Length`, or 0 for an HTTP/1
+/// request with neither it nor `Transfer-Encoding`. A streamed body of unknown length is `None`.
+fn body_length<B>(req: &Request<B>) -> Option<u64> {
+    let h = req.headers();
+    if let Some(v) = h.get(header::CONTENT_LENGTH) {
+        return v.to_str().ok()?.parse().ok();
+    }
+    let http1 = req.version() < http::Version::HTTP_2;
+    (http1 && !h.contains_key(header::TRANSFER_ENCODING)).then_some(0)
+}
