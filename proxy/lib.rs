@@ -52,3 +52,4 @@ pub mod server;
 pub mod shard;
 pub mod shared;
 pub mod stats;
+pub mod trace;

@@ -11,6 +11,7 @@ use crate::backend::discovery::board::Board;
 use crate::reload::snapshot::Snapshot;
 use crate::server::limits::LimitStats;
 use crate::stats::GlobalCounters;
+use crate::trace::Tracer;
 
 pub struct Shared {
     snapshot: ArcSwap<Snapshot>,
@@ -19,6 +20,8 @@ pub struct Shared {
     pub limit_stats: LimitStats,
     /// What DNS discovery found and how its lookups went (`/status`, `/metrics`, `/readyz`).
     pub discovery: Arc<Board>,
+    /// The span export queue and its counters.
+    pub tracer: Arc<Tracer>,
     draining: AtomicBool,
     /// Bumped after every reload attempt; lets callers wait for one without polling.
     reloads: watch::Sender<ReloadEvent>,
@@ -44,6 +47,7 @@ impl Shared {
             counters: GlobalCounters::default(),
             limit_stats: LimitStats::default(),
             discovery: Arc::default(),
+            tracer: Arc::default(),
             draining: AtomicBool::new(false),
             reloads: watch::Sender::new(ReloadEvent {
                 generation,

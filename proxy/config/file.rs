@@ -28,6 +28,8 @@ pub struct FileConfig {
     pub routes: Vec<Route>,
     /// Name servers for DNS discovery (`resolver:`); the system's when absent.
     pub resolver: Option<super::discover::ResolverFile>,
+    /// Trace context and span export (`tracing:`).
+    pub tracing: Option<super::tracing::TracingFile>,
     /// Pieces that did not parse, by path (`upstreams.blue`), and sections with such a piece
     /// (`routes`): validation skips what would only repeat their errors.
     pub broken: HashSet<String>,
@@ -124,6 +126,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "upstreams",
     "routes",
     "resolver",
+    "tracing",
 ];
 
 /// Parses the document, collecting the first error of every piece. Fails outright only when
@@ -162,6 +165,7 @@ pub fn parse(text: &str) -> Result<Parsed, Vec<ConfigError>> {
             "state_dir" => out.state_dir = piece(value, "state_dir", &mut errors),
             "drain_timeout" => out.drain_timeout = piece(value, "drain_timeout", &mut errors),
             "resolver" => out.resolver = piece(value, "resolver", &mut errors),
+            "tracing" => out.tracing = piece(value, "tracing", &mut errors),
             other => errors.push(ConfigError::new(
                 other,
                 format!(

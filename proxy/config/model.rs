@@ -14,6 +14,7 @@ pub use super::rollout::RolloutSpec;
 pub use super::secret::AdminToken;
 pub use super::shadow::{Sample, Shadow};
 pub use super::tls::ListenerTls;
+pub use super::tracing::{Otlp, Tracing};
 pub use super::traffic::{Fault, FaultAbort, FaultDelay, RateKey, RateLimit};
 pub use super::upstream_tls::UpstreamTls;
 
@@ -34,6 +35,8 @@ pub struct Config {
     pub routes: Vec<Arc<Route>>,
     /// Who answers DNS discovery's lookups.
     pub resolver: Resolver,
+    /// Trace context and span export.
+    pub tracing: Tracing,
 }
 
 impl Config {

@@ -88,6 +88,8 @@ pub fn validate(f: file::FileConfig) -> Result<Config, Vec<ConfigError>> {
         super::discover::system_resolver_usable(&mut errs);
     }
 
+    let tracing = super::tracing::tracing(f.tracing.as_ref(), &mut errs);
+
     let drain_timeout = f
         .drain_timeout
         .map(|d| d.0)
@@ -102,6 +104,7 @@ pub fn validate(f: file::FileConfig) -> Result<Config, Vec<ConfigError>> {
             upstreams,
             routes,
             resolver,
+            tracing,
         }),
         _ => Err(errs.0),
     }
