@@ -23,6 +23,9 @@ TOOLS=(
   "update-ca-certificates apt:ca-certificates"
   # tests/it/discovery.rs: a real DNS server on a loopback port (tests/support/dns.rs).
   "dnsmasq apt:dnsmasq-base"
+  # tests/it/tracing.rs: a real OTLP/HTTP collector decoding with the official protobufs
+  # (tests/support/otlp_receiver.py).
+  "py:opentelemetry.proto.collector.trace.v1.trace_service_pb2 pip:opentelemetry-proto==1.45.2"
 )
 
 # Debian installs servers such as dnsmasq in /usr/sbin, which a non-login PATH may lack.

@@ -276,6 +276,7 @@ pub fn render(ctx: &AdminCtx) -> String {
     e.sample("switchyard_connections", &[], ctx.tracker.live() as f64);
 
     ctx.shared.limit_stats.render(&mut e);
+    ctx.shared.tracer.render(&mut e);
 
     e.family("switchyard_draining", "gauge", "1 while shutting down.");
     e.sample(

@@ -14,7 +14,7 @@ use super::body_guard;
 use super::choose::{self, Aim};
 use super::fault;
 use super::forward::{self, Tried};
-use super::handler::{ConnInfo, ProxyBody, error_response};
+use super::handler::{ConnInfo, ProxyBody, answered_locally, error_response};
 use super::headers;
 use super::retry::{self, Failure};
 use super::shadow;
@@ -23,6 +23,7 @@ use crate::config::resilience::MAX_REPLAY_BODY;
 use crate::error::{ErrorKind, ProxyError};
 use crate::reload::snapshot::RouteRuntime;
 use crate::stats::Outcome;
+use crate::trace::{Answered, RequestTrace, TryEnd};
 
 /// Other backends tried after a connect failure when the route has no retry policy.
 const IMPLICIT_CONNECT_RETRIES: u32 = 2;
@@ -31,12 +32,13 @@ pub async fn proxy(
     route: &RouteRuntime,
     req: Request<Incoming>,
     conn: &ConnInfo,
+    trace: RequestTrace,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
     let aim = Aim::new(route, &req);
     let injected = match fault::inject(route, &aim, started).await {
         Ok(injected) => injected,
-        Err(aborted) => return aborted.response(),
+        Err(aborted) => return answered_locally(trace, aborted.response(), "fault-injected"),
     };
     // The route's deadline starts once any injected delay is over.
     let sent = if injected.delay.is_some() {
@@ -44,7 +46,7 @@ pub async fn proxy(
     } else {
         started
     };
-    let mut resp = send(route, req, conn, aim, started, sent).await;
+    let mut resp = send(route, req, conn, aim, started, sent, trace).await;
     fault::label(&mut resp, &injected);
     resp
 }
@@ -57,6 +59,7 @@ async fn send(
     aim: Aim,
     started: Instant,
     sent: Instant,
+    mut trace: RequestTrace,
 ) -> Response<ProxyBody> {
     let deadline = sent + route.spec.timeout;
     let policy = route.spec.retries.as_ref();
@@ -69,6 +72,7 @@ async fn send(
     let method = req.method().clone();
     let (mut head, body) = req.into_parts();
     forward::prepare(&mut head, conn, upgrade);
+    trace.propagate(&mut head.headers);
     // Only switchyard marks copies: a client must not make a primary skip its side effects.
     head.headers.remove(&shadow::X_SWITCHYARD_SHADOW);
     let mirror = route
@@ -80,13 +84,13 @@ async fn send(
     let left = deadline.saturating_duration_since(Instant::now());
     let body = match body_guard::guard(ReqBody::Streaming(body), conn, h2, left).await {
         Ok(b) => b,
-        Err(e) => return answer(route, aim.target, None, &e, started),
+        Err(e) => return answer(route, aim.target, None, &e, started, trace),
     };
     // A small body is kept whole so that a failed try can be replayed; a large one streams.
     let (first_body, replay) = if policy.is_some() && !upgrade {
         match keep_small(body, deadline, h2, conn).await {
             Ok(kept) => kept,
-            Err(e) => return answer(route, aim.target, None, &e, started),
+            Err(e) => return answer(route, aim.target, None, &e, started, trace),
         }
     } else {
         (body, None)
@@ -107,7 +111,7 @@ async fn send(
         // Taken before a backend is picked: a pick may hold a half-open probe slot.
         let Some(req) = next.take() else {
             let e = ProxyError::new(ErrorKind::Internal, "no request left to send");
-            return answer(route, aim.target, None, &e, started);
+            return answer(route, aim.target, None, &e, started, trace);
         };
         let now = Instant::now();
         let fresh = |t: usize, b: usize| tried.contains(&(t, b));
@@ -115,14 +119,18 @@ async fn send(
         // and only for a route that asked for retries.
         let pick = match choose::choose(route, &aim, &fresh, now) {
             Ok(p) => p,
-            Err(e) if tried.is_empty() => return answer(route, aim.target, None, &e, started),
+            Err(e) if tried.is_empty() => {
+                return answer(route, aim.target, None, &e, started, trace);
+            }
             Err(e) => match (policy, last.take()) {
                 (Some(_), _) => match choose::choose(route, &aim, &|_, _| false, now) {
                     Ok(p) => p,
-                    Err(e) => return answer(route, aim.target, None, &e, started),
+                    Err(e) => return answer(route, aim.target, None, &e, started, trace),
                 },
-                (None, Some((err, t, b))) => return answer(route, t, Some(b), &err, started),
-                (None, None) => return answer(route, aim.target, None, &e, started),
+                (None, Some((err, t, b))) => {
+                    return answer(route, t, Some(b), &err, started, trace);
+                }
+                (None, None) => return answer(route, aim.target, None, &e, started, trace),
             },
         };
         tried.push((pick.target, pick.backend));
@@ -132,6 +140,13 @@ async fn send(
         let limit = policy
             .and_then(|p| p.per_try_timeout)
             .map_or(left, |t| t.min(left));
+        let mut req = req;
+        trace.try_started(
+            req.headers_mut(),
+            &target.pool.spec.name,
+            &backend.state.addr,
+            backend.pool.transport().tls.is_some(),
+        );
         let failure;
         match forward::try_once(req, backend, pick.ticket, limit, h2, conn).await {
             Tried::Answered {
@@ -167,6 +182,7 @@ async fn send(
                         client_upgrade.take(),
                         conn,
                         primary_tap.take(),
+                        trace,
                     );
                 }
                 // Recorded now (the body is never read): the connection closes with it.
@@ -176,11 +192,22 @@ async fn send(
                     choose::log_transition(&backend.state, &t);
                 }
                 drop((resp, upstream, in_flight));
+                trace.try_ended(TryEnd {
+                    status: Some(status),
+                    error: None,
+                });
                 failure = Failure::Status(status);
             }
             Tried::Failed { error, unsent } => {
                 let Some(f) = Failure::of_error(&error) else {
-                    return answer(route, pick.target, Some(pick.backend), &error, started);
+                    return answer(
+                        route,
+                        pick.target,
+                        Some(pick.backend),
+                        &error,
+                        started,
+                        trace,
+                    );
                 };
                 let retry = match policy {
                     Some(p) => {
@@ -203,9 +230,20 @@ async fn send(
                     }
                 };
                 if !retry {
-                    return answer(route, pick.target, Some(pick.backend), &error, started);
+                    return answer(
+                        route,
+                        pick.target,
+                        Some(pick.backend),
+                        &error,
+                        started,
+                        trace,
+                    );
                 }
                 tracing::debug!(route = %route.spec.name, backend = %backend.state.addr.as_str(), error = %error, "retrying");
+                trace.try_ended(TryEnd {
+                    status: None,
+                    error: Some(error.kind().as_str()),
+                });
                 next = unsent;
                 last = Some((error, pick.target, pick.backend));
                 failure = f;
@@ -254,6 +292,7 @@ fn answer(
     backend: Option<usize>,
     e: &ProxyError,
     started: Instant,
+    trace: RequestTrace,
 ) -> Response<ProxyBody> {
     let t = &route.targets[target];
     let now = Instant::now();
@@ -283,6 +322,18 @@ fn answer(
         None => t.unassigned.record(status),
     }
     tracing::debug!(route = %route.spec.name, upstream = %t.pool.spec.name, error = %e, "request failed");
+    let error = e.kind().as_str();
+    trace.finish(
+        TryEnd {
+            status: None,
+            error: Some(error),
+        },
+        Answered {
+            status,
+            error: Some(error),
+            upstream: Some(std::sync::Arc::clone(&t.pool.spec.name)),
+        },
+    );
     resp
 }
 

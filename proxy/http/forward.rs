@@ -25,6 +25,7 @@ use crate::backend::{Backend, InFlight};
 use crate::body::{BodyEnd, BodyGuard, ClientBodyError, ReqBody, RespBody};
 use crate::error::{ErrorKind, ProxyError};
 use crate::stats::{Outcome, TargetStats};
+use crate::trace::{Answered, RequestTrace, TryEnd};
 
 /// Lives as long as the response streams: the request counts as in flight to its backend until
 /// the client has the last byte or goes away; then the try's outcome is recorded (backend
@@ -41,6 +42,7 @@ pub struct Exchange {
     status: u16,
     /// The copy of the response a shadow comparison waits for.
     compare: Option<Box<PrimaryTap>>,
+    trace: RequestTrace,
 }
 
 impl BodyGuard for Exchange {
@@ -71,6 +73,21 @@ impl BodyGuard for Exchange {
         if let (BodyEnd::Complete, Some((pool, conn))) = (end, self.conn) {
             pool.checkin(conn);
         }
+        let error = match end {
+            BodyEnd::UpstreamError => Some(crate::error::ErrorKind::Reset.as_str()),
+            // The status is the answer; a client that left early does not change it.
+            BodyEnd::Complete | BodyEnd::Dropped => None,
+        };
+        self.trace.finish(
+            TryEnd {
+                status: Some(self.status),
+                error,
+            },
+            Answered {
+                status: self.status,
+                ..Answered::default()
+            },
+        );
     }
 }
 
@@ -159,6 +176,7 @@ pub fn respond(
     client_upgrade: Option<OnUpgrade>,
     conn: &ConnInfo,
     compare: Option<PrimaryTap>,
+    trace: RequestTrace,
 ) -> Response<ProxyBody> {
     let status = resp.status().as_u16();
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS
@@ -169,6 +187,18 @@ pub fn respond(
             .state
             .record(Outcome::Success, ticket, Some(ttfb), now);
         target.record(Outcome::Success, Some(ttfb), now);
+        // The tunnel's life is not the request's: its spans end with the 101.
+        let done = TryEnd {
+            status: Some(status),
+            error: None,
+        };
+        trace.finish(
+            done,
+            Answered {
+                status,
+                ..Answered::default()
+            },
+        );
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         let token = conn.tracker.token();
         let slot = Arc::clone(&conn.slot);
@@ -206,6 +236,7 @@ pub fn respond(
                 ttfb,
                 status,
                 compare,
+                trace,
             },
         )
     })

@@ -17,6 +17,7 @@ use crate::server::limits::{Limit, ListenerLimits, OpenSlot};
 use crate::server::shutdown::Tracker;
 use crate::server::sniff::HeadWatch;
 use crate::shared::Shared;
+use crate::trace::{Answered, RequestTrace, TryEnd};
 
 pub type ProxyBody = RespBody<Exchange>;
 
@@ -70,18 +71,44 @@ pub async fn handle(
         }
     }
     let snap = shared.snapshot();
+    let mut trace = RequestTrace::start(
+        &req,
+        conn.peer,
+        conn.proto,
+        &snap.config.tracing,
+        &shared.tracer,
+    );
     let host = request_host(&req);
     let Some(route_idx) = snap.router.find(host, req.uri().path(), req.headers()) else {
         shared.counters.no_route.fetch_add(1, Ordering::Relaxed);
-        return error_response(&ProxyError::no_route());
+        let e = ProxyError::no_route();
+        return answered_locally(trace, error_response(&e), e.kind().as_str());
     };
     let route = &snap.routes[route_idx];
+    trace.routed(&route.spec.name);
     if let Some(limit) = &route.rate_limit
         && let Err(limited) = limit.admit(req.headers(), conn.peer.ip(), &route.spec.name)
     {
-        return limited.response();
+        return answered_locally(trace, limited.response(), "rate-limited");
     }
-    attempt::proxy(route, req, conn).await
+    attempt::proxy(route, req, conn, trace).await
+}
+
+/// Ends a request switchyard answered itself (`error` is the answer's `x-switchyard-error`).
+pub fn answered_locally(
+    trace: RequestTrace,
+    resp: Response<ProxyBody>,
+    error: &'static str,
+) -> Response<ProxyBody> {
+    trace.finish(
+        TryEnd::NONE,
+        Answered {
+            status: resp.status().as_u16(),
+            error: Some(error),
+            upstream: None,
+        },
+    );
+    resp
 }
 
 /// The host the client asked for: the URI's authority (HTTP/2, absolute-form) or `Host`.

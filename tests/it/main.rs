@@ -21,3 +21,4 @@ mod split;
 mod tls;
 mod tls_reload;
 mod tls_upstream;
+mod tracing;
