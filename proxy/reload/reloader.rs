@@ -306,6 +306,7 @@ impl Reloader {
                 );
             }
         }
+        counters.last_reload.record(result.is_ok());
         self.shared.note_reload(result.is_err());
         result
     }

@@ -33,7 +33,6 @@ use super::otlp::{self, Resource};
 use super::span::RequestSpans;
 use crate::config::model::{Otlp, Tracing};
 use crate::server::shutdown::Stop;
-use crate::stats::prometheus::Exposition;
 
 /// Sends of one batch, the first included, before it is given up.
 pub const MAX_TRIES: u32 = 5;
@@ -133,38 +132,6 @@ impl Tracer {
 
     fn drop_spans(&self, reason: DropReason, n: u64) {
         self.dropped[reason as usize].fetch_add(n, Relaxed);
-    }
-
-    /// The export's families for `/metrics` (every series present from the start, at 0).
-    pub fn render(&self, e: &mut Exposition) {
-        e.family(
-            "switchyard_trace_spans_exported_total",
-            "counter",
-            "Spans the OTLP collector accepted.",
-        );
-        e.sample(
-            "switchyard_trace_spans_exported_total",
-            &[],
-            self.exported() as f64,
-        );
-        e.family(
-            "switchyard_trace_spans_dropped_total",
-            "counter",
-            "Spans not exported, by reason: the queue was full, the collector failed or refused them after every retry, it rejected them, or shutdown came first.",
-        );
-        for r in DropReason::ALL {
-            e.sample(
-                "switchyard_trace_spans_dropped_total",
-                &[("reason", r.as_str())],
-                self.dropped(r) as f64,
-            );
-        }
-        e.family(
-            "switchyard_trace_queue_spans",
-            "gauge",
-            "Spans waiting for export.",
-        );
-        e.sample("switchyard_trace_queue_spans", &[], self.queued() as f64);
     }
 
     /// Starts the export task; `settings` reads the tracing config in force, and is read again

@@ -13,7 +13,6 @@ use tokio::time::Instant;
 
 use super::resolve::Outcome;
 use crate::backend::BackendState;
-use crate::stats::prometheus::Exposition;
 
 /// Every discovered upstream's [`Watch`], and the start-up latch.
 #[derive(Default)]
@@ -112,6 +111,11 @@ impl Watch {
         self.lookups[result as usize].load(Relaxed)
     }
 
+    /// Backends in the set in force.
+    pub fn in_force(&self) -> usize {
+        self.in_force.load(Relaxed)
+    }
+
     pub fn answered(&self) -> bool {
         self.state().answered
     }
@@ -206,33 +210,12 @@ impl Board {
             .map_or(Value::Null, |w| w.json(Instant::now()))
     }
 
-    pub fn render(&self, e: &mut Exposition) {
-        let watches = self.watches().clone();
-        e.family(
-            "switchyard_dns_lookups_total",
-            "counter",
-            "DNS lookups of discovered upstreams by result: ok (addresses), empty and error (the last set stays).",
-        );
-        for (upstream, w) in &watches {
-            for r in LookupResult::ALL {
-                e.sample(
-                    "switchyard_dns_lookups_total",
-                    &[("upstream", upstream), ("result", r.as_str())],
-                    w.lookups(r) as f64,
-                );
-            }
-        }
-        e.family(
-            "switchyard_discovered_backends",
-            "gauge",
-            "Backends in force of each discovered upstream (its last good DNS answer).",
-        );
-        for (upstream, w) in &watches {
-            e.sample(
-                "switchyard_discovered_backends",
-                &[("upstream", upstream)],
-                w.in_force.load(Relaxed) as f64,
-            );
-        }
+    /// Every discovered upstream's watch, by name.
+    pub fn all(&self) -> Vec<(Arc<str>, Arc<Watch>)> {
+        let watches = self.watches();
+        watches
+            .iter()
+            .map(|(u, w)| (u.clone(), w.clone()))
+            .collect()
     }
 }
