@@ -31,6 +31,9 @@
 //!   the addresses to the reloader).
 //! - [`stats`]: lock-free counters kept across reloads; [`stats::prometheus`], the one writer
 //!   of the Prometheus text format.
+//! - [`trace`]: W3C trace context ([`trace::context`]: `traceparent`/`tracestate` parsed
+//!   strictly; a span id per try) and OTLP/HTTP span export ([`trace::export`]: a bounded
+//!   queue the request path never waits on, batched to the collector by a task of its own).
 //! - [`rollout`]: canary and blue-green rollouts: a pure policy, a state machine, a controller
 //!   that sends weights to the reloader, and a journal.
 //! - [`admin`]: the admin HTTP API and its client for the CLI; `/metrics` reads every
