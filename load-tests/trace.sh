@@ -9,7 +9,8 @@
 # The cases are load-tests/trace/{off,1pct,100pct}.yaml (peers.sh's ports: switchyard on 18085,
 # backend on 18081). The collector is nginx answering 200 to every POST on 18088 (a sink: it
 # costs switchyard what a real collector costs it, the export, and decodes nothing).
-# Knobs: N1 (default 1000), N2 (default 3000) requests for callgrind; PEERS (path to peers.sh),
+# Knobs: N1 (default 1000), N2 (default 3000) requests for callgrind; CASES (default all three);
+# BIN (a binary to measure instead of building this tree); PEERS (path to peers.sh),
 # PEERS_SECONDS (default 8). Needs nginx, valgrind (callgrind) and curl. Loopback only, bounded
 # in count and time; everything it starts is stopped on exit.
 set -euo pipefail
@@ -18,7 +19,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 MODE=${1:-callgrind}
 N1=${N1:-1000}
 N2=${N2:-3000}
-CASES="off 1pct 100pct"
+CASES=${CASES:-off 1pct 100pct}
 W=$(mktemp -d /tmp/switchyard-trace.XXXX)
 PIDS=()
 cleanup() {
@@ -28,8 +29,8 @@ cleanup() {
 trap cleanup EXIT
 
 command -v nginx >/dev/null || { echo "trace.sh needs nginx (apt-get install nginx)"; exit 1; }
-cargo build --release -q
-BIN=target/release/switchyard
+# BIN= measures another build (e.g. one from before tracing existed, with CASES=off).
+if [ -z "${BIN:-}" ]; then cargo build --release -q; BIN=target/release/switchyard; fi
 
 wait_http() { for _ in $(seq 600); do curl -sf -o /dev/null "$1" && return 0; sleep 0.1; done; echo "nothing answers at $1"; exit 1; }
 

@@ -72,7 +72,7 @@ async fn send(
     let method = req.method().clone();
     let (mut head, body) = req.into_parts();
     forward::prepare(&mut head, conn, upgrade);
-    trace.propagate(&mut head.headers);
+    trace.propagate(&mut head.headers, route.shadow.is_some());
     // Only switchyard marks copies: a client must not make a primary skip its side effects.
     head.headers.remove(&shadow::X_SWITCHYARD_SHADOW);
     let mirror = route

@@ -25,7 +25,7 @@ use crate::backend::{Backend, InFlight};
 use crate::body::{BodyEnd, BodyGuard, ClientBodyError, ReqBody, RespBody};
 use crate::error::{ErrorKind, ProxyError};
 use crate::stats::{Outcome, TargetStats};
-use crate::trace::{Answered, RequestTrace, TryEnd};
+use crate::trace::{Answered, PendingSpans, RequestTrace, TryEnd};
 
 /// Lives as long as the response streams: the request counts as in flight to its backend until
 /// the client has the last byte or goes away; then the try's outcome is recorded (backend
@@ -42,7 +42,7 @@ pub struct Exchange {
     status: u16,
     /// The copy of the response a shadow comparison waits for.
     compare: Option<Box<PrimaryTap>>,
-    trace: RequestTrace,
+    trace: PendingSpans,
 }
 
 impl BodyGuard for Exchange {
@@ -236,7 +236,7 @@ pub fn respond(
                 ttfb,
                 status,
                 compare,
-                trace,
+                trace: trace.pending(),
             },
         )
     })

@@ -188,6 +188,28 @@ pub fn tracestate(headers: &HeaderMap) -> Option<HeaderValue> {
     HeaderValue::from_bytes(&joined).ok()
 }
 
+/// Leaves the request's `tracestate` as [`tracestate`] says to pass it on, touching the
+/// headers only when that differs from what came (several fields, or an invalid list).
+pub fn settle_tracestate(headers: &mut HeaderMap) {
+    let mut fields = headers.get_all(&TRACESTATE).iter();
+    let keep_as_is = match (fields.next(), fields.next()) {
+        (None, _) => return,
+        (Some(one), None) => matches!(check_tracestate(&[one.as_bytes()]), Some(n) if n > 0),
+        (Some(_), Some(_)) => false,
+    };
+    if keep_as_is {
+        return;
+    }
+    match tracestate(headers) {
+        Some(v) => {
+            headers.insert(&TRACESTATE, v);
+        }
+        None => {
+            headers.remove(&TRACESTATE);
+        }
+    }
+}
+
 /// The number of non-empty list members across `fields` (one list), or `None` if any member
 /// is invalid, a key repeats, or there are more than 32.
 fn check_tracestate(fields: &[&[u8]]) -> Option<usize> {
@@ -245,12 +267,21 @@ fn valid_value(value: &[u8]) -> bool {
         && value.last() != Some(&b' ')
 }
 
-const HEX: &[u8; 16] = b"0123456789abcdef";
+/// Every byte's two lower-case hex digits: one lookup per byte on the request path.
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut t = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = [DIGITS[i >> 4], DIGITS[i & 0x0f]];
+        i += 1;
+    }
+    t
+};
 
 fn hex_into(bytes: &[u8], out: &mut [u8]) {
-    for (i, b) in bytes.iter().enumerate() {
-        out[2 * i] = HEX[usize::from(b >> 4)];
-        out[2 * i + 1] = HEX[usize::from(b & 0x0f)];
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair.copy_from_slice(&HEX_PAIRS[usize::from(*b)]);
     }
 }
 

@@ -230,3 +230,25 @@ fn tracestate_limits_are_the_specs() {
     assert!(state(&[&v256]).is_some());
     assert_eq!(state(&[&v257]), None);
 }
+
+#[test]
+fn settling_tracestate_in_place_keeps_joins_or_drops() {
+    let settled = |fields: &[&str]| {
+        let pairs: Vec<(&str, &str)> = fields.iter().map(|f| ("tracestate", *f)).collect();
+        let mut h = headers(&pairs);
+        settle_tracestate(&mut h);
+        h.get_all(&TRACESTATE)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        settled(&["foo=1, bar=2"]),
+        ["foo=1, bar=2"],
+        "a valid field stays as it came"
+    );
+    assert_eq!(settled(&["foo=1", "bar=2"]), ["foo=1,bar=2"]);
+    assert!(settled(&["foo=1,foo=2"]).is_empty());
+    assert!(settled(&[" , "]).is_empty());
+    assert!(settled(&[]).is_empty());
+}

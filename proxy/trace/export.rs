@@ -26,11 +26,11 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
 
+use super::Recording;
 use super::otlp::{self, Resource};
-use super::span::RequestSpans;
 use crate::config::model::{Otlp, Tracing};
 use crate::server::shutdown::Stop;
 
@@ -77,10 +77,13 @@ impl DropReason {
 /// The export queue and its counters: one per process, kept across reloads.
 #[derive(Debug)]
 pub struct Tracer {
-    tx: mpsc::UnboundedSender<Box<RequestSpans>>,
-    pub(super) rx: Mutex<Option<mpsc::UnboundedReceiver<Box<RequestSpans>>>>,
+    tx: mpsc::UnboundedSender<Box<Recording>>,
+    pub(super) rx: Mutex<Option<mpsc::UnboundedReceiver<Box<Recording>>>>,
     /// Spans in the queue; the channel is unbounded, this count bounds it.
     queued: AtomicUsize,
+    /// Woken when the queue reaches a batch: the exporter otherwise sleeps until its next
+    /// tick, so that a request's spans do not wake it each time.
+    full: Notify,
     exported: AtomicU64,
     dropped: [AtomicU64; 4],
 }
@@ -92,6 +95,7 @@ impl Default for Tracer {
             tx,
             rx: Mutex::new(Some(rx)),
             queued: AtomicUsize::new(0),
+            full: Notify::new(),
             exported: AtomicU64::new(0),
             dropped: Default::default(),
         }
@@ -100,9 +104,9 @@ impl Default for Tracer {
 
 impl Tracer {
     /// Queues a finished request's spans, unless `queue_size` spans are queued already; never
-    /// waits.
-    pub fn submit(&self, spans: Box<RequestSpans>, queue_size: usize) {
-        let n = spans.span_count();
+    /// waits. The exporter is woken when the queue reaches `batch_size`.
+    pub(crate) fn submit(&self, spans: Box<Recording>, queue_size: usize, batch_size: usize) {
+        let n = spans.spans.span_count();
         let before = self.queued.fetch_add(n, Relaxed);
         if before + n > queue_size {
             self.queued.fetch_sub(n, Relaxed);
@@ -112,7 +116,11 @@ impl Tracer {
         if let Err(e) = self.tx.send(spans) {
             // Only when the export task is gone (shutting down).
             self.queued.fetch_sub(n, Relaxed);
-            self.drop_spans(DropReason::Shutdown, e.0.span_count() as u64);
+            self.drop_spans(DropReason::Shutdown, e.0.spans.span_count() as u64);
+            return;
+        }
+        if before < batch_size && before + n >= batch_size {
+            self.full.notify_one();
         }
     }
 
@@ -166,7 +174,7 @@ impl Tracer {
 
 struct Exporter {
     tracer: Arc<Tracer>,
-    rx: mpsc::UnboundedReceiver<Box<RequestSpans>>,
+    rx: mpsc::UnboundedReceiver<Box<Recording>>,
     client: Option<Client>,
     /// The last export failed: logged once, until one succeeds again.
     failing: bool,
@@ -181,17 +189,16 @@ enum Sent {
 
 #[derive(Default)]
 struct Batch {
-    requests: Vec<RequestSpans>,
+    /// Boxed as they came through the queue: moving a box, not a request's few hundred bytes.
+    #[allow(clippy::vec_box)]
+    requests: Vec<Box<Recording>>,
     spans: usize,
-    /// When its first span arrived: it goes out `flush_interval` later at the latest.
-    since: Option<Instant>,
 }
 
 impl Batch {
-    fn push(&mut self, r: Box<RequestSpans>) {
-        self.spans += r.span_count();
-        self.since.get_or_insert_with(Instant::now);
-        self.requests.push(*r);
+    fn push(&mut self, r: Box<Recording>) {
+        self.spans += r.spans.span_count();
+        self.requests.push(r);
     }
 
     fn take(&mut self) -> Batch {
@@ -207,44 +214,51 @@ impl Exporter {
         let mut config = settings();
         let mut batch = Batch::default();
         let mut reloading = true;
+        let mut tick = Instant::now() + interval(&config);
         loop {
-            let flush_at = match (&config.otlp, batch.since) {
-                (Some(o), Some(since)) => Some(since + o.flush_interval),
-                _ => None,
-            };
-            tokio::select! {
+            // Woken by a full batch, or at a tick: what waited at most `flush_interval` goes.
+            let ticked = tokio::select! {
                 biased;
                 () = stop.wait() => break,
                 changed = reloads.changed(), if reloading => {
                     reloading = changed.is_ok();
                     config = settings();
-                    if config.otlp.is_none() && batch.spans > 0 {
-                        // Export was turned off: what was waiting has nowhere to go.
-                        self.tracer.drop_spans(DropReason::ExportFailed, batch.take().spans as u64);
-                    }
+                    tick = tick.min(Instant::now() + interval(&config));
+                    false
                 }
-                Some(r) = self.rx.recv() => {
-                    self.tracer.queued.fetch_sub(r.span_count(), Relaxed);
-                    let Some(otlp) = config.otlp.clone() else {
-                        self.tracer.drop_spans(DropReason::ExportFailed, r.span_count() as u64);
-                        continue;
-                    };
-                    batch.push(r);
-                    if batch.spans >= otlp.batch_size
-                        && let Sent::Stopped(b) = self.send(&config, &otlp, batch.take(), &mut stop).await
-                    {
-                        batch = b;
-                        break;
-                    }
+                () = self.tracer.full.notified() => false,
+                () = tokio::time::sleep_until(tick) => {
+                    tick = Instant::now() + interval(&config);
+                    true
                 }
-                () = sleep_until(flush_at) => {
-                    if let Some(otlp) = config.otlp.clone()
-                        && let Sent::Stopped(b) = self.send(&config, &otlp, batch.take(), &mut stop).await
-                    {
-                        batch = b;
-                        break;
-                    }
+            };
+            let Some(otlp) = config.otlp.clone() else {
+                // Export is off (turned off by a reload): what waited has nowhere to go.
+                let mut gone = batch.take().spans;
+                while let Ok(r) = self.rx.try_recv() {
+                    self.tracer.queued.fetch_sub(r.spans.span_count(), Relaxed);
+                    gone += r.spans.span_count();
                 }
+                self.tracer
+                    .drop_spans(DropReason::ExportFailed, gone as u64);
+                continue;
+            };
+            while let Ok(r) = self.rx.try_recv() {
+                self.tracer.queued.fetch_sub(r.spans.span_count(), Relaxed);
+                batch.push(r);
+                if batch.spans >= otlp.batch_size
+                    && let Sent::Stopped(b) =
+                        self.send(&config, &otlp, batch.take(), &mut stop).await
+                {
+                    batch = b;
+                    return self.flush(settings(), batch).await;
+                }
+            }
+            if ticked
+                && let Sent::Stopped(b) = self.send(&config, &otlp, batch.take(), &mut stop).await
+            {
+                batch = b;
+                break;
             }
         }
         self.flush(settings(), batch).await;
@@ -253,7 +267,7 @@ impl Exporter {
     /// Sends whatever is left within `shutdown_timeout`, each batch once.
     async fn flush(mut self, config: Tracing, mut batch: Batch) {
         while let Ok(r) = self.rx.try_recv() {
-            self.tracer.queued.fetch_sub(r.span_count(), Relaxed);
+            self.tracer.queued.fetch_sub(r.spans.span_count(), Relaxed);
             batch.push(r);
         }
         self.rx.close();
@@ -266,14 +280,14 @@ impl Exporter {
         let resource = resource(&config);
         let mut requests = batch.requests.into_iter().peekable();
         while requests.peek().is_some() {
-            let chunk: Vec<RequestSpans> = take_spans(&mut requests, otlp.batch_size);
-            let n: usize = chunk.iter().map(|r| r.span_count()).sum();
+            let chunk = take_spans(&mut requests, otlp.batch_size);
+            let n: usize = chunk.iter().map(|r| r.spans.span_count()).sum();
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 self.tracer.drop_spans(DropReason::Shutdown, n as u64);
                 continue;
             }
-            let body = Bytes::from(otlp::encode(&resource, chunk.iter()));
+            let body = Bytes::from(otlp::encode(&resource, chunk.iter().map(|r| &r.spans)));
             match self.post(&otlp, body, left.min(otlp.timeout)).await {
                 Ok(rejected) => self.accepted(n, rejected),
                 Err(_) => self.tracer.drop_spans(DropReason::Shutdown, n as u64),
@@ -293,7 +307,10 @@ impl Exporter {
         if batch.spans == 0 {
             return Sent::Done;
         }
-        let body = Bytes::from(otlp::encode(&resource(config), batch.requests.iter()));
+        let body = Bytes::from(otlp::encode(
+            &resource(config),
+            batch.requests.iter().map(|r| &r.spans),
+        ));
         let mut backoff = FIRST_BACKOFF;
         for attempt in 1..=MAX_TRIES {
             // A send in progress does not hold up shutdown: the batch goes to the final flush.
@@ -398,24 +415,27 @@ impl Exporter {
     }
 }
 
+#[allow(clippy::vec_box)]
 fn take_spans(
-    requests: &mut std::iter::Peekable<impl Iterator<Item = RequestSpans>>,
+    requests: &mut std::iter::Peekable<impl Iterator<Item = Box<Recording>>>,
     max: usize,
-) -> Vec<RequestSpans> {
+) -> Vec<Box<Recording>> {
     let mut chunk = Vec::new();
     let mut spans = 0;
-    while let Some(r) = requests.next_if(|r| spans == 0 || spans + r.span_count() <= max) {
-        spans += r.span_count();
+    while let Some(r) = requests.next_if(|r| spans == 0 || spans + r.spans.span_count() <= max) {
+        spans += r.spans.span_count();
         chunk.push(r);
     }
     chunk
 }
 
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
+/// How often the exporter looks at the queue: `flush_interval`, or once a second when export
+/// is off (there is nothing to do then, but a reload may turn it on).
+fn interval(config: &Tracing) -> Duration {
+    config
+        .otlp
+        .as_ref()
+        .map_or(Duration::from_secs(1), |o| o.flush_interval)
 }
 
 /// ±20 %, so that the replicas of a fleet do not retry against a recovering collector in step.
@@ -534,7 +554,7 @@ mod tests {
     use super::*;
     use crate::trace::span::ServerSpan;
 
-    fn spans(tries: usize) -> Box<RequestSpans> {
+    fn spans(tries: usize) -> Box<Recording> {
         let server = ServerSpan {
             trace_id: crate::trace::ids::trace_id(),
             span_id: crate::trace::ids::span_id(),
@@ -569,32 +589,38 @@ mod tests {
                 resend: i as u32,
             })
             .collect();
-        Box::new(RequestSpans { server, tries })
+        Box::new(Recording {
+            tracer: Arc::default(),
+            queue_size: 0,
+            batch_size: 0,
+            spans: crate::trace::span::RequestSpans { server, tries },
+            open: None,
+        })
     }
 
     #[test]
     fn a_full_queue_drops_and_counts_without_waiting() {
         let t = Tracer::default();
-        t.submit(spans(1), 5);
-        t.submit(spans(2), 5);
+        t.submit(spans(1), 5, 5);
+        t.submit(spans(2), 5, 5);
         assert_eq!(t.queued(), 5);
-        t.submit(spans(0), 5);
+        t.submit(spans(0), 5, 5);
         assert_eq!(t.dropped(DropReason::QueueFull), 1);
         assert_eq!(t.queued(), 5);
     }
 
     #[test]
     fn batches_split_on_whole_requests() {
-        let reqs = vec![*spans(1), *spans(1), *spans(2), *spans(0)];
+        let reqs = vec![spans(1), spans(1), spans(2), spans(0)];
         let mut it = reqs.into_iter().peekable();
         let sizes: Vec<usize> = std::iter::from_fn(|| {
             let c = take_spans(&mut it, 4);
-            (!c.is_empty()).then(|| c.iter().map(|r| r.span_count()).sum())
+            (!c.is_empty()).then(|| c.iter().map(|r| r.spans.span_count()).sum())
         })
         .collect();
         // 2+2, then 3+1: a request's spans are never split, and a large one still goes alone.
         assert_eq!(sizes, [4, 4]);
-        let mut big = vec![*spans(9)].into_iter().peekable();
+        let mut big = vec![spans(9)].into_iter().peekable();
         assert_eq!(take_spans(&mut big, 4).len(), 1);
     }
 

@@ -43,17 +43,18 @@ pub struct RequestTrace {
     /// The caller's span, when the request carried a valid `traceparent`.
     parent: Option<SpanId>,
     sampled: bool,
-    /// The caller's `tracestate`, checked, to pass on.
-    state: Option<HeaderValue>,
     /// Present while the request's spans are being recorded for export.
     recording: Option<Box<Recording>>,
 }
 
+/// A recorded request's spans, and where they go when it ends: the box that travels through the
+/// export queue, as it is (one allocation per recorded request).
 #[derive(Debug)]
-struct Recording {
+pub(crate) struct Recording {
     tracer: Arc<Tracer>,
     queue_size: usize,
-    spans: RequestSpans,
+    batch_size: usize,
+    pub(crate) spans: RequestSpans,
     /// The try in progress: its span, until it ends.
     open: Option<ClientSpan>,
 }
@@ -100,16 +101,11 @@ impl RequestTrace {
             true => None,
             false => context::parent(headers),
         };
-        let (trace_id, parent, sampled, state) = match incoming {
-            Some(p) => (
-                p.trace_id,
-                Some(p.span_id),
-                p.sampled,
-                context::tracestate(headers),
-            ),
+        let (trace_id, parent, sampled) = match incoming {
+            Some(p) => (p.trace_id, Some(p.span_id), p.sampled),
             None => {
                 let id = ids::trace_id();
-                (id, None, ids::sampled(&id, settings.sample_threshold), None)
+                (id, None, ids::sampled(&id, settings.sample_threshold))
             }
         };
         let span_id = ids::span_id();
@@ -117,13 +113,14 @@ impl RequestTrace {
             Some(otlp) if sampled => Some(Box::new(Recording {
                 tracer: Arc::clone(tracer),
                 queue_size: otlp.queue_size,
+                batch_size: otlp.batch_size,
                 spans: RequestSpans {
                     server: ServerSpan {
                         trace_id,
                         span_id,
                         parent,
                         sampled,
-                        trace_state: state.clone(),
+                        trace_state: parent.and_then(|_| context::tracestate(headers)),
                         start_ns: now_ns(),
                         end_ns: 0,
                         method: req.method().clone(),
@@ -154,7 +151,6 @@ impl RequestTrace {
             span_id,
             parent,
             sampled,
-            state,
             recording,
         }
     }
@@ -189,22 +185,22 @@ impl RequestTrace {
         }
     }
 
-    /// Sets the request head's trace headers for what leaves switchyard: the client's
-    /// `traceparent` and `tracestate` replaced by this request's, with switchyard's server span
-    /// as the parent (what a shadow copy of this head carries; each try then names its own
-    /// span, [`RequestTrace::try_started`]).
-    pub fn propagate(&self, headers: &mut HeaderMap) {
-        headers.insert(
-            &context::TRACEPARENT,
-            context::traceparent(&self.trace_id, &self.span_id, self.sampled),
-        );
-        match &self.state {
-            Some(s) => {
-                headers.insert(&context::TRACESTATE, s.clone());
-            }
-            None => {
-                headers.remove(&context::TRACESTATE);
-            }
+    /// Sets the request head's (the client's, as it came) `tracestate` for what leaves
+    /// switchyard: the caller's, checked, when its trace continues; none when the trace
+    /// restarted. Each try writes its own `traceparent` ([`RequestTrace::try_started`]); when
+    /// the head may also be `copied` (a shadow copy), it gets one naming switchyard's server
+    /// span as the parent now, which is what the copy carries.
+    pub fn propagate(&self, headers: &mut HeaderMap, copied: bool) {
+        if copied {
+            headers.insert(
+                &context::TRACEPARENT,
+                context::traceparent(&self.trace_id, &self.span_id, self.sampled),
+            );
+        }
+        if self.parent.is_some() {
+            context::settle_tracestate(headers);
+        } else {
+            headers.remove(&context::TRACESTATE);
         }
     }
 
@@ -256,7 +252,24 @@ impl RequestTrace {
     /// end), the server span with `answered`, and the spans go to the export queue. The
     /// server span names the last try's upstream and backend.
     pub fn finish(self, last: TryEnd, answered: Answered) {
-        let Some(mut rec) = self.recording else {
+        self.pending().finish(last, answered);
+    }
+
+    /// What is left to do once only the end of the response is awaited: finish the spans, if
+    /// any are recorded. One word, to keep the response that carries it small.
+    pub fn pending(self) -> PendingSpans {
+        PendingSpans(self.recording)
+    }
+}
+
+/// The spans of a request whose response is still streaming ([`RequestTrace::pending`]).
+#[derive(Debug)]
+pub struct PendingSpans(Option<Box<Recording>>);
+
+impl PendingSpans {
+    /// As [`RequestTrace::finish`].
+    pub fn finish(self, last: TryEnd, answered: Answered) {
+        let Some(mut rec) = self.0 else {
             return;
         };
         rec.close_try(last);
@@ -267,13 +280,9 @@ impl RequestTrace {
         if s.upstream.is_none() {
             s.upstream = answered.upstream;
         }
-        let Recording {
-            tracer,
-            queue_size,
-            spans,
-            ..
-        } = *rec;
-        tracer.submit(Box::new(spans), queue_size);
+        let tracer = Arc::clone(&rec.tracer);
+        let (queue_size, batch_size) = (rec.queue_size, rec.batch_size);
+        tracer.submit(rec, queue_size, batch_size);
     }
 }
 

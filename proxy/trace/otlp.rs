@@ -37,7 +37,9 @@ pub fn encode<'a>(
     resource: &Resource,
     batch: impl IntoIterator<Item = &'a RequestSpans>,
 ) -> Vec<u8> {
-    let mut out = Vec::with_capacity(4096);
+    let mut out = Vec::with_capacity(16 * 1024);
+    // Text built per span (an address, a status) goes through one buffer, not an allocation.
+    let mut scratch = String::with_capacity(64);
     // ExportTraceServiceRequest.resource_spans = 1
     nested(&mut out, 1, |b| {
         // ResourceSpans.resource = 1 -> Resource.attributes = 1
@@ -56,9 +58,12 @@ pub fn encode<'a>(
                 string(b, 2, env!("CARGO_PKG_VERSION"));
             });
             for req in batch {
-                nested(b, 2, |b| server_span(b, &req.server, req.tries.len()));
+                b.reserve(512 * req.span_count());
+                nested(b, 2, |b| {
+                    server_span(b, &req.server, req.tries.len(), &mut scratch)
+                });
                 for t in &req.tries {
-                    nested(b, 2, |b| client_span(b, &req.server, t));
+                    nested(b, 2, |b| client_span(b, &req.server, t, &mut scratch));
                 }
             }
         });
@@ -66,7 +71,7 @@ pub fn encode<'a>(
     out
 }
 
-fn server_span(b: &mut Vec<u8>, s: &ServerSpan, tries: usize) {
+fn server_span(b: &mut Vec<u8>, s: &ServerSpan, tries: usize, scratch: &mut String) {
     common(b, s, s.span_id.bytes(), s.parent.as_ref().map(|p| &p.0[..]));
     let remote = if s.parent.is_some() {
         FLAG_HAS_IS_REMOTE | FLAG_IS_REMOTE
@@ -75,11 +80,10 @@ fn server_span(b: &mut Vec<u8>, s: &ServerSpan, tries: usize) {
     };
     fixed32(b, 16, u32::from(s.sampled) | remote);
     // `{method} {route}`: the route is switchyard's low-cardinality name for what matched.
-    let name = match &s.route {
-        Some(r) => format!("{} {r}", method_name(&s.method)),
-        None => method_name(&s.method).to_owned(),
-    };
-    string(b, 5, &name);
+    match &s.route {
+        Some(r) => string_parts(b, 5, &[method_name(&s.method), " ", r]),
+        None => string(b, 5, method_name(&s.method)),
+    }
     varint_field(b, 6, KIND_SERVER);
     fixed64(b, 7, s.start_ns);
     fixed64(b, 8, s.end_ns.max(s.start_ns));
@@ -93,9 +97,9 @@ fn server_span(b: &mut Vec<u8>, s: &ServerSpan, tries: usize) {
             attr_int(b, 9, "server.port", i64::from(p));
         }
     }
-    let peer = s.peer.ip().to_canonical().to_string();
-    attr_str(b, 9, "client.address", &peer);
-    attr_str(b, 9, "network.peer.address", &peer);
+    show(scratch, s.peer.ip().to_canonical());
+    attr_str(b, 9, "client.address", scratch);
+    attr_str(b, 9, "network.peer.address", scratch);
     attr_int(b, 9, "network.peer.port", i64::from(s.peer.port()));
     if let Some(ua) = s.user_agent.as_ref().and_then(|v| v.to_str().ok()) {
         attr_str(b, 9, "user_agent.original", ua);
@@ -103,8 +107,11 @@ fn server_span(b: &mut Vec<u8>, s: &ServerSpan, tries: usize) {
     attr_int(b, 9, "http.response.status_code", i64::from(s.status));
     let failed = s.status >= 500;
     if failed {
-        let status = s.status.to_string();
-        attr_str(b, 9, "error.type", s.error.unwrap_or(&status));
+        let error = match s.error {
+            Some(e) => e,
+            None => show(scratch, s.status),
+        };
+        attr_str(b, 9, "error.type", error);
     }
     if let Some(r) = &s.route {
         attr_str(b, 9, "switchyard.route", r);
@@ -124,7 +131,7 @@ fn server_span(b: &mut Vec<u8>, s: &ServerSpan, tries: usize) {
     }
 }
 
-fn client_span(b: &mut Vec<u8>, s: &ServerSpan, t: &ClientSpan) {
+fn client_span(b: &mut Vec<u8>, s: &ServerSpan, t: &ClientSpan, scratch: &mut String) {
     common(b, s, t.span_id.bytes(), Some(&s.span_id.0[..]));
     fixed32(b, 16, u32::from(s.sampled) | FLAG_HAS_IS_REMOTE);
     string(b, 5, method_name(&s.method));
@@ -133,13 +140,8 @@ fn client_span(b: &mut Vec<u8>, s: &ServerSpan, t: &ClientSpan) {
     fixed64(b, 8, t.end_ns.max(t.start_ns));
     method_attrs(b, &s.method);
     let authority = &t.backend.authority;
-    let scheme = if t.tls { "https" } else { "http" };
-    attr_str(
-        b,
-        9,
-        "url.full",
-        &format!("{scheme}://{}{}", authority.as_str(), s.uri.path()),
-    );
+    let scheme = if t.tls { "https://" } else { "http://" };
+    attr_parts(b, "url.full", &[scheme, authority.as_str(), s.uri.path()]);
     attr_str(
         b,
         9,
@@ -159,18 +161,26 @@ fn client_span(b: &mut Vec<u8>, s: &ServerSpan, t: &ClientSpan) {
         attr_int(b, 9, "http.request.resend_count", i64::from(t.resend));
     }
     let error = match (t.error, t.status) {
-        (Some(e), _) => Some(e.to_owned()),
-        (None, Some(code)) if code >= 400 => Some(code.to_string()),
+        (Some(e), _) => Some(e),
+        (None, Some(code)) if code >= 400 => Some(&*show(scratch, code)),
         _ => None,
     };
-    if let Some(e) = &error {
+    if let Some(e) = error {
         attr_str(b, 9, "error.type", e);
     }
     attr_str(b, 9, "switchyard.upstream", &t.upstream);
     attr_str(b, 9, "switchyard.backend", authority.as_str());
-    if let Some(e) = &error {
+    if let Some(e) = error {
         status(b, e);
     }
+}
+
+/// `v` as text in `scratch` (reused: no allocation once it is large enough).
+fn show(scratch: &mut String, v: impl std::fmt::Display) -> &str {
+    use std::fmt::Write;
+    scratch.clear();
+    let _ = write!(scratch, "{v}");
+    scratch
 }
 
 /// Trace id, span id, trace state and parent: the first fields of every span.
@@ -249,12 +259,22 @@ fn key(b: &mut Vec<u8>, field: u32, wire: u8) {
     varint(b, u64::from(field) << 3 | u64::from(wire));
 }
 
-pub(super) fn varint(b: &mut Vec<u8>, mut v: u64) {
+pub(super) fn varint(b: &mut Vec<u8>, v: u64) {
+    let mut buf = [0u8; 10];
+    let n = varint_into(&mut buf, v);
+    b.extend_from_slice(&buf[..n]);
+}
+
+/// `v` as a varint at the start of `out`; its length.
+fn varint_into(out: &mut [u8; 10], mut v: u64) -> usize {
+    let mut n = 0;
     while v >= 0x80 {
-        b.push((v as u8) | 0x80);
+        out[n] = (v as u8) | 0x80;
         v >>= 7;
+        n += 1;
     }
-    b.push(v as u8);
+    out[n] = v as u8;
+    n + 1
 }
 
 fn varint_field(b: &mut Vec<u8>, field: u32, v: u64) {
@@ -282,22 +302,41 @@ fn string(b: &mut Vec<u8>, field: u32, v: &str) {
     bytes(b, field, v.as_bytes());
 }
 
-/// A length-delimited message written in place: a one-byte length is reserved and widened
-/// afterwards if the message turned out longer (spans are a few hundred bytes, so this moves
-/// little).
+/// A length-delimited message written in place: one byte is reserved for its length and the
+/// message moved up if the length needs more (spans are a few hundred bytes: a short move).
 fn nested(b: &mut Vec<u8>, field: u32, f: impl FnOnce(&mut Vec<u8>)) {
     key(b, field, LEN);
     let at = b.len();
     b.push(0);
     f(b);
-    let len = b.len() - at - 1;
+    let end = b.len();
+    let len = end - at - 1;
     if len < 0x80 {
         b[at] = len as u8;
-    } else {
-        let mut prefix = Vec::with_capacity(10);
-        varint(&mut prefix, len as u64);
-        b.splice(at..=at, prefix);
+        return;
     }
+    let mut prefix = [0u8; 10];
+    let n = varint_into(&mut prefix, len as u64);
+    b.resize(end + n - 1, 0);
+    b.copy_within(at + 1..end, at + n);
+    b[at..at + n].copy_from_slice(&prefix[..n]);
+}
+
+/// A string field made of `parts`, written without joining them first.
+fn string_parts(b: &mut Vec<u8>, field: u32, parts: &[&str]) {
+    key(b, field, LEN);
+    varint(b, parts.iter().map(|p| p.len() as u64).sum());
+    for p in parts {
+        b.extend_from_slice(p.as_bytes());
+    }
+}
+
+/// A span attribute (`KeyValue`, field 9) whose string value is `parts` joined.
+fn attr_parts(b: &mut Vec<u8>, k: &str, parts: &[&str]) {
+    nested(b, 9, |b| {
+        string(b, 1, k);
+        nested(b, 2, |b| string_parts(b, 1, parts));
+    });
 }
 
 /// A `KeyValue` (key = 1, value = 2) with an `AnyValue` string (1).

@@ -61,7 +61,7 @@ fn an_incoming_trace_is_continued_with_a_new_span_per_try() {
     assert!(!t.recording(), "nothing is recorded with export off");
 
     let mut head = req.headers().clone();
-    t.propagate(&mut head);
+    t.propagate(&mut head, true);
     let tp = context::parent(&head).unwrap();
     assert_eq!(
         tp.span_id,
@@ -90,11 +90,16 @@ fn a_request_without_a_trace_starts_one_sampled_at_the_ratio() {
     let off = start(&req, &settings(0.0, true), &tracer);
     assert!(off.parent().is_none() && !off.sampled() && !off.recording());
     let mut head = req.headers().clone();
-    off.propagate(&mut head);
+    off.propagate(&mut head, false);
     assert!(
         head.get("tracestate").is_none(),
         "a new trace carries no tracestate"
     );
+    assert!(
+        head.get("traceparent").is_none(),
+        "written per try, or for a copy"
+    );
+    off.propagate(&mut head, true);
     assert!(head["traceparent"].to_str().unwrap().ends_with("-00"));
 
     let on = start(&req, &settings(1.0, true), &tracer);
@@ -126,7 +131,7 @@ fn an_unsampled_caller_is_not_recorded_and_an_invalid_one_is_restarted() {
     assert!(t.parent().is_none());
     assert_ne!(t.trace_id().to_string(), "0af7651916cd43dd8448eb211c80319c");
     let mut head = HeaderMap::new();
-    t.propagate(&mut head);
+    t.propagate(&mut head, true);
     assert!(head.get("tracestate").is_none());
 }
 
@@ -169,7 +174,7 @@ fn a_recorded_request_queues_its_server_span_and_one_client_span_per_try() {
         },
     );
     assert_eq!(tracer.queued(), 3);
-    let spans = tracer
+    let recording = tracer
         .rx
         .lock()
         .unwrap()
@@ -177,6 +182,7 @@ fn a_recorded_request_queues_its_server_span_and_one_client_span_per_try() {
         .unwrap()
         .try_recv()
         .unwrap();
+    let spans = &recording.spans;
     assert_eq!(spans.server.span_id, server);
     assert_eq!(spans.server.status, 200);
     assert_eq!(spans.server.uri.path(), "/checkout");
