@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use crate::admin::{self, AdminCtx};
+use crate::admin::{self, AdminCtx, Surface};
 use crate::config::{ConfigError, ConfigErrors};
 use crate::reload::{ConfigSource, ReloadHandle, Reloader, watcher};
 use crate::rollout::Controller;
@@ -47,6 +47,8 @@ pub struct Running {
     pub shared: Arc<Shared>,
     pub reload: ReloadHandle,
     pub admin_addr: SocketAddr,
+    /// The ops listener's address, when `ops:` is configured.
+    pub ops_addr: Option<SocketAddr>,
     drain_timeout: Duration,
     tracker: Tracker,
     stop_reloader: StopTrigger,
@@ -69,7 +71,7 @@ pub async fn start(opts: Options) -> Result<Running, ConfigErrors> {
             format!("cannot start worker threads: {e}"),
         )])
     })?;
-    let (mut reloader, reload) = Reloader::load(opts.source.clone(), workers.len())?;
+    let (mut reloader, reload) = Reloader::open(opts.source.clone(), workers.len()).await?;
     let config = Arc::clone(reloader.config());
     let shared = Arc::clone(reloader.shared());
     // Span export runs from the first request on, reading the tracing config in force.
@@ -91,26 +93,19 @@ pub async fn start(opts: Options) -> Result<Running, ConfigErrors> {
     }
     reloader.first_lookups(FIRST_LOOKUPS).await;
 
-    let admin_std = listener::bind(config.admin.bind).map_err(|e| {
-        ConfigErrors(vec![listener::bind_error(
-            "admin.bind",
-            config.admin.bind,
-            &e,
-        )])
-    })?;
-    let admin_listener = TcpListener::from_std(admin_std).map_err(|e| {
-        ConfigErrors(vec![listener::bind_error(
-            "admin.bind",
-            config.admin.bind,
-            &e,
-        )])
-    })?;
+    let admin_listener = bind_control("admin.bind", config.admin.bind)?;
     let admin_addr = admin_listener.local_addr().unwrap_or(config.admin.bind);
+    let ops_listener = match &config.ops {
+        Some(ops) => Some(bind_control("ops.bind", ops.bind)?),
+        None => None,
+    };
+    let ops_addr = ops_listener.as_ref().and_then(|l| l.local_addr().ok());
     if !config.admin.bind.ip().is_loopback() && config.admin.token.is_none() {
         tracing::warn!(addr = %admin_addr, "the admin API listens beyond loopback without admin.token_file; anyone who can reach it can reload the config");
     }
 
-    let serve_ctx = Arc::new(ServeCtx::new(Arc::clone(&shared), tracker.clone()));
+    let proxy = Arc::new(crate::http::Proxy::new(Arc::clone(&shared)));
+    let serve_ctx = Arc::new(ServeCtx::new(Arc::clone(&shared), tracker.clone(), proxy));
     let set = ListenerSet::new(serve_ctx, workers.handles().to_vec()).with_cert_watch(opts.watch);
     reloader.bind_listeners(set)?;
 
@@ -143,13 +138,31 @@ pub async fn start(opts: Options) -> Result<Running, ConfigErrors> {
         started: Instant::now(),
         rollouts,
     });
-    let admin_task = tokio::spawn(admin::serve(admin_listener, admin_ctx, admin_signal));
+    if let Some(ops) = ops_listener {
+        let serve = admin::serve(
+            ops,
+            Arc::clone(&admin_ctx),
+            Surface::Ops,
+            admin_signal.clone(),
+        );
+        tokio::spawn(serve);
+    }
+    let admin_task = tokio::spawn(admin::serve(
+        admin_listener,
+        admin_ctx,
+        Surface::Admin,
+        admin_signal,
+    ));
+    if let Some(ops) = ops_addr {
+        tracing::info!(addr = %ops, "ops listener (GET /livez, /readyz, /metrics only)");
+    }
     tracing::info!(admin = %admin_addr, workers = workers.len(), generation = 1, "switchyard started");
 
     Ok(Running {
         shared,
         reload,
         admin_addr,
+        ops_addr,
         drain_timeout: config.drain_timeout,
         tracker,
         stop_reloader,
@@ -226,6 +239,14 @@ impl Running {
         let _ = tokio::task::spawn_blocking(move || workers.stop()).await;
         drained
     }
+}
+
+/// Binds the admin or ops listener (one socket: only the first worker serves them).
+fn bind_control(path: &str, addr: SocketAddr) -> Result<TcpListener, ConfigErrors> {
+    let error = |e: std::io::Error| ConfigErrors(vec![listener::bind_error(path, addr, &e)]);
+    listener::bind(addr)
+        .and_then(TcpListener::from_std)
+        .map_err(error)
 }
 
 /// Runs until `shutdown` resolves, then drains. SIGHUP reloads.

@@ -29,6 +29,10 @@ TOOLS=(
   "py:prometheus_client pip:prometheus_client"
   # tests/it/tls.rs: https:// backends without a ca_file trust the system's roots.
   "update-ca-certificates apt:ca-certificates"
+  # tests/it/control.rs and tests/it/upstream_conns.rs run switchyard with few file
+  # descriptors; tests/it/config_files.rs puts a FIFO at the config path.
+  "prlimit apt:util-linux"
+  "mkfifo apt:coreutils"
   # tests/it/discovery.rs: a real DNS server on a loopback port (tests/support/dns.rs).
   "dnsmasq apt:dnsmasq-base"
   # tests/it/tracing.rs: a real OTLP/HTTP collector decoding with the official protobufs

@@ -15,9 +15,9 @@ use http::{HeaderName, HeaderValue, Uri};
 use serde::Deserialize;
 
 use super::duration::DurationStr;
+use super::errors::Errors;
 use super::model::BackendAddr;
 use super::upstream_tls::{UpstreamTls, UpstreamTlsFile};
-use super::validate::Errors;
 
 /// Share of new traces sampled when export is on and no ratio is written: 1 %, as Istio's
 /// default. Requests that come with a `traceparent` keep their caller's decision.
@@ -41,6 +41,7 @@ const MAX_QUEUE_SIZE: usize = 1 << 20;
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TracingFile {
+    pub propagate: Option<bool>,
     pub sample_ratio: Option<f64>,
     pub restart_incoming: Option<bool>,
     pub service_name: Option<String>,
@@ -67,6 +68,10 @@ pub struct OtlpFile {
 /// Trace context settings, read by every request from its snapshot.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Tracing {
+    /// Take part in traces (the default): pass a trace context on to every backend, starting
+    /// one when the request has none. Off, the client's trace headers pass as they came,
+    /// nothing is recorded or exported, and a request pays nothing for tracing.
+    pub propagate: bool,
     /// As written, or the default (1 % with `otlp`, 0 without).
     pub sample_ratio: f64,
     /// What a new trace's id is compared with ([`threshold`]); `None` samples no
@@ -84,6 +89,7 @@ pub struct Tracing {
 impl Default for Tracing {
     fn default() -> Self {
         Tracing {
+            propagate: true,
             sample_ratio: 0.0,
             sample_threshold: None,
             restart_incoming: false,
@@ -139,7 +145,15 @@ pub(super) fn tracing(f: Option<&TracingFile>, errs: &mut Errors) -> Tracing {
         Some(n) => n.clone(),
         None => DEFAULT_SERVICE_NAME.to_owned(),
     };
+    let propagate = f.propagate.unwrap_or(true);
+    if !propagate && f.otlp.is_some() {
+        errs.push(
+            "tracing.propagate",
+            "is false, but `tracing.otlp` asks for spans: spans need the trace context; drop `otlp` or `propagate: false`",
+        );
+    }
     Tracing {
+        propagate,
         sample_ratio,
         sample_threshold: threshold(sample_ratio),
         restart_incoming: f.restart_incoming.unwrap_or(false),
@@ -167,7 +181,7 @@ fn otlp(f: &OtlpFile, errs: &mut Errors) -> Option<Otlp> {
             headers.push((n, v));
         }
     }
-    use super::validate::positive;
+    use super::duration::positive;
     let timeout = positive(f.timeout, DEFAULT_EXPORT_TIMEOUT, path, "timeout", errs);
     let flush_interval = positive(
         f.flush_interval,

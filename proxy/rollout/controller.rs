@@ -4,7 +4,6 @@
 //! (the one writer of the snapshot). Every transition goes to the journal and the state file.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -19,7 +18,7 @@ use super::machine::State;
 use crate::config::Config;
 use crate::config::model::Route;
 use crate::reload::ReloadHandle;
-use crate::reload::snapshot::{RouteRuntime, Target};
+use crate::routing::{RouteRuntime, Target};
 use crate::server::shutdown::Stop;
 use crate::shared::Shared;
 use crate::stats::TargetStats;
@@ -218,19 +217,20 @@ impl Controller {
                 canary: counts(&canary.stats),
                 stable: counts(&stable.stats),
                 breaker_opens: canary
-                    .pool
+                    .upstream
                     .backends
                     .iter()
-                    .map(|b| b.state.stats.breaker_opens.load(Relaxed))
+                    .map(|b| b.state.stats.breaker_opens())
                     .sum(),
-                shadow: rt.shadow_stats.read(),
+                shadow: rt
+                    .shadow
+                    .as_ref()
+                    .map(|s| s.stats.read())
+                    .unwrap_or_default(),
             };
             let latency = || -> Latency {
                 let now = Instant::now();
-                (
-                    canary.stats.latency.snapshot(now),
-                    stable.stats.latency.snapshot(now),
-                )
+                (canary.stats.latency(now), stable.stats.latency(now))
             };
             if let Some(change) = r.observe(now, unix_ms(), sample, latency) {
                 record(&self.journal, r, &rt.spec, change, self.generation);
@@ -307,7 +307,9 @@ impl Controller {
                         rt.targets
                             .iter()
                             .zip(rt.split.weights())
-                            .map(|(t, w)| json!({ "upstream": &*t.pool.spec.name, "weight": w }))
+                            .map(
+                                |(t, w)| json!({ "upstream": &*t.upstream.spec.name, "weight": w }),
+                            )
                             .collect()
                     })
                     .unwrap_or_default();
@@ -346,7 +348,7 @@ fn record(
 }
 
 fn arms<'a>(rt: &'a RouteRuntime, canary: &str, stable: &str) -> Option<(&'a Target, &'a Target)> {
-    let find = |name: &str| rt.targets.iter().find(|t| &*t.pool.spec.name == name);
+    let find = |name: &str| rt.targets.iter().find(|t| &*t.upstream.spec.name == name);
     Some((find(canary)?, find(stable)?))
 }
 

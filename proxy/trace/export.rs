@@ -31,6 +31,7 @@ use tokio::time::Instant;
 
 use super::Recording;
 use super::otlp::{self, Resource};
+use super::span::WallClock;
 use crate::config::model::{Otlp, Tracing};
 use crate::server::shutdown::Stop;
 
@@ -136,6 +137,15 @@ impl Tracer {
     /// Spans waiting in the queue right now.
     pub fn queued(&self) -> usize {
         self.queued.load(Relaxed)
+    }
+
+    /// The oldest request's spans in the queue, taken out as the exporter would.
+    #[cfg(test)]
+    pub(crate) fn next_queued(&self) -> Option<Box<Recording>> {
+        let mut rx = self.rx.lock().ok()?;
+        let r = rx.as_mut()?.try_recv().ok()?;
+        self.queued.fetch_sub(r.spans.span_count(), Relaxed);
+        Some(r)
     }
 
     fn drop_spans(&self, reason: DropReason, n: u64) {
@@ -287,7 +297,11 @@ impl Exporter {
                 self.tracer.drop_spans(DropReason::Shutdown, n as u64);
                 continue;
             }
-            let body = Bytes::from(otlp::encode(&resource, chunk.iter().map(|r| &r.spans)));
+            let body = Bytes::from(otlp::encode(
+                &resource,
+                &WallClock::now(),
+                chunk.iter().map(|r| &r.spans),
+            ));
             match self.post(&otlp, body, left.min(otlp.timeout)).await {
                 Ok(rejected) => self.accepted(n, rejected),
                 Err(_) => self.tracer.drop_spans(DropReason::Shutdown, n as u64),
@@ -309,6 +323,7 @@ impl Exporter {
         }
         let body = Bytes::from(otlp::encode(
             &resource(config),
+            &WallClock::now(),
             batch.requests.iter().map(|r| &r.spans),
         ));
         let mut backoff = FIRST_BACKOFF;
@@ -561,8 +576,8 @@ mod tests {
             parent: None,
             sampled: true,
             trace_state: None,
-            start_ns: 1,
-            end_ns: 2,
+            start: tokio::time::Instant::now(),
+            end: tokio::time::Instant::now(),
             method: http::Method::GET,
             uri: http::Uri::from_static("/"),
             scheme: "http",
@@ -575,16 +590,18 @@ mod tests {
             upstream: None,
             backend: None,
             error: None,
+            flags: None,
         };
         let tries = (0..tries)
             .map(|i| crate::trace::span::ClientSpan {
                 span_id: crate::trace::ids::span_id(),
-                start_ns: 1,
-                end_ns: 2,
+                start: tokio::time::Instant::now(),
+                end: tokio::time::Instant::now(),
                 upstream: Arc::from("u"),
                 backend: crate::config::validate::backend_addr("127.0.0.1:9").unwrap(),
                 tls: false,
                 status: Some(200),
+                outcome: "success",
                 error: None,
                 resend: i as u32,
             })
@@ -594,7 +611,6 @@ mod tests {
             queue_size: 0,
             batch_size: 0,
             spans: crate::trace::span::RequestSpans { server, tries },
-            open: None,
         })
     }
 

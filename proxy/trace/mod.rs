@@ -10,40 +10,50 @@
 //!   waiting: a full queue drops and counts), and the task that batches them to the collector
 //!   with retries and backoff, and flushes within a bound on shutdown.
 //!
-//! A request's [`RequestTrace`] is its place in a trace: the caller's trace when the request
-//! carried a valid `traceparent` (its sampled flag honoured), else a new trace sampled at
-//! `tracing.sample_ratio`. Each try at a backend gets a span id of its own, which the backend
-//! sees as its parent. With export off, this is all a request costs: one header parsed, one
-//! written per try, and a few random numbers.
+//! A request's [`RequestTrace`] is its place in a trace, kept on the request's record: the
+//! caller's trace when the request carried a valid `traceparent` (its sampled flag honoured),
+//! else a new trace sampled at `tracing.sample_ratio`. Each try at a backend gets a span id of
+//! its own ([`RequestTrace::try_started`]), which the backend sees as its parent. With export
+//! off, this is all a request costs: one header parsed, one written per try, and a few random
+//! numbers; with `tracing.propagate: false`, nothing at all. The spans themselves are written
+//! from the finished record (`http::spans`), not kept along the way.
 
-pub mod context;
-pub mod export;
-pub mod ids;
-pub mod otlp;
-pub mod span;
+pub(crate) mod context;
+pub(crate) mod export;
+pub(crate) mod ids;
+pub(crate) mod otlp;
+pub(crate) mod span;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::Request;
 use http::header::{self, HeaderMap, HeaderValue};
+use tokio::time::Instant;
 
-pub use context::{SpanId, TraceId};
-pub use export::{DropReason, Tracer};
-use span::{ClientSpan, RequestSpans, ServerSpan, now_ns};
+pub(crate) use context::{SpanId, TraceId};
+pub(crate) use export::{DropReason, Tracer};
+use span::{RequestSpans, ServerSpan};
 
-use crate::config::model::{BackendAddr, Tracing};
+use crate::config::model::Tracing;
+
+/// The ids a request is known by in its trace: what the access log line and the server span
+/// carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TraceIds {
+    pub(crate) trace_id: TraceId,
+    /// Switchyard's server span: the request as switchyard handled it.
+    pub(crate) span_id: SpanId,
+}
 
 /// One request's place in its trace, from arrival to the end of its response.
 #[derive(Debug)]
-pub struct RequestTrace {
-    trace_id: TraceId,
-    /// The request as switchyard handles it (the server span): what the access log names.
-    span_id: SpanId,
+pub(crate) struct RequestTrace {
+    ids: TraceIds,
     /// The caller's span, when the request carried a valid `traceparent`.
     parent: Option<SpanId>,
     sampled: bool,
-    /// Present while the request's spans are being recorded for export.
+    /// Present while the request's spans are to be exported (sampled, `otlp` set).
     recording: Option<Box<Recording>>,
 }
 
@@ -55,47 +65,23 @@ pub(crate) struct Recording {
     queue_size: usize,
     batch_size: usize,
     pub(crate) spans: RequestSpans,
-    /// The try in progress: its span, until it ends.
-    open: Option<ClientSpan>,
-}
-
-/// How a try ended, for its span.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TryEnd {
-    /// The response head's status, when one came.
-    pub status: Option<u16>,
-    /// What went wrong (`x-switchyard-error`'s tokens), when something did.
-    pub error: Option<&'static str>,
-}
-
-impl TryEnd {
-    /// No try is open, or it ends as its response did.
-    pub const NONE: TryEnd = TryEnd {
-        status: None,
-        error: None,
-    };
-}
-
-/// How the request was answered, for the server span.
-#[derive(Debug, Default)]
-pub struct Answered {
-    pub status: u16,
-    /// Why switchyard answered itself (`x-switchyard-error`'s token), when it did.
-    pub error: Option<&'static str>,
-    /// The upstream it was counted against when no try named one (every backend was out).
-    pub upstream: Option<Arc<str>>,
 }
 
 impl RequestTrace {
-    /// The request's trace: the caller's, or a new one. It is recorded for export when it is
-    /// sampled and `tracing.otlp` is set.
-    pub fn start<B>(
+    /// The request's trace: the caller's, or a new one; `None` when `tracing.propagate` is off
+    /// (the request's trace headers then pass as they came). It is recorded for export when it
+    /// is sampled and `tracing.otlp` is set; `started` is when the request arrived.
+    pub(crate) fn start<B>(
         req: &Request<B>,
         peer: SocketAddr,
         scheme: &'static str,
         settings: &Tracing,
         tracer: &Arc<Tracer>,
-    ) -> RequestTrace {
+        started: Instant,
+    ) -> Option<RequestTrace> {
+        if !settings.propagate {
+            return None;
+        }
         let headers = req.headers();
         let incoming = match settings.restart_incoming {
             true => None,
@@ -121,8 +107,8 @@ impl RequestTrace {
                         parent,
                         sampled,
                         trace_state: parent.and_then(|_| context::tracestate(headers)),
-                        start_ns: now_ns(),
-                        end_ns: 0,
+                        start: started,
+                        end: started,
                         method: req.method().clone(),
                         uri: req.uri().clone(),
                         scheme,
@@ -139,50 +125,41 @@ impl RequestTrace {
                         upstream: None,
                         backend: None,
                         error: None,
+                        flags: None,
                     },
                     tries: Vec::new(),
                 },
-                open: None,
             })),
             _ => None,
         };
-        RequestTrace {
-            trace_id,
-            span_id,
+        Some(RequestTrace {
+            ids: TraceIds { trace_id, span_id },
             parent,
             sampled,
             recording,
-        }
+        })
     }
 
-    pub fn trace_id(&self) -> TraceId {
-        self.trace_id
-    }
-
-    /// The request's own span (switchyard's server span).
-    pub fn span_id(&self) -> SpanId {
-        self.span_id
+    /// The request's trace id and switchyard's span id for it.
+    pub(crate) fn ids(&self) -> TraceIds {
+        self.ids
     }
 
     /// The caller's span, when the request continued a trace.
-    pub fn parent(&self) -> Option<SpanId> {
+    #[cfg(test)]
+    pub(crate) fn parent(&self) -> Option<SpanId> {
         self.parent
     }
 
-    pub fn sampled(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn sampled(&self) -> bool {
         self.sampled
     }
 
     /// Whether this request's spans are recorded for export.
-    pub fn recording(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn recording(&self) -> bool {
         self.recording.is_some()
-    }
-
-    /// The request matched `route`.
-    pub fn routed(&mut self, route: &Arc<str>) {
-        if let Some(rec) = &mut self.recording {
-            rec.spans.server.route = Some(Arc::clone(route));
-        }
     }
 
     /// Sets the request head's (the client's, as it came) `tracestate` for what leaves
@@ -190,11 +167,11 @@ impl RequestTrace {
     /// restarted. Each try writes its own `traceparent` ([`RequestTrace::try_started`]); when
     /// the head may also be `copied` (a shadow copy), it gets one naming switchyard's server
     /// span as the parent now, which is what the copy carries.
-    pub fn propagate(&self, headers: &mut HeaderMap, copied: bool) {
+    pub(crate) fn propagate(&self, headers: &mut HeaderMap, copied: bool) {
         if copied {
             headers.insert(
                 &context::TRACEPARENT,
-                context::traceparent(&self.trace_id, &self.span_id, self.sampled),
+                context::traceparent(&self.ids.trace_id, &self.ids.span_id, self.sampled),
             );
         }
         if self.parent.is_some() {
@@ -204,96 +181,29 @@ impl RequestTrace {
         }
     }
 
-    /// A try at `backend` is about to be sent with `headers`: it gets a span of its own, which
-    /// its `traceparent` names as the backend's parent. A try still open is ended first.
-    pub fn try_started(
-        &mut self,
-        headers: &mut HeaderMap,
-        upstream: &Arc<str>,
-        backend: &BackendAddr,
-        tls: bool,
-    ) -> SpanId {
+    /// A try is about to be sent with `headers`: it gets a span of its own, which its
+    /// `traceparent` names as the backend's parent. The try's record keeps the id.
+    pub(crate) fn try_started(&self, headers: &mut HeaderMap) -> SpanId {
         let span_id = ids::span_id();
         headers.insert(
             &context::TRACEPARENT,
-            context::traceparent(&self.trace_id, &span_id, self.sampled),
+            context::traceparent(&self.ids.trace_id, &span_id, self.sampled),
         );
-        if let Some(rec) = &mut self.recording {
-            rec.close_try(TryEnd {
-                status: None,
-                error: Some("abandoned"),
-            });
-            let server = &mut rec.spans.server;
-            server.upstream = Some(Arc::clone(upstream));
-            server.backend = Some(backend.clone());
-            rec.open = Some(ClientSpan {
-                span_id,
-                start_ns: now_ns(),
-                end_ns: 0,
-                upstream: Arc::clone(upstream),
-                backend: backend.clone(),
-                tls,
-                status: None,
-                error: None,
-                resend: rec.spans.tries.len() as u32,
-            });
-        }
         span_id
     }
 
-    /// The try in progress ended (it failed, or its answer will not be used).
-    pub fn try_ended(&mut self, end: TryEnd) {
-        if let Some(rec) = &mut self.recording {
-            rec.close_try(end);
-        }
-    }
-
-    /// The request is over: a try still open ends with `last` (its response streamed to the
-    /// end), the server span with `answered`, and the spans go to the export queue. The
-    /// server span names the last try's upstream and backend.
-    pub fn finish(self, last: TryEnd, answered: Answered) {
-        self.pending().finish(last, answered);
-    }
-
-    /// What is left to do once only the end of the response is awaited: finish the spans, if
-    /// any are recorded. One word, to keep the response that carries it small.
-    pub fn pending(self) -> PendingSpans {
-        PendingSpans(self.recording)
-    }
-}
-
-/// The spans of a request whose response is still streaming ([`RequestTrace::pending`]).
-#[derive(Debug)]
-pub struct PendingSpans(Option<Box<Recording>>);
-
-impl PendingSpans {
-    /// As [`RequestTrace::finish`].
-    pub fn finish(self, last: TryEnd, answered: Answered) {
-        let Some(mut rec) = self.0 else {
-            return;
-        };
-        rec.close_try(last);
-        let s = &mut rec.spans.server;
-        s.end_ns = now_ns();
-        s.status = answered.status;
-        s.error = answered.error;
-        if s.upstream.is_none() {
-            s.upstream = answered.upstream;
-        }
-        let tracer = Arc::clone(&rec.tracer);
-        let (queue_size, batch_size) = (rec.queue_size, rec.batch_size);
-        tracer.submit(rec, queue_size, batch_size);
+    /// The spans to write once the request is over, if they are recorded (once).
+    pub(crate) fn take_recording(&mut self) -> Option<Box<Recording>> {
+        self.recording.take()
     }
 }
 
 impl Recording {
-    fn close_try(&mut self, end: TryEnd) {
-        if let Some(mut t) = self.open.take() {
-            t.end_ns = now_ns();
-            t.status = end.status;
-            t.error = end.error;
-            self.spans.tries.push(t);
-        }
+    /// Hands the finished spans to the export queue (never waits).
+    pub(crate) fn submit(self: Box<Self>) {
+        let tracer = Arc::clone(&self.tracer);
+        let (queue_size, batch_size) = (self.queue_size, self.batch_size);
+        tracer.submit(self, queue_size, batch_size);
     }
 }
 

@@ -8,14 +8,14 @@
 
 use http::{Method, Version};
 
-use super::span::{ClientSpan, RequestSpans, ServerSpan};
+use super::span::{ClientSpan, RequestSpans, ServerSpan, WallClock};
 
 /// Who sends the spans: the `resource` of every batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Resource {
-    pub service_name: String,
+pub(crate) struct Resource {
+    pub(crate) service_name: String,
     /// `service.instance.id`: which replica (the host name, when known).
-    pub instance: Option<String>,
+    pub(crate) instance: Option<String>,
 }
 
 const VARINT: u8 = 0;
@@ -33,8 +33,9 @@ const FLAG_HAS_IS_REMOTE: u32 = 0x100;
 const FLAG_IS_REMOTE: u32 = 0x200;
 
 /// The body of one export: every span of `batch` under one resource and one scope.
-pub fn encode<'a>(
+pub(crate) fn encode<'a>(
     resource: &Resource,
+    clock: &WallClock,
     batch: impl IntoIterator<Item = &'a RequestSpans>,
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(16 * 1024);
@@ -60,10 +61,12 @@ pub fn encode<'a>(
             for req in batch {
                 b.reserve(512 * req.span_count());
                 nested(b, 2, |b| {
-                    server_span(b, &req.server, req.tries.len(), &mut scratch)
+                    server_span(b, clock, &req.server, req.tries.len(), &mut scratch)
                 });
                 for t in &req.tries {
-                    nested(b, 2, |b| client_span(b, &req.server, t, &mut scratch));
+                    nested(b, 2, |b| {
+                        client_span(b, clock, &req.server, t, &mut scratch)
+                    });
                 }
             }
         });
@@ -71,7 +74,13 @@ pub fn encode<'a>(
     out
 }
 
-fn server_span(b: &mut Vec<u8>, s: &ServerSpan, tries: usize, scratch: &mut String) {
+fn server_span(
+    b: &mut Vec<u8>,
+    clock: &WallClock,
+    s: &ServerSpan,
+    tries: usize,
+    scratch: &mut String,
+) {
     common(b, s, s.span_id.bytes(), s.parent.as_ref().map(|p| &p.0[..]));
     let remote = if s.parent.is_some() {
         FLAG_HAS_IS_REMOTE | FLAG_IS_REMOTE
@@ -85,8 +94,8 @@ fn server_span(b: &mut Vec<u8>, s: &ServerSpan, tries: usize, scratch: &mut Stri
         None => string(b, 5, method_name(&s.method)),
     }
     varint_field(b, 6, KIND_SERVER);
-    fixed64(b, 7, s.start_ns);
-    fixed64(b, 8, s.end_ns.max(s.start_ns));
+    fixed64(b, 7, clock.ns(s.start));
+    fixed64(b, 8, clock.ns(s.end.max(s.start)));
     method_attrs(b, &s.method);
     attr_str(b, 9, "url.path", s.uri.path());
     attr_str(b, 9, "url.scheme", s.scheme);
@@ -126,18 +135,27 @@ fn server_span(b: &mut Vec<u8>, s: &ServerSpan, tries: usize, scratch: &mut Stri
     if let Some(e) = s.error {
         attr_str(b, 9, "switchyard.error", e);
     }
+    if let Some(f) = &s.flags {
+        attr_str(b, 9, "switchyard.flags", f);
+    }
     if failed {
         status(b, s.error.unwrap_or(""));
     }
 }
 
-fn client_span(b: &mut Vec<u8>, s: &ServerSpan, t: &ClientSpan, scratch: &mut String) {
+fn client_span(
+    b: &mut Vec<u8>,
+    clock: &WallClock,
+    s: &ServerSpan,
+    t: &ClientSpan,
+    scratch: &mut String,
+) {
     common(b, s, t.span_id.bytes(), Some(&s.span_id.0[..]));
     fixed32(b, 16, u32::from(s.sampled) | FLAG_HAS_IS_REMOTE);
     string(b, 5, method_name(&s.method));
     varint_field(b, 6, KIND_CLIENT);
-    fixed64(b, 7, t.start_ns);
-    fixed64(b, 8, t.end_ns.max(t.start_ns));
+    fixed64(b, 7, clock.ns(t.start));
+    fixed64(b, 8, clock.ns(t.end.max(t.start)));
     method_attrs(b, &s.method);
     let authority = &t.backend.authority;
     let scheme = if t.tls { "https://" } else { "http://" };
@@ -162,7 +180,7 @@ fn client_span(b: &mut Vec<u8>, s: &ServerSpan, t: &ClientSpan, scratch: &mut St
     }
     let error = match (t.error, t.status) {
         (Some(e), _) => Some(e),
-        (None, Some(code)) if code >= 400 => Some(&*show(scratch, code)),
+        (None, Some(code)) if code >= 400 => Some(show(scratch, code)),
         _ => None,
     };
     if let Some(e) = error {
@@ -170,6 +188,7 @@ fn client_span(b: &mut Vec<u8>, s: &ServerSpan, t: &ClientSpan, scratch: &mut St
     }
     attr_str(b, 9, "switchyard.upstream", &t.upstream);
     attr_str(b, 9, "switchyard.backend", authority.as_str());
+    attr_str(b, 9, "switchyard.outcome", t.outcome);
     if let Some(e) = error {
         status(b, e);
     }

@@ -40,11 +40,15 @@ const PEER: &str = "192.0.2.7:5555";
 const INCOMING: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
 
 fn start(req: &Request<()>, s: &Tracing, tracer: &Arc<Tracer>) -> RequestTrace {
-    RequestTrace::start(req, PEER.parse().unwrap(), "http", s, tracer)
-}
-
-fn addr() -> BackendAddr {
-    crate::config::validate::backend_addr("10.0.0.1:8080").unwrap()
+    RequestTrace::start(
+        req,
+        PEER.parse().unwrap(),
+        "http",
+        s,
+        tracer,
+        Instant::now(),
+    )
+    .unwrap()
 }
 
 #[test]
@@ -54,8 +58,11 @@ fn an_incoming_trace_is_continued_with_a_new_span_per_try() {
         ("traceparent", INCOMING),
         ("tracestate", "congo=t61rcWkgMzE"),
     ]);
-    let mut t = start(&req, &settings(0.0, false), &tracer);
-    assert_eq!(t.trace_id().to_string(), "0af7651916cd43dd8448eb211c80319c");
+    let t = start(&req, &settings(0.0, false), &tracer);
+    assert_eq!(
+        t.ids().trace_id.to_string(),
+        "0af7651916cd43dd8448eb211c80319c"
+    );
     assert_eq!(t.parent().unwrap().to_string(), "b7ad6b7169203331");
     assert!(t.sampled(), "the caller's sampled flag is honoured");
     assert!(!t.recording(), "nothing is recorded with export off");
@@ -65,20 +72,19 @@ fn an_incoming_trace_is_continued_with_a_new_span_per_try() {
     let tp = context::parent(&head).unwrap();
     assert_eq!(
         tp.span_id,
-        t.span_id(),
+        t.ids().span_id,
         "a shadow copy's parent is the server span"
     );
     assert_eq!(head["tracestate"], "congo=t61rcWkgMzE");
 
-    let upstream: Arc<str> = Arc::from("blue");
-    let first = t.try_started(&mut head, &upstream, &addr(), false);
-    let second = t.try_started(&mut head, &upstream, &addr(), false);
+    let first = t.try_started(&mut head);
+    let second = t.try_started(&mut head);
     assert_ne!(first, second);
-    assert_ne!(first, t.span_id());
+    assert_ne!(first, t.ids().span_id);
     let sent = context::parent(&head).unwrap();
     assert_eq!(
         (sent.trace_id, sent.span_id, sent.sampled),
-        (t.trace_id(), second, true)
+        (t.ids().trace_id, second, true)
     );
     assert_eq!(head.get_all("traceparent").iter().count(), 1);
 }
@@ -104,7 +110,7 @@ fn a_request_without_a_trace_starts_one_sampled_at_the_ratio() {
 
     let on = start(&req, &settings(1.0, true), &tracer);
     assert!(on.sampled() && on.recording());
-    assert_ne!(on.trace_id(), off.trace_id());
+    assert_ne!(on.ids().trace_id, off.ids().trace_id);
     // Without export, a ratio still sets the flag (switchyard as the head sampler).
     let head_only = start(&req, &settings(1.0, false), &tracer);
     assert!(head_only.sampled() && !head_only.recording());
@@ -120,7 +126,10 @@ fn an_unsampled_caller_is_not_recorded_and_an_invalid_one_is_restarted() {
         &tracer,
     );
     assert!(!t.sampled() && !t.recording());
-    assert_eq!(t.trace_id().to_string(), "0af7651916cd43dd8448eb211c80319c");
+    assert_eq!(
+        t.ids().trace_id.to_string(),
+        "0af7651916cd43dd8448eb211c80319c"
+    );
 
     let bad = INCOMING.replace("0af7", "0AF7");
     let t = start(
@@ -129,7 +138,10 @@ fn an_unsampled_caller_is_not_recorded_and_an_invalid_one_is_restarted() {
         &tracer,
     );
     assert!(t.parent().is_none());
-    assert_ne!(t.trace_id().to_string(), "0af7651916cd43dd8448eb211c80319c");
+    assert_ne!(
+        t.ids().trace_id.to_string(),
+        "0af7651916cd43dd8448eb211c80319c"
+    );
     let mut head = HeaderMap::new();
     t.propagate(&mut head, true);
     assert!(head.get("tracestate").is_none());
@@ -144,62 +156,47 @@ fn restart_incoming_ignores_the_callers_context() {
     };
     let t = start(&request(&[("traceparent", INCOMING)]), &s, &tracer);
     assert!(t.parent().is_none() && !t.sampled());
-    assert_ne!(t.trace_id().to_string(), "0af7651916cd43dd8448eb211c80319c");
+    assert_ne!(
+        t.ids().trace_id.to_string(),
+        "0af7651916cd43dd8448eb211c80319c"
+    );
 }
 
 #[test]
-fn a_recorded_request_queues_its_server_span_and_one_client_span_per_try() {
+fn a_recorded_request_goes_to_the_queue_once() {
     let tracer: Arc<Tracer> = Arc::default();
     let req = request(&[("traceparent", INCOMING), ("user-agent", "curl/8")]);
     let mut t = start(&req, &settings(0.0, true), &tracer);
     assert!(t.recording());
-    let mut head = req.headers().clone();
-    let upstream: Arc<str> = Arc::from("blue");
-    let first = t.try_started(&mut head, &upstream, &addr(), false);
-    t.try_ended(TryEnd {
-        status: None,
-        error: Some("connect-failure"),
-    });
-    let second = t.try_started(&mut head, &upstream, &addr(), false);
-    let server = t.span_id();
-    t.routed(&Arc::from("shop"));
-    t.finish(
-        TryEnd {
-            status: Some(200),
-            error: None,
-        },
-        Answered {
-            status: 200,
-            ..Answered::default()
-        },
+    let mut rec = t.take_recording().unwrap();
+    assert!(t.take_recording().is_none(), "taken once");
+    assert_eq!(rec.spans.server.span_id, t.ids().span_id);
+    assert_eq!(rec.spans.server.uri.path(), "/checkout");
+    assert_eq!(rec.spans.server.parent, t.parent());
+    rec.spans.server.status = 200;
+    rec.submit();
+    assert_eq!(tracer.queued(), 1);
+    let queued = tracer.next_queued().unwrap();
+    assert_eq!(queued.spans.server.status, 200);
+}
+
+#[test]
+fn propagate_off_takes_no_part() {
+    let tracer = Arc::default();
+    let s = Tracing {
+        propagate: false,
+        ..settings(1.0, false)
+    };
+    let req = request(&[("traceparent", INCOMING)]);
+    assert!(
+        RequestTrace::start(
+            &req,
+            PEER.parse().unwrap(),
+            "http",
+            &s,
+            &tracer,
+            Instant::now()
+        )
+        .is_none()
     );
-    assert_eq!(tracer.queued(), 3);
-    let recording = tracer
-        .rx
-        .lock()
-        .unwrap()
-        .as_mut()
-        .unwrap()
-        .try_recv()
-        .unwrap();
-    let spans = &recording.spans;
-    assert_eq!(spans.server.span_id, server);
-    assert_eq!(spans.server.status, 200);
-    assert_eq!(spans.server.uri.path(), "/checkout");
-    assert_eq!(spans.server.route.as_deref(), Some("shop"));
-    assert_eq!(spans.server.upstream.as_deref(), Some("blue"));
-    assert_eq!(spans.server.backend, Some(addr()));
-    let tries: Vec<(SpanId, Option<u16>, Option<&str>, u32)> = spans
-        .tries
-        .iter()
-        .map(|c| (c.span_id, c.status, c.error, c.resend))
-        .collect();
-    assert_eq!(
-        tries,
-        [
-            (first, None, Some("connect-failure"), 0),
-            (second, Some(200), None, 1)
-        ]
-    );
-    assert!(spans.tries.iter().all(|c| c.end_ns >= c.start_ns));
 }

@@ -103,6 +103,40 @@ async fn trace_context_is_passed_on_without_export() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_propagate_off_trace_headers_pass_as_they_came() {
+    let b = TestBackend::start("b").await;
+    let proxy = Proxy::start(&format!(
+        "{HEAD}{}tracing: {{ propagate: false }}\n",
+        one_route(&[&b], "")
+    ))
+    .await;
+    let c = client();
+    // Even what switchyard would otherwise restart (upper case) or join goes through as is.
+    let bad = incoming(true).to_uppercase();
+    let r = get_with(
+        &c,
+        &proxy.url("/a"),
+        &[
+            ("traceparent", &bad),
+            ("tracestate", "congo=1"),
+            ("tracestate", "rojo=2"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    get(&c, &proxy.url("/b")).await;
+    let seen = b.seen();
+    assert_eq!(seen[0].headers["traceparent"], bad.as_str());
+    let states: Vec<_> = seen[0].headers.get_all("tracestate").iter().collect();
+    assert_eq!(states, ["congo=1", "rojo=2"]);
+    assert!(
+        seen[1].headers.get("traceparent").is_none(),
+        "no trace is started"
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_reach_a_real_collector_with_the_ids_the_backend_saw() {
     let collector = Collector::start(&[]);
     let (b, next) = (
@@ -327,6 +361,10 @@ async fn a_retried_request_has_one_client_span_per_try() {
         good.addr.to_string().as_str()
     );
     assert!(first["end"].as_u64() <= second["start"].as_u64());
+    // Each try's one classification, as its span's outcome.
+    assert_eq!(attr(first, "switchyard.outcome"), "server-error");
+    assert_eq!(attr(second, "switchyard.outcome"), "success");
+    assert_eq!(attr(server, "switchyard.flags"), "RT");
     assert_eq!(attr(server, "switchyard.attempts"), 2);
     assert_eq!(attr(server, "http.response.status_code"), 200);
     proxy.shutdown().await;

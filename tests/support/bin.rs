@@ -23,7 +23,20 @@ fn addr_after(line: &str, key: &str) -> Option<SocketAddr> {
 impl Process {
     /// Runs `switchyard run -c CONFIG ARGS..` and waits for it to report its addresses.
     pub fn run(config: &Path, args: &[&str]) -> Process {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        Self::spawn(Command::new(env!("CARGO_BIN_EXE_switchyard")), config, args)
+    }
+
+    /// [`Process::run`] with at most `nofile` file descriptors (`prlimit --nofile`).
+    pub fn run_with_fd_limit(config: &Path, args: &[&str], nofile: u32) -> Process {
+        let mut cmd = Command::new("prlimit");
+        cmd.arg(format!("--nofile={nofile}:{nofile}"))
+            .arg("--")
+            .arg(env!("CARGO_BIN_EXE_switchyard"));
+        Self::spawn(cmd, config, args)
+    }
+
+    fn spawn(mut cmd: Command, config: &Path, args: &[&str]) -> Process {
+        let mut child = cmd
             .arg("run")
             .arg("-c")
             .arg(config)
