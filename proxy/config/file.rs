@@ -29,6 +29,7 @@ pub struct FileConfig {
     /// In declaration order: `upstreams` is a mapping, and its order is the user's.
     pub upstreams: Vec<(String, Upstream)>,
     pub routes: Vec<Route>,
+    pub cluster: Option<super::cluster::ClusterFile>,
     /// Name servers for DNS discovery (`resolver:`); the system's when absent.
     pub resolver: Option<super::discover::ResolverFile>,
     /// Trace context and span export (`tracing:`).
@@ -134,6 +135,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "drain_timeout",
     "upstreams",
     "routes",
+    "cluster",
     "resolver",
     "tracing",
 ];
@@ -182,6 +184,7 @@ pub fn parse(text: &str) -> Result<Parsed, Vec<ConfigError>> {
             "drain_timeout" => out.drain_timeout = piece(value, "drain_timeout", &mut errors, p),
             "resolver" => out.resolver = piece(value, "resolver", &mut errors, p),
             "tracing" => out.tracing = piece(value, "tracing", &mut errors, p),
+            "cluster" => out.cluster = piece(value, "cluster", &mut errors, p),
             other => errors.push(ConfigError::new(
                 other,
                 format!(
