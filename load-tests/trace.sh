@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# What trace export costs a request: export off, on at 1 %, on at 100 %.
+# What tracing costs a request: off (propagate: false), trace context only, export at 1 %, at 100 %.
 #
 #   load-tests/trace.sh             # callgrind: instructions per request of the release binary,
 #                                   # each case run with N1 and N2 requests; the difference over
 #                                   # N2 - N1 leaves start-up and shutdown out
 #   load-tests/trace.sh peers       # ../shared/bench/peers.sh once per case (the peers table)
 #
-# The cases are load-tests/trace/{off,1pct,100pct}.yaml (peers.sh's ports: switchyard on 18085,
+# The cases are load-tests/trace/{off,propagate,1pct,100pct}.yaml (peers.sh's ports: switchyard on 18085,
 # backend on 18081). The collector is nginx answering 200 to every POST on 18088 (a sink: it
 # costs switchyard what a real collector costs it, the export, and decodes nothing).
-# Knobs: N1 (default 1000), N2 (default 3000) requests for callgrind; CASES (default all three);
+# Knobs: N1 (default 1000), N2 (default 3000) requests for callgrind; CASES (default all four);
 # BIN (a binary to measure instead of building this tree); PEERS (path to peers.sh),
 # PEERS_SECONDS (default 8). Needs nginx, valgrind (callgrind) and curl. Loopback only, bounded
 # in count and time; everything it starts is stopped on exit.
@@ -19,7 +19,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 MODE=${1:-callgrind}
 N1=${N1:-1000}
 N2=${N2:-3000}
-CASES=${CASES:-off 1pct 100pct}
+CASES=${CASES:-off propagate 1pct 100pct}
 W=$(mktemp -d /tmp/switchyard-trace.XXXX)
 PIDS=()
 cleanup() {
