@@ -104,10 +104,11 @@ pub async fn start(opts: Options) -> Result<Running, ConfigErrors> {
         let shared = Arc::clone(&shared);
         move || shared.snapshot().config.tracing.clone()
     };
+    let mut trace_signal = trace_signal;
     let trace_export = tokio::spawn(shared.tracer.run(
         settings,
         shared.reload_events(),
-        trace_signal,
+        async move { trace_signal.wait().await },
     ));
     let tracker = Tracker::default();
     // Rollouts resumed from the state file (or taken from the fleet) set their weights before

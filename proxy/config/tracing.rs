@@ -280,8 +280,13 @@ pub fn endpoint(s: &str) -> Result<(BackendAddr, PathAndQuery, bool), String> {
         Some(_) => authority.as_str().to_owned(),
         None => format!("{}:{}", authority.as_str(), if https { 443 } else { 80 }),
     };
-    let address =
-        super::validate::backend_addr(&with_port).map_err(|why| format!("`{s}`: {why}"))?;
+    // The URL parsed already: what is left to check is that a host and a port are named.
+    let address = match with_port.parse::<http::uri::Authority>() {
+        Ok(a) if !a.host().is_empty() && a.port_u16().is_some_and(|p| p != 0) => {
+            BackendAddr { authority: a }
+        }
+        _ => return Err(format!("`{s}` names no host, or port 0; {fix}")),
+    };
     let path = match uri.path_and_query() {
         Some(p) if p.as_str() != "/" && !p.as_str().is_empty() => p.clone(),
         _ => PathAndQuery::from_static(DEFAULT_TRACES_PATH),
@@ -312,6 +317,7 @@ mod tests {
             "grpc://collector:4317",
             "http://",
             "http://user:pw@collector:4318",
+            "http://collector:0",
             "not a url",
         ] {
             assert!(endpoint(bad).is_err(), "{bad}");

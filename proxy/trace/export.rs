@@ -15,6 +15,7 @@
 //! Settings come from the config in force, read again after every reload.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -33,7 +34,6 @@ use super::Recording;
 use super::otlp::{self, Resource};
 use super::span::WallClock;
 use crate::config::model::{Otlp, Tracing};
-use crate::server::shutdown::Stop;
 
 /// Sends of one batch, the first included, before it is given up.
 pub const MAX_TRIES: u32 = 5;
@@ -159,12 +159,13 @@ impl Tracer {
         self: &Arc<Self>,
         settings: F,
         reloads: watch::Receiver<T>,
-        stop: Stop,
+        stop: impl Future<Output = ()> + Send + 'static,
     ) -> impl Future<Output = ()> + Send + 'static
     where
         T: Send + Sync + 'static,
         F: Fn() -> Tracing + Send + 'static,
     {
+        let stop: StopSignal = Box::pin(stop);
         let rx = self.rx.lock().ok().and_then(|mut r| r.take());
         let tracer = Arc::clone(self);
         async move {
@@ -181,6 +182,9 @@ impl Tracer {
         }
     }
 }
+
+/// Fires once, when the exporter is to send what is left and end (polled until then only).
+type StopSignal = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 struct Exporter {
     tracer: Arc<Tracer>,
@@ -217,7 +221,7 @@ impl Batch {
 }
 
 impl Exporter {
-    async fn run<T, F>(mut self, settings: F, mut reloads: watch::Receiver<T>, mut stop: Stop)
+    async fn run<T, F>(mut self, settings: F, mut reloads: watch::Receiver<T>, mut stop: StopSignal)
     where
         F: Fn() -> Tracing,
     {
@@ -229,7 +233,7 @@ impl Exporter {
             // Woken by a full batch, or at a tick: what waited at most `flush_interval` goes.
             let ticked = tokio::select! {
                 biased;
-                () = stop.wait() => break,
+                () = stop.as_mut() => break,
                 changed = reloads.changed(), if reloading => {
                     reloading = changed.is_ok();
                     config = settings();
@@ -316,7 +320,7 @@ impl Exporter {
         config: &Tracing,
         otlp: &Arc<Otlp>,
         batch: Batch,
-        stop: &mut Stop,
+        stop: &mut StopSignal,
     ) -> Sent {
         if batch.spans == 0 {
             return Sent::Done;
@@ -331,7 +335,7 @@ impl Exporter {
             // A send in progress does not hold up shutdown: the batch goes to the final flush.
             let sent = tokio::select! {
                 biased;
-                () = stop.wait() => return Sent::Stopped(batch),
+                () = stop.as_mut() => return Sent::Stopped(batch),
                 sent = self.post(otlp, body.clone(), otlp.timeout) => sent,
             };
             let failure = match sent {
@@ -355,7 +359,7 @@ impl Exporter {
             }
             tokio::select! {
                 biased;
-                () = stop.wait() => return Sent::Stopped(batch),
+                () = stop.as_mut() => return Sent::Stopped(batch),
                 () = tokio::time::sleep(jitter(wait)) => {}
             }
             backoff = (backoff * 2).min(MAX_BACKOFF);
