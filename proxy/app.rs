@@ -78,7 +78,9 @@ pub struct Running {
     stop_reloader: StopTrigger,
     stop_admin: StopTrigger,
     stop_rollouts: StopTrigger,
+    stop_trace: StopTrigger,
     reloader: JoinHandle<()>,
+    trace_export: JoinHandle<()>,
     rollouts: JoinHandle<()>,
     admin: JoinHandle<()>,
     workers: Workers,
@@ -96,6 +98,18 @@ pub async fn start(opts: Options) -> Result<Running, ConfigErrors> {
     let (mut reloader, reload) = Reloader::open(opts.source.clone(), workers.len()).await?;
     let config = Arc::clone(reloader.config());
     let shared = Arc::clone(reloader.shared());
+    // Span export runs from the first request on, reading the tracing config in force.
+    let (stop_trace, trace_signal) = stop_pair();
+    let settings = {
+        let shared = Arc::clone(&shared);
+        move || shared.snapshot().config.tracing.clone()
+    };
+    let mut trace_signal = trace_signal;
+    let trace_export = tokio::spawn(shared.tracer.run(
+        settings,
+        shared.reload_events(),
+        async move { trace_signal.wait().await },
+    ));
     let tracker = Tracker::default();
     // Rollouts resumed from the state file (or taken from the fleet) set their weights before
     // the first request.
@@ -201,7 +215,9 @@ pub async fn start(opts: Options) -> Result<Running, ConfigErrors> {
         stop_reloader,
         stop_admin,
         stop_rollouts,
+        stop_trace,
         reloader: reloader_task,
+        trace_export,
         rollouts: rollouts_task,
         admin: admin_task,
         workers,
@@ -247,6 +263,22 @@ impl Running {
                 left = self.tracker.live(),
                 "drain timeout; closing what is left"
             );
+        }
+        // The last spans (the drained requests' included) go out within their own bound.
+        self.stop_trace.fire();
+        let bound = self
+            .shared
+            .snapshot()
+            .config
+            .tracing
+            .otlp
+            .as_ref()
+            .map_or(Duration::ZERO, |o| o.shutdown_timeout);
+        if tokio::time::timeout(bound + Duration::from_secs(1), self.trace_export)
+            .await
+            .is_err()
+        {
+            tracing::warn!("trace export did not finish within its shutdown bound");
         }
         self.stop_admin.fire();
         let _ = self.admin.await;

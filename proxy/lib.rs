@@ -43,6 +43,9 @@
 //!   (certificates by SNI, reloaded when their files change), [`server::shutdown`] (stop,
 //!   drain), [`server::limits`] (a listener's limits), [`server::sniff`] (raw HTTP/1 heads
 //!   watched for framing hyper repairs quietly), [`server::clock`] (lazily re-armed timers).
+//! - [`trace`]: W3C trace context ([`trace::context`]: `traceparent`/`tracestate` parsed
+//!   strictly; a span id per try) and OTLP/HTTP span export ([`trace::export`]: a bounded
+//!   queue the request path never waits on, batched to the collector by a task of its own).
 //! - [`http`]: the request path. `handler` (validates, loads the snapshot once, routes,
 //!   rate-limits) -> `attempt` (an `Attempt`: where the split aimed, the deadline, the
 //!   backends tried, what it takes to send again; tries, retries, reroutes, fresh-connection
@@ -83,4 +86,5 @@ pub mod server;
 pub mod shard;
 pub mod shared;
 pub mod stats;
+pub(crate) mod trace;
 pub mod watch;

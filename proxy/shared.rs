@@ -12,6 +12,7 @@ use crate::backend::discovery::board::Board;
 use crate::routing::Snapshot;
 use crate::stats::GlobalCounters;
 use crate::stats::limits::LimitStats;
+use crate::trace::Tracer;
 
 pub struct Shared {
     snapshot: ArcSwap<Snapshot>,
@@ -22,6 +23,8 @@ pub struct Shared {
     pub(crate) access_logs: Logs,
     /// What DNS discovery found and how its lookups went (`/status`, `/metrics`, `/readyz`).
     pub(crate) discovery: Arc<Board>,
+    /// The span export queue and its counters.
+    pub(crate) tracer: Arc<Tracer>,
     draining: AtomicBool,
     /// Bumped after every reload attempt; lets callers wait for one without polling.
     reloads: watch::Sender<ReloadEvent>,
@@ -48,6 +51,7 @@ impl Shared {
             limit_stats: LimitStats::default(),
             access_logs: Logs::default(),
             discovery: Arc::default(),
+            tracer: Arc::default(),
             draining: AtomicBool::new(false),
             reloads: watch::Sender::new(ReloadEvent {
                 generation,

@@ -38,6 +38,9 @@ TOOLS=(
   "mkfifo apt:coreutils"
   # tests/it/discovery.rs: a real DNS server on a loopback port (tests/support/dns.rs).
   "dnsmasq apt:dnsmasq-base"
+  # tests/it/tracing.rs: a real OTLP/HTTP collector decoding with the official protobufs
+  # (tests/support/otlp_receiver.py).
+  "py:opentelemetry.proto.collector.trace.v1.trace_service_pb2 pip:opentelemetry-proto==1.45.2"
   # tests/it/metrics.rs lints /metrics; tests/deploy checks and unit-tests the rules, and runs a
   # real Prometheus against switchyard.
   "promtool apt:prometheus"

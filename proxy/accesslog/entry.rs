@@ -40,6 +40,9 @@ pub(crate) struct Entry {
     /// `Host`, when the URI carries no authority.
     pub(crate) host: Option<HeaderValue>,
     pub(crate) request_id: HeaderValue,
+    /// The request's trace and switchyard's server span in it; `None` with `tracing.propagate`
+    /// off, or for a request refused before routing.
+    pub(crate) trace: Option<crate::trace::TraceIds>,
     /// The request body's length when known (Content-Length, or none for a bodiless
     /// HTTP/1.1 request).
     pub(crate) bytes_received: Option<u64>,

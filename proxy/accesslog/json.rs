@@ -47,6 +47,16 @@ pub(crate) fn line(out: &mut Vec<u8>, e: &Entry) {
     }
     let _ = write!(out, ",\"bytes_sent\":{},\"request_id\":", e.bytes_sent);
     string(out, e.request_id.as_bytes());
+    match e.trace {
+        Some(t) => {
+            out.extend_from_slice(b",\"trace_id\":\"");
+            out.extend_from_slice(&t.trace_id.hex());
+            out.extend_from_slice(b"\",\"span_id\":\"");
+            out.extend_from_slice(&t.span_id.hex());
+            out.push(b'"');
+        }
+        None => out.extend_from_slice(b",\"trace_id\":null,\"span_id\":null"),
+    }
     out.extend_from_slice(b",\"flags\":[");
     for (i, name) in e.flags.iter().enumerate() {
         if i > 0 {
@@ -193,6 +203,7 @@ mod tests {
             uri: "/a?b=%22c{}".parse().unwrap(),
             host: Some(HeaderValue::from_bytes(b"ex\tample\"\xff").unwrap()),
             request_id: HeaderValue::from_static("abc"),
+            trace: None,
             bytes_received: Some(0),
             status: 503,
             route: Some(Arc::from("r")),

@@ -25,6 +25,7 @@ use crate::shared::Shared;
 use crate::stats::counters::{CODE_CLASSES, GlobalCounters, LocalOp, Shortage};
 use crate::stats::prometheus::{Exposition, Family};
 use crate::stats::{MismatchKind, Outcome, ShadowResult};
+use crate::trace::{DropReason, Tracer};
 
 pub fn render(ctx: &AdminCtx) -> String {
     let snap = ctx.shared.snapshot();
@@ -44,6 +45,7 @@ pub fn render(ctx: &AdminCtx) -> String {
     limits(&mut e, &ctx.shared.limit_stats);
     access_logs(&mut e, &ctx.shared.access_logs);
     shortages(&mut e, &ctx.shared.counters, &ctx.shared.limit_stats);
+    trace_export(&mut e, &ctx.shared.tracer);
     build(&mut e);
     if let Some(p) = process::Process::read() {
         process(&mut e, &p);
@@ -363,6 +365,18 @@ fn shortages(e: &mut Exposition, g: &GlobalCounters, stats: &LimitStats) {
             s.sample(&[op.as_str(), short.as_str()], n as f64);
         }
     }
+}
+
+/// What span export did (every series present from the start, export on or off).
+fn trace_export(e: &mut Exposition, tracer: &Tracer) {
+    e.family(&f::TRACE_SPANS_EXPORTED)
+        .sample(&[], tracer.exported() as f64);
+    let mut s = e.family(&f::TRACE_SPANS_DROPPED);
+    for r in DropReason::ALL {
+        s.sample(&[r.as_str()], tracer.dropped(r) as f64);
+    }
+    e.family(&f::TRACE_QUEUE_SPANS)
+        .sample(&[], tracer.queued() as f64);
 }
 
 fn build(e: &mut Exposition) {

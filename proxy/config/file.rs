@@ -32,6 +32,8 @@ pub struct FileConfig {
     pub cluster: Option<super::cluster::ClusterFile>,
     /// Name servers for DNS discovery (`resolver:`); the system's when absent.
     pub resolver: Option<super::discover::ResolverFile>,
+    /// Trace context and span export (`tracing:`).
+    pub tracing: Option<super::tracing::TracingFile>,
     /// Pieces that did not parse, by path (`upstreams.blue`), and sections with such a piece
     /// (`routes`): validation skips what would only repeat their errors.
     pub broken: HashSet<String>,
@@ -136,6 +138,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "routes",
     "cluster",
     "resolver",
+    "tracing",
 ];
 
 /// Parses the document, collecting the first error of every piece. Fails outright only when
@@ -181,6 +184,7 @@ pub fn parse(text: &str) -> Result<Parsed, Vec<ConfigError>> {
             "state_dir" => out.state_dir = piece(value, "state_dir", &mut errors, p),
             "drain_timeout" => out.drain_timeout = piece(value, "drain_timeout", &mut errors, p),
             "resolver" => out.resolver = piece(value, "resolver", &mut errors, p),
+            "tracing" => out.tracing = piece(value, "tracing", &mut errors, p),
             "cluster" => out.cluster = piece(value, "cluster", &mut errors, p),
             other => errors.push(ConfigError::new(
                 other,

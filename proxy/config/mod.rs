@@ -26,6 +26,7 @@ pub mod rollout;
 pub mod secret;
 pub mod shadow;
 pub mod tls;
+pub mod tracing;
 pub mod traffic;
 pub mod upstream_tls;
 pub mod validate;

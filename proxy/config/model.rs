@@ -15,6 +15,7 @@ pub use super::rollout::RolloutSpec;
 pub use super::secret::AdminToken;
 pub use super::shadow::{Sample, Shadow};
 pub use super::tls::ListenerTls;
+pub use super::tracing::{Otlp, Tracing};
 pub use super::traffic::{Fault, FaultAbort, FaultDelay, RateKey, RateLimit};
 pub use super::upstream_tls::UpstreamTls;
 
@@ -39,6 +40,8 @@ pub struct Config {
     pub cluster: Option<super::cluster::Cluster>,
     /// Who answers DNS discovery's lookups.
     pub resolver: Resolver,
+    /// Trace context and span export.
+    pub tracing: Tracing,
 }
 
 impl Config {

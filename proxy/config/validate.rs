@@ -85,6 +85,8 @@ pub fn validate(f: file::FileConfig) -> Result<Config, Vec<ConfigError>> {
         super::discover::system_resolver_usable(&mut errs);
     }
 
+    let tracing = super::tracing::tracing(f.tracing.as_ref(), &mut errs);
+
     let drain_timeout = f
         .drain_timeout
         .map(|d| d.0)
@@ -101,6 +103,7 @@ pub fn validate(f: file::FileConfig) -> Result<Config, Vec<ConfigError>> {
             routes,
             cluster,
             resolver,
+            tracing,
         }),
         _ => Err(errs.into_vec()),
     }

@@ -43,6 +43,7 @@ pub(crate) fn begin<B>(conn: &ConnInfo, req: &mut Request<B>) -> Option<Pending>
         uri,
         host,
         request_id,
+        trace: None,
         bytes_received: body_length(req),
         status: 0,
         route: None,
@@ -83,6 +84,7 @@ pub(crate) fn finish(line: Pending, r: &Record, snap: Option<&Snapshot>) {
     e.upstream_time = r.upstream_time();
     e.bytes_sent = r.bytes_sent;
     e.flags.bits = r.flags.bits();
+    e.trace = r.trace_ids();
     log.sink.send(entry);
 }
 

@@ -124,6 +124,7 @@ impl Exchange {
                 }
             }
         }
+        super::spans::finish(&mut self.record, self.snap.as_deref(), now);
         self.log();
         if let Some(line) = self.record.access.take() {
             access::finish(line, &self.record, self.snap.as_deref());
@@ -136,6 +137,7 @@ impl Exchange {
             return;
         }
         let r = &self.record;
+        let ids = r.trace_ids();
         let route = self
             .snap
             .as_ref()
@@ -162,6 +164,8 @@ impl Exchange {
             // earlier tries.
             waited_ms = r.last.map(|t| t.sent.saturating_duration_since(r.started).as_secs_f64() * 1e3),
             bytes_sent = r.bytes_sent,
+            trace_id = ids.map(|i| tracing::field::display(i.trace_id)),
+            span_id = ids.map(|i| tracing::field::display(i.span_id)),
             "request"
         );
     }

@@ -20,6 +20,7 @@ use crate::routing::Snapshot;
 use crate::server::conn::{ConnInfo, Handler};
 use crate::server::limits::Limit;
 use crate::shared::Shared;
+use crate::trace::RequestTrace;
 
 /// The proxy, as the server hands it each request.
 pub(crate) struct Proxy {
@@ -96,6 +97,14 @@ async fn serve(
         }
     }
     let snap = shared.snapshot();
+    record.trace = RequestTrace::start(
+        &req,
+        conn.peer,
+        conn.proto,
+        &snap.config.tracing,
+        &shared.tracer,
+        record.started,
+    );
     let host = request_host(&req);
     let Some(route) = snap.router.find(host, req.uri().path(), req.headers()) else {
         shared.counters.unrouted();
@@ -155,6 +164,9 @@ async fn proxy(
     let timer = conn.timer(req.version());
     let (mut head, body) = req.into_parts();
     headers::prepare(&mut head, conn, upgrade);
+    if let Some(t) = &record.trace {
+        t.propagate(&mut head.headers, rt.shadow.is_some());
+    }
     // Only switchyard marks copies: a client must not make a primary skip its side effects.
     head.headers.remove(&shadow::X_SWITCHYARD_SHADOW);
     let mirror = rt

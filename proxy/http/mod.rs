@@ -15,6 +15,7 @@ pub mod headers;
 pub(crate) mod local;
 pub(crate) mod record;
 pub(crate) mod shadow;
+pub(crate) mod spans;
 pub mod validate;
 
 pub(crate) use handler::Proxy;

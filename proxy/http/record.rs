@@ -15,6 +15,7 @@ use super::classify::Class;
 use crate::accesslog::{Entry, ListenerLog};
 use crate::error::ErrorKind;
 use crate::routing::BackendRef;
+use crate::trace::{RequestTrace, SpanId, TraceIds};
 
 /// Why switchyard answered itself or changed a request's outcome (Envoy's response flags).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -151,6 +152,9 @@ pub(crate) struct TryRecord {
     pub(crate) status: Option<u16>,
     /// Sent again on a fresh connection after this one turned out closed.
     pub(crate) resent: bool,
+    /// The try's own span in the request's trace (its `traceparent` named it as the
+    /// backend's parent); `None` when trace context is off.
+    pub(crate) span: Option<SpanId>,
 }
 
 /// A request's access log line under way (`access::begin` starts it, `access::finish` sends
@@ -191,6 +195,9 @@ pub(crate) struct Record {
     pub(crate) duration: Duration,
     /// The request's access log line, when its listener logs.
     pub(crate) access: Option<Pending>,
+    /// The request's place in its trace, from when it was routed by a snapshot (`None` before
+    /// that, and when `tracing.propagate` is off). Read its ids with [`Record::trace_ids`].
+    pub(crate) trace: Option<RequestTrace>,
 }
 
 impl Record {
@@ -211,7 +218,14 @@ impl Record {
             bytes_sent: 0,
             duration: Duration::ZERO,
             access: None,
+            trace: None,
         }
+    }
+
+    /// The request's trace id and switchyard's span id for it (the server span's): what the
+    /// access log line carries, and what the exported server span is named by.
+    pub(crate) fn trace_ids(&self) -> Option<TraceIds> {
+        self.trace.as_ref().map(RequestTrace::ids)
     }
 
     /// A try went out.
@@ -284,6 +298,7 @@ mod tests {
             class: Class::ConnectFailure,
             status: None,
             resent: false,
+            span: None,
         };
         r.tried(t);
         assert!(!r.flags.has(Flags::RETRIED));

@@ -150,6 +150,26 @@ async fn a_plain_request_is_one_line_with_every_field() {
     assert_eq!(time.len(), "2026-01-01T00:00:00.000Z".len(), "{time}");
     assert!(time.ends_with('Z') && time.as_bytes()[10] == b'T', "{time}");
     assert_eq!(flags(&l), Vec::<&str>::new());
+    // Trace context is on by default: a trace started here, switchyard's server span in it.
+    let started = l["trace_id"].as_str().unwrap();
+    assert!(
+        started.len() == 32 && started.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{l}"
+    );
+    assert_eq!(l["span_id"].as_str().unwrap().len(), 16, "{l}");
+    // A caller's trace is continued: its trace id, a span of switchyard's own.
+    let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let r = get_with(
+        &c,
+        &s.proxy.url("/plain/t"),
+        &[("x-request-id", "traced-1"), ("traceparent", parent)],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let t = line(&s.log, "traced-1").await;
+    assert_eq!(t["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736", "{t}");
+    let span = t["span_id"].as_str().unwrap();
+    assert!(span.len() == 16 && span != "00f067aa0ba902b7", "{t}");
     // One line per request, and only one.
     assert_eq!(
         lines(&s.log)

@@ -26,4 +26,5 @@ mod split;
 mod tls;
 mod tls_reload;
 mod tls_upstream;
+mod tracing;
 mod upstream_conns;

@@ -6,6 +6,7 @@ pub mod bin;
 pub mod client;
 pub mod dns;
 pub mod etcd;
+pub mod otlp;
 pub mod proxy;
 pub mod raw;
 pub mod tls;

@@ -111,6 +111,12 @@ families! {
         "Access log lines dropped because the writer's queue was full (the request never waits for the log).";
     ACCESS_LOG_WRITE_ERRORS = "switchyard_access_log_write_errors_total" Counter ["path"]
         "Failed writes (each losing a batch of lines) and failed reopens of an access log.";
+    TRACE_SPANS_EXPORTED = "switchyard_trace_spans_exported_total" Counter []
+        "Spans the OTLP collector accepted.";
+    TRACE_SPANS_DROPPED = "switchyard_trace_spans_dropped_total" Counter ["reason"]
+        "Spans not exported, by reason: queue_full (the export queue was full), export_failed (the collector failed or refused them after every retry), rejected (the collector said so), shutdown (shutdown came first).";
+    TRACE_QUEUE_SPANS = "switchyard_trace_queue_spans" Gauge []
+        "Spans waiting for export.";
     DRAINING = "switchyard_draining" Gauge []
         "1 while shutting down.";
     BUILD_INFO = "switchyard_build_info" Gauge ["version", "commit"]

@@ -277,6 +277,12 @@ impl<'a> Attempt<'a> {
             };
             let backend = self.route.backend(at);
             name_backend(&mut req, backend.state.addr.as_str());
+            // Each try is a span of its own: the backend sees it as its parent.
+            let span = self
+                .record
+                .trace
+                .as_ref()
+                .map(|t| t.try_started(req.headers_mut()));
             let in_flight = InFlight::start(&backend.state);
             let until = self.try_deadline(sent_at);
             let sent = self
@@ -294,6 +300,7 @@ impl<'a> Attempt<'a> {
                 class: Class::Timeout,
                 status: None,
                 resent: false,
+                span,
             };
             let (verdict, error, unsent) = match sent {
                 Some(Ok(crate::backend::pool::Sent { resp, conn })) => {

@@ -26,6 +26,8 @@ use crate::routing::keeper::Keeper;
 use crate::server::conn::Timer;
 use crate::stats::Outcome;
 use crate::stats::counters::LocalErrors;
+use crate::trace::RequestTrace;
+use crate::trace::context;
 
 /// What the stub does with one try.
 #[derive(Debug, Clone, Copy)]
@@ -50,6 +52,8 @@ struct Stub {
     script: Mutex<VecDeque<Reply>>,
     /// (backend address, asked for a fresh connection) of every try.
     sent: Mutex<Vec<(String, bool)>>,
+    /// The `traceparent` each try carried.
+    parents: Mutex<Vec<Option<String>>>,
 }
 
 impl Stub {
@@ -57,6 +61,7 @@ impl Stub {
         Stub {
             script: Mutex::new(script.iter().copied().collect()),
             sent: Mutex::default(),
+            parents: Mutex::default(),
         }
     }
 
@@ -84,6 +89,12 @@ impl Sender for Stub {
             .lock()
             .unwrap()
             .push((backend.state.addr.as_str().to_owned(), fresh));
+        self.parents.lock().unwrap().push(
+            req.headers()
+                .get("traceparent")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+        );
         let reply = self
             .script
             .lock()
@@ -155,7 +166,17 @@ async fn attempt(
 ) -> (Result<Answered<(), ()>, ProxyError>, Record) {
     let rt = &snap.routes[0];
     let aim = Aim::new(rt, &HeaderMap::new());
-    let record = Record::start(Instant::now(), method.clone(), Version::HTTP_11);
+    let mut record = Record::start(Instant::now(), method.clone(), Version::HTTP_11);
+    // Trace context as the snapshot's `tracing` says (on by default, nothing exported).
+    let head = Request::get("/").body(()).unwrap();
+    record.trace = RequestTrace::start(
+        &head,
+        "192.0.2.1:1".parse().unwrap(),
+        "http",
+        &snap.config.tracing,
+        &Arc::default(),
+        record.started,
+    );
     let shortages = LocalErrors::default();
     let mut a = Attempt::new(
         rt,
@@ -410,4 +431,41 @@ async fn running_out_of_descriptors_is_answered_503_and_blames_no_backend() {
     let b = backend(&snap, "app", &stub.backends()[0]);
     assert_eq!(b.state.stats.outcome(Outcome::ConnectFailure), 0);
     assert_eq!(b.state.breaker().consecutive_failures(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_try_carries_its_own_span_in_the_requests_trace() {
+    let snap = snapshot(&format!(
+        "{TWO}routes: [{{ name: r, split: [{{upstream: app, weight: 1}}], retries: {{ attempts: 2, on: [503] }} }}]\n"
+    ));
+    let stub = Stub::new(&[Reply::Status(503)]);
+    let (r, record) = attempt(&snap, &stub, Method::GET).await;
+    assert_eq!(status_of(&r), 200);
+    let ids = record.trace_ids().unwrap();
+    let sent: Vec<context::Parent> = stub
+        .parents
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|p| context::parse_traceparent(p.as_deref().unwrap().as_bytes()).unwrap())
+        .collect();
+    assert_eq!(sent.len(), 2);
+    assert!(sent.iter().all(|p| p.trace_id == ids.trace_id));
+    let spans = [record.earlier[0].span, record.last.unwrap().span];
+    assert_eq!(spans, [Some(sent[0].span_id), Some(sent[1].span_id)]);
+    assert_ne!(sent[0].span_id, sent[1].span_id);
+    assert!(sent.iter().all(|p| p.span_id != ids.span_id));
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_propagate_off_tries_carry_no_trace_context() {
+    let snap = snapshot(&format!(
+        "{TWO}routes: [{{ name: r, split: [{{upstream: app, weight: 1}}] }}]\ntracing: {{ propagate: false }}\n"
+    ));
+    let stub = Stub::new(&[]);
+    let (r, record) = attempt(&snap, &stub, Method::GET).await;
+    assert_eq!(status_of(&r), 200);
+    assert!(record.trace_ids().is_none());
+    assert_eq!(*stub.parents.lock().unwrap(), [None]);
+    assert_eq!(record.last.unwrap().span, None);
 }
