@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use super::journal::{Entry, Saved};
 use super::machine::{self, IllegalTransition, State};
-use super::policy::{self, Arm, Decision, GateResult, Inputs, Verdict, Window};
+use super::policy::{self, Arm, Decision, GateResult, GateStatus, Inputs, Verdict, Window};
 use crate::config::rollout::RolloutSpec;
 use crate::stats::ShadowCounts;
 
@@ -26,9 +26,12 @@ const KEEP_HISTORY: usize = 50;
 /// Windows the abort rule looks at besides the whole step: the latest ones. Dropping older
 /// windows only lowers the evidence, so the rule's error rate still holds.
 const KEEP_WINDOWS: usize = 12;
-/// How often the latency gates are read from the histograms once a step may decide (merging
-/// the histograms of every worker costs more than a tick's counters).
-const LATENCY_EVERY: Duration = Duration::from_secs(1);
+/// How often a step's tests run once the step may decide (the abort rule runs on every tick):
+/// a step verdict a second late costs nothing.
+const EVALUATE_EVERY: Duration = Duration::from_secs(1);
+/// How often the latency gates are read from the histograms meanwhile (reading them merges
+/// every worker's histograms); at once, though, when every other gate has passed.
+const LATENCY_EVERY: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counts {
@@ -108,8 +111,10 @@ pub struct Rollout {
     windows: VecDeque<(u32, Sample)>,
     /// Canary failures at the last abort check: its evidence grows only with a new one.
     checked_failures: Option<u64>,
-    /// The latency gates as last read, and when.
+    /// The latency gates as last read.
     latency_gates: Option<LatencyRead>,
+    /// When the step's tests last ran.
+    evaluated: Option<Instant>,
     pub decisions: VecDeque<Stamped>,
     pub history: VecDeque<Entry>,
     last_hold: Option<Instant>,
@@ -127,6 +132,7 @@ impl Rollout {
             windows: VecDeque::new(),
             checked_failures: None,
             latency_gates: None,
+            evaluated: None,
             decisions: VecDeque::new(),
             history: VecDeque::new(),
             last_hold: None,
@@ -200,14 +206,15 @@ impl Rollout {
             self.windows.clear();
             self.checked_failures = None;
             self.latency_gates = None;
+            self.evaluated = None;
             self.last_hold = None;
         }
         Ok(Change { from, to, reason })
     }
 
     /// One tick: starts a pending rollout, checks the abort rules, and evaluates the step once
-    /// its time is in. `latency` is called at the start of a step and then at most every
-    /// [`LATENCY_EVERY`] while the step may decide.
+    /// its time is in, then at most every [`EVALUATE_EVERY`]. `latency` is called at the start
+    /// of a step, then every [`LATENCY_EVERY`] (every evaluation once the other gates pass).
     pub fn observe(
         &mut self,
         now: Instant,
@@ -275,11 +282,22 @@ impl Rollout {
         if matches!(self.state, State::Paused { .. }) || elapsed < self.spec.min_duration(step) {
             return None;
         }
-        let due = self
-            .latency_gates
-            .as_ref()
-            .is_none_or(|l| now.saturating_duration_since(l.at) >= LATENCY_EVERY);
-        if due {
+        if self
+            .evaluated
+            .is_some_and(|t| now.saturating_duration_since(t) < EVALUATE_EVERY)
+        {
+            return None;
+        }
+        self.evaluated = Some(now);
+        let mut gates = policy::count_gates(&self.spec, &inputs);
+        let others_passed = gates
+            .iter()
+            .all(|g| matches!(g.status, GateStatus::Pass | GateStatus::NotApplicable));
+        let stale = self.latency_gates.as_ref().is_none_or(|l| {
+            let age = now.saturating_duration_since(l.at);
+            age >= LATENCY_EVERY || (others_passed && age >= EVALUATE_EVERY)
+        });
+        if stale {
             let (canary, stable) = latency();
             let base_latency = self.base.as_ref().map(|b| &b.1);
             let window = |now: Histogram<u64>, base: Option<&Histogram<u64>>| {
@@ -301,7 +319,6 @@ impl Rollout {
                 stable_p99: s99,
             });
         }
-        let mut gates = policy::count_gates(&self.spec, &inputs);
         if let Some(l) = &self.latency_gates {
             gates.extend_from_slice(&l.gates);
             inputs.canary.p99_ms = l.canary_p99;

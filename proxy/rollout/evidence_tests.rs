@@ -103,6 +103,11 @@ fn the_missing_evidence_is_estimated_from_the_rates_so_far() {
 fn lines_at_the_ends_are_decided_by_one_observation() {
     assert_eq!(ln_e(Side::Above, 1.0, 50.0, 0.0, 0.0), f64::INFINITY);
     assert_eq!(ln_e(Side::Above, 0.0, 50.0, 0.0, 0.0), 0.0);
+    assert_eq!(
+        ln_e(Side::Above, 0.0, 50.0, 0.01, 0.02),
+        f64::NEG_INFINITY,
+        "no evidence above the line from a share below it"
+    );
     assert_eq!(ln_e(Side::Below, 0.0, 50.0, 0.0, 0.0), f64::NEG_INFINITY);
     assert_eq!(ln_e(Side::Below, 3.0, 50.0, 1.0, 0.0), f64::INFINITY);
     assert_eq!(

@@ -130,14 +130,16 @@ enum Probe {
 impl Probe {
     /// (ln E that the canary is worse, ln E that it is not), the counts scaled by `k`.
     fn ln_e(&self, k: f64) -> (f64, f64) {
+        (self.side(Side::Above, k), self.side(Side::Below, k))
+    }
+
+    /// ln E that the canary is worse (`Above`) or not (`Below`), the counts scaled by `k`.
+    fn side(&self, side: Side, k: f64) -> f64 {
         match *self {
-            Probe::None => (0.0, 0.0),
+            Probe::None => 0.0,
             Probe::Share { x, n, line, halve } => {
                 let cut = if halve { std::f64::consts::LN_2 } else { 0.0 };
-                (
-                    ln_e(Side::Above, x * k, n * k, line, evidence::first_above(line)) - cut,
-                    ln_e(Side::Below, x * k, n * k, line, 0.0) - cut,
-                )
+                ln_e(side, x * k, n * k, line, evidence::first_above(line)) - cut
             }
             Probe::Relative {
                 xc,
@@ -146,17 +148,20 @@ impl Probe {
                 ns,
                 ratio,
                 floor,
-            } => relative(xc * k, nc * k, xs * k, ns * k, ratio, floor, None),
+            } => relative(side, xc * k, nc * k, xs * k, ns * k, ratio, floor, None),
         }
     }
 }
 
 /// Canary against stable: the canary is worse when its error rate is more than `ratio` times
 /// stable's **and** above `floor`; the two e-values combine as the minimum (both must be shown)
-/// and the mean (either suffices) respectively. The ratio is tested on the canary's share of
-/// the two arms' failures, which, given their total, is binomial whatever stable's rate is.
-/// `abort_from`: the abort rule's lowest alternative for the floor test.
+/// for worse (`Above`) and the mean (either suffices) for not worse (`Below`). The ratio is
+/// tested on the canary's share of the two arms' failures, which, given their total, is
+/// binomial whatever stable's rate is. `abort_from`: the abort rule's lowest alternative for
+/// the floor test.
+#[allow(clippy::too_many_arguments)]
 fn relative(
+    side: Side,
     xc: f64,
     nc: f64,
     xs: f64,
@@ -164,24 +169,27 @@ fn relative(
     ratio: f64,
     floor: f64,
     abort_from: Option<f64>,
-) -> (f64, f64) {
+) -> f64 {
     let share = nc / (nc + ns);
     let line = evidence::failure_share(ratio, share);
     let failures = xc + xs;
-    let first = evidence::first_above(floor);
-    let floor_first = abort_from.map_or(first, |a| a.max(first));
-    let worse = ln_e(Side::Above, xc, failures, line, evidence::first_above(line)).min(ln_e(
-        Side::Above,
-        xc,
-        nc,
-        floor,
-        floor_first,
-    ));
-    let not_worse = ln_add(
-        ln_e(Side::Below, xc, failures, line, 0.0),
-        ln_e(Side::Below, xc, nc, floor, 0.0),
-    ) - std::f64::consts::LN_2;
-    (worse, not_worse)
+    match side {
+        Side::Above => {
+            let first = evidence::first_above(floor);
+            let floor_first = abort_from.map_or(first, |a| a.max(first));
+            let by_floor = ln_e(Side::Above, xc, nc, floor, floor_first);
+            if by_floor == f64::NEG_INFINITY {
+                return by_floor;
+            }
+            ln_e(Side::Above, xc, failures, line, evidence::first_above(line)).min(by_floor)
+        }
+        Side::Below => {
+            ln_add(
+                ln_e(Side::Below, xc, failures, line, 0.0),
+                ln_e(Side::Below, xc, nc, floor, 0.0),
+            ) - std::f64::consts::LN_2
+        }
+    }
 }
 
 /// Whether stable took enough of the two arms' traffic to compare with.
@@ -464,6 +472,28 @@ pub fn abort_check(spec: &RolloutSpec, i: &Inputs, windows: &[Window]) -> Option
         d.abort = true;
         return Some(d);
     }
+    let target = evidence::ln_target(g.abort_confidence);
+    // Each window's evidence is at most its likelihood ratio at the observed shares: when even
+    // that cannot reach the target, skip the mixtures (most ticks of a healthy canary).
+    let bound = windows.iter().fold(f64::NEG_INFINITY, |acc, w| {
+        let (c, s) = (w.canary, w.stable);
+        let (xc, nc) = (c.failures as f64, c.requests as f64);
+        let absolute = evidence::ln_bound_above(xc, nc, g.max_error_rate);
+        let vs_stable = if comparable(c.requests, s.requests) {
+            let line = evidence::failure_share(g.max_error_ratio, nc / (nc + s.requests as f64));
+            evidence::ln_bound_above(xc, xc + s.failures as f64, line)
+                .min(evidence::ln_bound_above(xc, nc, g.error_ratio_floor))
+        } else {
+            f64::NEG_INFINITY
+        };
+        ln_add(
+            acc,
+            evidence::window_weight(w.index).ln() + absolute.max(vs_stable),
+        )
+    });
+    if bound < target {
+        return None;
+    }
     let from = g
         .abort_error_rate
         .max(evidence::first_above(g.max_error_rate));
@@ -480,6 +510,7 @@ pub fn abort_check(spec: &RolloutSpec, i: &Inputs, windows: &[Window]) -> Option
         );
         let vs_stable = comparable(c.requests, s.requests).then(|| {
             relative(
+                Side::Above,
                 c.failures as f64,
                 c.requests as f64,
                 s.failures as f64,
@@ -488,7 +519,6 @@ pub fn abort_check(spec: &RolloutSpec, i: &Inputs, windows: &[Window]) -> Option
                 g.error_ratio_floor,
                 Some(g.abort_error_rate),
             )
-            .0
         });
         let both = match vs_stable {
             Some(r) => ln_add(absolute, r) - std::f64::consts::LN_2,
@@ -501,7 +531,7 @@ pub fn abort_check(spec: &RolloutSpec, i: &Inputs, windows: &[Window]) -> Option
         }
     }
     let (_, w, by_ratio) = best?;
-    if total < evidence::ln_target(g.abort_confidence) {
+    if total < target {
         return None;
     }
     let sure = evidence::confidence(total);
@@ -721,20 +751,18 @@ pub fn evaluate(spec: &RolloutSpec, i: &Inputs, latency: &[GateResult]) -> Decis
 /// why no amount would do.
 fn missing(gate: &GateResult, target: f64, rate: f64) -> String {
     let (worse, not_worse) = gate.probe.ln_e(1.0);
-    let toward_not_worse = not_worse >= worse;
-    let side = if toward_not_worse {
-        "not worse"
+    let (side, name) = if not_worse >= worse {
+        (Side::Below, "not worse")
     } else {
-        "worse"
+        (Side::Above, "worse")
     };
-    let pick = |e: (f64, f64)| if toward_not_worse { e.1 } else { e.0 };
     let (unit, now) = match gate.probe {
         Probe::Share { n, .. } if gate.gate == "shadow_mismatch_rate" => ("shadow compares", n),
         Probe::Share { n, .. } => ("canary requests", n),
         Probe::Relative { nc, .. } => ("canary requests", nc),
         Probe::None => return String::new(),
     };
-    match evidence::scale_needed(|k| pick(gate.probe.ln_e(k)), target) {
+    match evidence::scale_needed(|k| gate.probe.side(side, k), target) {
         _ if now <= 0.0 => format!("no {unit} yet"),
         Some(k) => {
             let more = ((k - 1.0) * now).ceil().max(1.0);
@@ -744,7 +772,7 @@ fn missing(gate: &GateResult, target: f64, rate: f64) -> String {
                 String::new()
             };
             format!(
-                "need about {} more {unit}{eta} to show it is {side}",
+                "need about {} more {unit}{eta} to show it is {name}",
                 round_need(more)
             )
         }
