@@ -116,6 +116,13 @@ enum Probe {
         line: f64,
         halve: bool,
     },
+    /// The canary's samples past `max_p99_ratio` times stable's p99 bounds: `worse` past the
+    /// upper bound, `not_worse` past the lower, of `n`; each test at half the error rate.
+    Latency {
+        worse: f64,
+        not_worse: f64,
+        n: f64,
+    },
     /// The canary's error rate against `ratio` times stable's, above `floor`.
     Relative {
         xc: f64,
@@ -140,6 +147,20 @@ impl Probe {
             Probe::Share { x, n, line, halve } => {
                 let cut = if halve { std::f64::consts::LN_2 } else { 0.0 };
                 ln_e(side, x * k, n * k, line, evidence::first_above(line)) - cut
+            }
+            Probe::Latency {
+                worse,
+                not_worse,
+                n,
+            } => {
+                let x = match side {
+                    Side::Above => worse,
+                    Side::Below => not_worse,
+                };
+                if x.is_nan() {
+                    return f64::NEG_INFINITY;
+                }
+                ln_e(side, x * k, n * k, 0.01, evidence::first_above(0.01)) - std::f64::consts::LN_2
             }
             Probe::Relative {
                 xc,
@@ -413,28 +434,18 @@ pub fn latency_gates(
             let past = |bound: Option<u64>| {
                 bound.map(|b| evidence::count_above(canary, ratio * b as f64) as f64)
             };
+            // Worse is judged on the slow count past the upper bound, not worse on the count
+            // past the lower bound; a bound stable's samples cannot give yet shows nothing (NaN).
             let upper = past(evidence::quantile_bound(stable, 0.99, Side::Below, half));
             let lower = past(evidence::quantile_bound(stable, 0.99, Side::Above, half));
-            let probe = |x: f64| Probe::Share {
-                x,
-                n,
-                line: 0.01,
-                halve: true,
-            };
-            // Worse is judged on the slow count past the upper bound, not worse on the count
-            // past the lower bound; a bound stable's samples cannot give yet shows nothing.
-            let (worse, _) = upper.map_or((f64::NEG_INFINITY, 0.0), |x| probe(x).ln_e(1.0));
-            let (_, not_worse) = lower.map_or((0.0, f64::NEG_INFINITY), |x| probe(x).ln_e(1.0));
-            vs.probe = probe(upper.or(lower).unwrap_or(0.0));
-            vs.confidence_worse = evidence::confidence(worse);
-            vs.confidence_not_worse = evidence::confidence(not_worse);
-            vs.status = if worse >= target {
-                GateStatus::Fail
-            } else if not_worse >= target {
-                GateStatus::Pass
-            } else {
-                GateStatus::Inconclusive
-            };
+            vs = vs.tested(
+                Probe::Latency {
+                    worse: upper.unwrap_or(f64::NAN),
+                    not_worse: lower.unwrap_or(f64::NAN),
+                    n,
+                },
+                target,
+            );
         }
         gates.push(vs);
     }
@@ -758,7 +769,7 @@ fn missing(gate: &GateResult, target: f64, rate: f64) -> String {
     };
     let (unit, now) = match gate.probe {
         Probe::Share { n, .. } if gate.gate == "shadow_mismatch_rate" => ("shadow compares", n),
-        Probe::Share { n, .. } => ("canary requests", n),
+        Probe::Share { n, .. } | Probe::Latency { n, .. } => ("canary requests", n),
         Probe::Relative { nc, .. } => ("canary requests", nc),
         Probe::None => return String::new(),
     };

@@ -370,9 +370,9 @@ fn blue_green_watches_after_the_switch() {
 fn a_decision_record_names_the_test_its_confidence_and_what_is_missing() {
     let s = spec();
     let mut i = healthy(0);
-    i.canary = arm(600, 3);
-    i.stable = arm(11_400, 57);
-    let d = evaluate(&s, &i, &latency(&s, 600, 40, 40));
+    i.canary = arm(2000, 10);
+    i.stable = arm(38_000, 190);
+    let d = evaluate(&s, &i, &latency(&s, 2000, 40, 40));
     let v = serde_json::to_value(&d).unwrap();
     let g = v["gates"]
         .as_array()
