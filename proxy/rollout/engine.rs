@@ -66,7 +66,8 @@ pub struct Sample {
     pub shadow: ShadowCounts,
 }
 
-/// Cumulative latency histograms of (canary, stable); read only when a step is evaluated.
+/// Cumulative latency histograms of (canary, stable); read at the start of a step and then
+/// every few seconds while it may decide, never on every tick.
 pub type Latency = (Histogram<u64>, Histogram<u64>);
 
 #[derive(Debug, Clone, Serialize)]

@@ -218,6 +218,14 @@ fn comparable(canary: u64, stable: u64) -> bool {
     stable > 0 && (canary as f64) < 0.999 * (canary + stable) as f64
 }
 
+/// The largest e-value a record shows (JSON has no infinity).
+const E_CAP: f64 = 1e12;
+
+fn e_value(ln_e: f64) -> f64 {
+    let e = ln_e.min(E_CAP.ln()).exp();
+    (e * 1000.0).round() / 1000.0
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct GateResult {
     pub gate: &'static str,
@@ -227,6 +235,11 @@ pub struct GateResult {
     pub value: Option<f64>,
     pub limit: f64,
     pub status: GateStatus,
+    /// The test's statistic: the e-value that the canary is worse than the limit (capped at
+    /// 1e12; 0 when the data lean the other way)...
+    pub e_worse: f64,
+    /// ...and that it is not.
+    pub e_not_worse: f64,
     /// How sure the data make it that the canary is worse than the limit (`1 - 1/E`).
     pub confidence_worse: f64,
     /// How sure they make it that it is not.
@@ -247,6 +260,8 @@ impl GateResult {
             value,
             limit,
             status: GateStatus::NotApplicable,
+            e_worse: 0.0,
+            e_not_worse: 0.0,
             confidence_worse: 0.0,
             confidence_not_worse: 0.0,
             missing: None,
@@ -258,6 +273,8 @@ impl GateResult {
     fn tested(mut self, probe: Probe, target: f64) -> Self {
         let (worse, not_worse) = probe.ln_e(1.0);
         self.probe = probe;
+        self.e_worse = e_value(worse);
+        self.e_not_worse = e_value(not_worse);
         self.confidence_worse = evidence::confidence(worse);
         self.confidence_not_worse = evidence::confidence(not_worse);
         self.status = if worse >= target {
@@ -278,6 +295,10 @@ impl GateResult {
         };
         (self.confidence_worse, self.confidence_not_worse) =
             if pass { (0.0, 1.0) } else { (1.0, 0.0) };
+        (self.e_worse, self.e_not_worse) = (
+            if pass { 0.0 } else { E_CAP },
+            if pass { E_CAP } else { 0.0 },
+        );
         self
     }
 }
@@ -578,6 +599,7 @@ pub fn abort_check(spec: &RolloutSpec, i: &Inputs, windows: &[Window]) -> Option
         g.max_error_rate,
     );
     gate.status = GateStatus::Fail;
+    gate.e_worse = e_value(total);
     gate.confidence_worse = sure;
     d.gates.push(gate);
     Some(d)
