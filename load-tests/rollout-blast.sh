@@ -34,6 +34,12 @@ python3 load-tests/rollout_blast.py backend stable 18291 & PIDS+=($!)
 python3 load-tests/rollout_blast.py backend canary 18292 --fail-at "$FAIL_AT" \
   --fail-percent "$FAIL_PERCENT" --first-failure "$W/first-failure" & PIDS+=($!)
 
+# Both backends listening before switchyard starts: a canary failing only because it is not up
+# yet is not the canary this run is about.
+for port in 18291 18292; do
+  for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
+done
+
 cat > "$W/switchyard.yaml" <<CONF
 listeners: [{ name: public, bind: "127.0.0.1:18290" }]
 admin: { bind: "127.0.0.1:19290" }

@@ -35,6 +35,12 @@ LIFETIME=$(( ROLLOUTS * (MAX_SECONDS + 30) ))
 python3 load-tests/rollout_blast.py backend stable 18391 --fail-random "$FAIL_PERCENT" --seed 1 --lifetime "$LIFETIME" & PIDS+=($!)
 python3 load-tests/rollout_blast.py backend canary 18392 --fail-random "$FAIL_PERCENT" --seed 2 --lifetime "$LIFETIME" & PIDS+=($!)
 
+# Both backends listening before switchyard starts: a canary failing only because it is not up
+# yet is not the canary this run is about.
+for port in 18391 18392; do
+  for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
+done
+
 echo "rollouts of a canary equal to stable: both fail $FAIL_PERCENT % at random; $RATE req/s; steps every $STEP; gates $GATES"
 printf '%-3s %-12s %8s  %s\n' "#" "ended" "seconds" "reason"
 declare -A ENDED=()

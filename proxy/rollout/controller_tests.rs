@@ -67,7 +67,7 @@ async fn steps_on_time_then_aborts_within_one_tick() {
     assert_eq!(handle.get("r").unwrap()["step"], 1);
 
     c.tick(Instant::now()).await;
-    record(&shared, "b", 10, Outcome::ServerError);
+    record(&shared, "b", 20, Outcome::ServerError);
     advance(TICK).await;
     c.tick(Instant::now()).await;
     assert_eq!(weights(&shared), [100, 0], "rolled back on the next tick");

@@ -473,6 +473,12 @@ pub fn latency_gates(
     (gates, c99, s99)
 }
 
+/// The fewest canary requests a window of the abort rule must hold to count. The tests assume
+/// requests fail independently; the first few requests to a canary (a backend still starting,
+/// one reset taking several requests in flight with it) often do not, and two failures in two
+/// requests would already be 99.9 % evidence. Bursts that short are the breakers' to judge.
+pub const ABORT_MIN_WINDOW: u64 = 20;
+
 /// One window of the abort rule: the canary's and stable's counts since the window began.
 /// Window 0 is the whole step; window `j` began after the `j`-th `abort_min_requests` canary
 /// requests of the step.
@@ -491,7 +497,8 @@ pub struct Window {
 /// that turns bad late in a long healthy step is judged on its recent requests and a canary
 /// equal to stable is still aborted with probability at most `1 - abort_confidence`, however
 /// long the step. The tests' alternatives start at `abort_error_rate`: the rule is built to
-/// catch a canary at or past it within a few dozen requests.
+/// catch a canary at or past it within a few dozen requests. Windows of fewer than
+/// [`ABORT_MIN_WINDOW`] canary requests do not count.
 pub fn abort_check(spec: &RolloutSpec, i: &Inputs, windows: &[Window]) -> Option<Decision> {
     let g = &spec.gates;
     if i.breaker_opens > 0 {
@@ -507,7 +514,10 @@ pub fn abort_check(spec: &RolloutSpec, i: &Inputs, windows: &[Window]) -> Option
     let target = evidence::ln_target(g.abort_confidence);
     // Each window's evidence is at most its likelihood ratio at the observed shares: when even
     // that cannot reach the target, skip the mixtures (most ticks of a healthy canary).
-    let bound = windows.iter().fold(f64::NEG_INFINITY, |acc, w| {
+    let windows = windows
+        .iter()
+        .filter(|w| w.canary.requests >= ABORT_MIN_WINDOW);
+    let bound = windows.clone().fold(f64::NEG_INFINITY, |acc, w| {
         let (c, s) = (w.canary, w.stable);
         let (xc, nc) = (c.failures as f64, c.requests as f64);
         let absolute = evidence::ln_bound_above(xc, nc, g.max_error_rate);

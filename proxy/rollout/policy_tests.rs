@@ -251,6 +251,15 @@ fn aborts_at_once_on_a_breaker_or_a_canary_shown_failing() {
         .unwrap();
     assert!(found <= 100, "{found} requests");
 
+    // Two failures in the first two requests (a backend still starting) are left to the
+    // breaker: windows under 20 canary requests do not count.
+    let mut i = healthy(0);
+    i.stable = Arm::default();
+    i.canary = arm(2, 2);
+    assert!(abort_check(&s, &i, &[window(0, i.canary, i.stable)]).is_none());
+    i.canary = arm(20, 20);
+    assert!(abort_check(&s, &i, &[window(0, i.canary, i.stable)]).is_some());
+
     let mut i = healthy(0);
     i.canary = arm(80, 8);
     i.stable = arm(1520, 2);
