@@ -17,6 +17,10 @@ use crate::server::shutdown::{StopTrigger, Tracker, stop_pair};
 use crate::server::workers::Workers;
 use crate::shared::Shared;
 
+/// How long start-up waits for discovered upstreams' first lookups before it opens the
+/// listeners anyway (a lookup's own timeouts end it sooner).
+const FIRST_LOOKUPS: Duration = Duration::from_secs(5);
+
 #[derive(Debug, Clone)]
 pub struct Options {
     pub source: ConfigSource,
@@ -72,6 +76,7 @@ pub async fn start(opts: Options) -> Result<Running, ConfigErrors> {
     for (route, weights) in controller.initial_weights(&config) {
         reloader.set_weights(route, Some(weights));
     }
+    reloader.first_lookups(FIRST_LOOKUPS).await;
 
     let admin_std = listener::bind(config.admin.bind).map_err(|e| {
         ConfigErrors(vec![listener::bind_error(

@@ -24,13 +24,17 @@
 //!   Route, split and pick are pure functions over tables compiled per snapshot.
 //!   [`http::shadow`] copies sampled requests to a route's shadow upstream in tasks of their
 //!   own; [`http::compare`] (pure) diffs the two answers.
-//! - [`backend`]: [`backend::registry`] (state by upstream + address, kept across reloads),
-//!   [`backend::state`], [`backend::pool`] (a connection pool per backend), [`backend::tls`]
-//!   (TLS and mTLS to backends).
-//! - [`stats`]: lock-free counters kept across reloads; Prometheus text exposition.
+//! - [`backend`]: [`backend::registry`] (state by upstream + address, kept across reloads and
+//!   re-resolution), [`backend::state`], [`backend::pool`] (a connection pool per backend),
+//!   [`backend::tls`] (TLS and mTLS to backends), [`backend::health`] (active checks),
+//!   [`backend::discovery`] (DNS: a task per discovered upstream looks its name up and sends
+//!   the addresses to the reloader).
+//! - [`stats`]: lock-free counters kept across reloads; [`stats::prometheus`], the one writer
+//!   of the Prometheus text format.
 //! - [`rollout`]: canary and blue-green rollouts: a pure policy, a state machine, a controller
 //!   that sends weights to the reloader, and a journal.
-//! - [`admin`]: the admin HTTP API and its client for the CLI.
+//! - [`admin`]: the admin HTTP API and its client for the CLI; `/metrics` reads every
+//!   statistic through its accessors in one module, from one table of families.
 //! - [`body`]: the streaming request and response bodies; [`error`]: one error type, one map
 //!   to status codes; [`shared`]: what every task reads; [`shard`]: which worker thread this
 //!   is; [`demo`]: the built-in demo.

@@ -221,8 +221,13 @@ fn check(path: &std::path::Path, skip_bind: bool) -> ExitCode {
 
 fn print_ok(path: &std::path::Path, c: &config::Config) {
     let backends: usize = c.upstreams.iter().map(|u| u.backends.len()).sum();
+    let discovered = c.upstreams.iter().filter(|u| u.discover.is_some()).count();
+    let discovered = match discovered {
+        0 => String::new(),
+        n => format!(", {n} discovered by DNS"),
+    };
     println!(
-        "{}: OK ({} listeners, {} routes, {} upstreams, {} backends)",
+        "{}: OK ({} listeners, {} routes, {} upstreams, {} backends{discovered})",
         path.display(),
         c.listeners.len(),
         c.routes.len(),

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
+use crate::backend::discovery::board::Board;
 use crate::reload::snapshot::Snapshot;
 use crate::server::limits::LimitStats;
 use crate::stats::GlobalCounters;
@@ -16,6 +17,8 @@ pub struct Shared {
     pub counters: GlobalCounters,
     /// `switchyard_limit_rejections_total`, by listener.
     pub limit_stats: LimitStats,
+    /// What DNS discovery found and how its lookups went (`/status`, `/metrics`, `/readyz`).
+    pub discovery: Arc<Board>,
     draining: AtomicBool,
     /// Bumped after every reload attempt; lets callers wait for one without polling.
     reloads: watch::Sender<ReloadEvent>,
@@ -40,6 +43,7 @@ impl Shared {
             snapshot: ArcSwap::from_pointee(first),
             counters: GlobalCounters::default(),
             limit_stats: LimitStats::default(),
+            discovery: Arc::default(),
             draining: AtomicBool::new(false),
             reloads: watch::Sender::new(ReloadEvent {
                 generation,

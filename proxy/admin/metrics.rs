@@ -1,331 +1,308 @@
-//! `GET /metrics`: the Prometheus families named in DESIGN.md.
+//! `GET /metrics`: every family of [`families`], in one place, read through the statistics'
+//! accessors and written by the one [`Exposition`] writer.
+//!
+//! What is known from the config is exported from the start at 0 (every route x upstream x
+//! backend x code class), so rate and ratio queries never come back empty; series of routes,
+//! upstreams and backends a reload removed go with them, because everything per route is read
+//! from the snapshot in force.
+
+pub mod families;
+mod process;
 
 use std::sync::atomic::Ordering::Relaxed;
 
+use serde_json::Value;
+
+use self::families as f;
 use super::AdminCtx;
-use crate::reload::snapshot::{RouteRuntime, Snapshot};
-use crate::stats::Outcome;
-use crate::stats::counters::CODE_CLASSES;
+use crate::backend::discovery::board::{Board, LookupResult};
+use crate::http::compare::Kind as MismatchKind;
+use crate::reload::snapshot::Snapshot;
+use crate::rollout::machine::State;
+use crate::server::limits::{Limit, LimitStats};
+use crate::shared::Shared;
+use crate::stats::counters::{CODE_CLASSES, GlobalCounters};
 use crate::stats::prometheus::Exposition;
+use crate::stats::{Outcome, ShadowResult};
 
 pub fn render(ctx: &AdminCtx) -> String {
     let snap = ctx.shared.snapshot();
-    let g = &ctx.shared.counters;
     let mut e = Exposition::default();
-
-    e.family(
-        "switchyard_requests_total",
-        "counter",
-        "Responses to proxied requests by route, upstream, backend and status class.",
-    );
-    for r in &snap.routes {
-        for t in &r.targets {
-            let pairs = t
-                .pool
-                .backends
-                .iter()
-                .map(|b| b.state.addr.as_str())
-                .zip(t.counters.iter())
-                .chain(std::iter::once(("", &t.unassigned)));
-            for (backend, c) in pairs {
-                for (i, class) in CODE_CLASSES.iter().enumerate() {
-                    let n = c.get(i);
-                    if n > 0 {
-                        e.sample(
-                            "switchyard_requests_total",
-                            &[
-                                ("route", &r.spec.name),
-                                ("upstream", &t.pool.spec.name),
-                                ("backend", backend),
-                                ("code_class", class),
-                            ],
-                            n as f64,
-                        );
-                    }
-                }
-            }
-        }
-    }
-
-    e.family(
-        "switchyard_route_weight",
-        "gauge",
-        "Weight in force for each upstream of a route's split.",
-    );
-    for r in &snap.routes {
-        for (t, w) in r.targets.iter().zip(r.split.weights()) {
-            e.sample(
-                "switchyard_route_weight",
-                &[("route", &r.spec.name), ("upstream", &t.pool.spec.name)],
-                *w,
-            );
-        }
-    }
-
-    e.family(
-        "switchyard_rollout_step",
-        "gauge",
-        "Step index of each route's rollout (the number of steps once promoted, -1 once rolled back or aborted).",
-    );
-    for (route, step) in ctx.rollouts.steps() {
-        e.sample("switchyard_rollout_step", &[("route", &route)], step);
-    }
-
-    e.family(
-        "switchyard_request_duration_seconds",
-        "histogram",
-        "Time from a request's arrival to the last byte of its response, by route and upstream answering.",
-    );
-    for r in &snap.routes {
-        for t in &r.targets {
-            e.histogram(
-                "switchyard_request_duration_seconds",
-                &[("route", &r.spec.name), ("upstream", &t.pool.spec.name)],
-                &t.stats.duration,
-            );
-        }
-    }
-
-    e.family(
-        "switchyard_upstream_latency_seconds",
-        "histogram",
-        "Time from sending a try to a backend to its response head.",
-    );
-    for p in &snap.pools {
-        for b in &p.backends {
-            e.histogram(
-                "switchyard_upstream_latency_seconds",
-                &[
-                    ("upstream", &p.spec.name),
-                    ("backend", b.state.addr.as_str()),
-                ],
-                &b.state.stats.latency_buckets,
-            );
-        }
-    }
-
-    e.family(
-        "switchyard_upstream_outcomes_total",
-        "counter",
-        "Tries sent to a backend by what became of them (success includes 4xx).",
-    );
-    for p in &snap.pools {
-        for b in &p.backends {
-            for o in Outcome::ALL {
-                e.sample(
-                    "switchyard_upstream_outcomes_total",
-                    &[
-                        ("upstream", &p.spec.name),
-                        ("backend", b.state.addr.as_str()),
-                        ("outcome", o.as_str()),
-                    ],
-                    b.state.stats.outcome(o) as f64,
-                );
-            }
-        }
-    }
-
-    e.family(
-        "switchyard_breaker_state",
-        "gauge",
-        "Circuit breaker state per backend: 0 closed, 1 open, 2 half-open.",
-    );
-    for p in &snap.pools {
-        for b in &p.backends {
-            e.sample(
-                "switchyard_breaker_state",
-                &[
-                    ("upstream", &p.spec.name),
-                    ("backend", b.state.addr.as_str()),
-                ],
-                b.state.breaker().state().gauge(),
-            );
-        }
-    }
-
-    e.family(
-        "switchyard_backend_healthy",
-        "gauge",
-        "1 while a backend passes its health checks (always 1 without checks).",
-    );
-    for p in &snap.pools {
-        for b in &p.backends {
-            e.sample(
-                "switchyard_backend_healthy",
-                &[
-                    ("upstream", &p.spec.name),
-                    ("backend", b.state.addr.as_str()),
-                ],
-                u8::from(b.state.is_healthy()),
-            );
-        }
-    }
-
-    e.family(
-        "switchyard_reroutes_total",
-        "counter",
-        "Requests sent to another upstream of the route because every backend of the one picked was out.",
-    );
-    for r in &snap.routes {
-        for t in &r.targets {
-            for (direction, n) in [
-                ("away", &t.stats.rerouted_away),
-                ("in", &t.stats.rerouted_in),
-            ] {
-                e.sample(
-                    "switchyard_reroutes_total",
-                    &[
-                        ("route", &r.spec.name),
-                        ("upstream", &t.pool.spec.name),
-                        ("direction", direction),
-                    ],
-                    n.load(Relaxed) as f64,
-                );
-            }
-        }
-    }
-
-    e.family(
-        "switchyard_retries_total",
-        "counter",
-        "Retries by route and the upstream of the failed try: made, or refused by the retry budget.",
-    );
-    for r in r_with_retries(&snap) {
-        for t in &r.targets {
-            for (result, n) in [
-                ("attempted", &t.stats.retries),
-                ("denied", &t.stats.retries_denied),
-            ] {
-                e.sample(
-                    "switchyard_retries_total",
-                    &[
-                        ("route", &r.spec.name),
-                        ("upstream", &t.pool.spec.name),
-                        ("result", result),
-                    ],
-                    n.load(Relaxed) as f64,
-                );
-            }
-        }
-    }
-
-    e.family(
-        "switchyard_backend_in_flight",
-        "gauge",
-        "Requests sent to a backend whose response has not finished.",
-    );
-    for p in &snap.pools {
-        for b in &p.backends {
-            e.sample(
-                "switchyard_backend_in_flight",
-                &[
-                    ("upstream", &p.spec.name),
-                    ("backend", b.state.addr.as_str()),
-                ],
-                b.state.in_flight() as f64,
-            );
-        }
-    }
-
+    routes(&mut e, &snap);
+    rollouts(&mut e, &snap, &ctx.rollouts.list());
+    backends(&mut e, &snap);
+    discovery(&mut e, &ctx.shared.discovery);
     traffic(&mut e, &snap);
-    super::shadow::metrics(&snap, &mut e);
-
-    e.family(
-        "switchyard_unrouted_requests_total",
-        "counter",
-        "Requests no route matched (answered 404).",
-    );
-    e.sample(
-        "switchyard_unrouted_requests_total",
-        &[],
-        g.no_route.load(Relaxed) as f64,
-    );
-
-    e.family(
-        "switchyard_config_reloads_total",
-        "counter",
-        "Config reload attempts by result.",
-    );
-    for (result, n) in [
-        ("applied", &g.reloads_applied),
-        ("rejected", &g.reloads_rejected),
-        ("unchanged", &g.reloads_unchanged),
-    ] {
-        e.sample(
-            "switchyard_config_reloads_total",
-            &[("result", result)],
-            n.load(Relaxed) as f64,
-        );
+    shadow(&mut e, &snap);
+    process_wide(&mut e, &ctx.shared, &snap, ctx.tracker.live());
+    limits(&mut e, &ctx.shared.limit_stats);
+    build(&mut e);
+    if let Some(p) = process::Process::read() {
+        process(&mut e, &p);
     }
-
-    g.tls.render(&mut e);
-
-    e.family(
-        "switchyard_config_generation",
-        "gauge",
-        "Successful config loads since start (the first load is 1).",
-    );
-    e.sample("switchyard_config_generation", &[], snap.generation as f64);
-
-    e.family(
-        "switchyard_connections",
-        "gauge",
-        "Open client connections and upgraded tunnels.",
-    );
-    e.sample("switchyard_connections", &[], ctx.tracker.live() as f64);
-
-    ctx.shared.limit_stats.render(&mut e);
-
-    e.family("switchyard_draining", "gauge", "1 while shutting down.");
-    e.sample(
-        "switchyard_draining",
-        &[],
-        u8::from(ctx.shared.is_draining()),
-    );
-
     e.finish()
 }
 
-fn r_with_retries(snap: &Snapshot) -> impl Iterator<Item = &RouteRuntime> {
-    snap.routes.iter().filter(|r| r.spec.retries.is_some())
+/// What each route sent to each upstream of its split.
+fn routes(e: &mut Exposition, snap: &Snapshot) {
+    // (route, upstream, backend, counters): every backend of the upstream, then "" for the
+    // answers given without one (no backend left, a fault abort).
+    let counters = || {
+        snap.routes.iter().flat_map(|r| {
+            r.targets.iter().flat_map(move |t| {
+                let backends = t.pool.backends.iter().map(|b| b.state.addr.as_str());
+                backends
+                    .zip(t.counters.iter())
+                    .chain([("", &t.unassigned)])
+                    .map(move |(b, c)| (&*r.spec.name, &*t.pool.spec.name, b, &**c))
+            })
+        })
+    };
+    let mut s = e.family(&f::REQUESTS);
+    for (route, upstream, backend, c) in counters() {
+        for (class, label) in CODE_CLASSES.iter().enumerate() {
+            s.sample(&[route, upstream, backend, label], c.get(class) as f64);
+        }
+    }
+    let mut s = e.family(&f::RESPONSES);
+    for (route, upstream, backend, c) in counters() {
+        for (code, n) in c.by_code().filter(|(_, n)| *n > 0) {
+            s.sample(&[route, upstream, backend, &code.label()], n as f64);
+        }
+    }
+
+    let mut s = e.family(&f::ROUTE_WEIGHT);
+    for r in &snap.routes {
+        for (t, w) in r.targets.iter().zip(r.split.weights()) {
+            s.sample(&[&r.spec.name, &t.pool.spec.name], *w);
+        }
+    }
+    let mut s = e.family(&f::REQUEST_DURATION);
+    for r in &snap.routes {
+        for t in &r.targets {
+            s.histogram(&[&r.spec.name, &t.pool.spec.name], &t.stats.duration);
+        }
+    }
+    let mut s = e.family(&f::REROUTES);
+    for r in &snap.routes {
+        for t in &r.targets {
+            let away = t.stats.rerouted_away.load(Relaxed) as f64;
+            let taken_in = t.stats.rerouted_in.load(Relaxed) as f64;
+            s.sample(&[&r.spec.name, &t.pool.spec.name, "away"], away);
+            s.sample(&[&r.spec.name, &t.pool.spec.name, "in"], taken_in);
+        }
+    }
+    let mut s = e.family(&f::RETRIES);
+    for r in snap.routes.iter().filter(|r| r.spec.retries.is_some()) {
+        for t in &r.targets {
+            let made = t.stats.retries.load(Relaxed) as f64;
+            let denied = t.stats.retries_denied.load(Relaxed) as f64;
+            s.sample(&[&r.spec.name, &t.pool.spec.name, "attempted"], made);
+            s.sample(&[&r.spec.name, &t.pool.spec.name, "denied"], denied);
+        }
+    }
+}
+
+/// From the rollout controller's views (`GET /rollouts`), for the routes that have a rollout
+/// in the config in force (the controller forgets a removed one on its next tick).
+fn rollouts(e: &mut Exposition, snap: &Snapshot, views: &[Value]) {
+    let in_config = |route: &str| snap.route(route).is_some_and(|r| r.spec.rollout.is_some());
+    let rows = || {
+        views
+            .iter()
+            .filter_map(|v| Some((v["route"].as_str()?, v)))
+            .filter(|(route, _)| in_config(route))
+    };
+    let mut s = e.family(&f::ROLLOUT_STEP);
+    for (route, v) in rows() {
+        if let Some(step) = v["step_metric"].as_f64() {
+            s.sample(&[route], step);
+        }
+    }
+    let mut s = e.family(&f::ROLLOUT_STATE);
+    for (route, v) in rows() {
+        let current = v["state"].as_str();
+        for state in State::NAMES {
+            s.sample(&[route, state], u8::from(current == Some(state)));
+        }
+    }
+    let mut s = e.family(&f::ROLLOUT_INFO);
+    for (route, v) in rows() {
+        let text = |k: &str| v[k].as_str().unwrap_or_default();
+        s.sample(
+            &[route, text("strategy"), text("stable"), text("canary")],
+            1u8,
+        );
+    }
+}
+
+/// Each backend of each upstream, as the registry keeps it.
+fn backends(e: &mut Exposition, snap: &Snapshot) {
+    let all = || {
+        snap.pools.iter().flat_map(|p| {
+            p.backends
+                .iter()
+                .map(move |b| (&*p.spec.name, b.state.addr.as_str(), &*b.state))
+        })
+    };
+    let mut s = e.family(&f::UPSTREAM_LATENCY);
+    for (upstream, addr, b) in all() {
+        s.histogram(&[upstream, addr], &b.stats.latency_buckets);
+    }
+    let mut s = e.family(&f::UPSTREAM_OUTCOMES);
+    for (upstream, addr, b) in all() {
+        for o in Outcome::ALL {
+            s.sample(&[upstream, addr, o.as_str()], b.stats.outcome(o) as f64);
+        }
+    }
+    let mut s = e.family(&f::BREAKER_STATE);
+    for (upstream, addr, b) in all() {
+        s.sample(&[upstream, addr], b.breaker().state().gauge());
+    }
+    let mut s = e.family(&f::BACKEND_HEALTHY);
+    for (upstream, addr, b) in all() {
+        s.sample(&[upstream, addr], u8::from(b.is_healthy()));
+    }
+    let mut s = e.family(&f::BACKEND_IN_FLIGHT);
+    for (upstream, addr, b) in all() {
+        s.sample(&[upstream, addr], b.in_flight() as f64);
+    }
 }
 
 /// What rate limits and fault injection did, for the routes that have them.
 fn traffic(e: &mut Exposition, snap: &Snapshot) {
-    e.family(
-        "switchyard_rate_limited_total",
-        "counter",
-        "Requests a route's rate_limit answered with 429.",
-    );
+    let mut s = e.family(&f::RATE_LIMITED);
     for r in &snap.routes {
         if let Some(limit) = &r.rate_limit {
-            e.sample(
-                "switchyard_rate_limited_total",
-                &[("route", &r.spec.name)],
-                limit.counts().limited.load(Relaxed) as f64,
-            );
+            s.sample(&[&r.spec.name], limit.counts().limited.load(Relaxed) as f64);
         }
     }
-    e.family(
-        "switchyard_faults_injected_total",
-        "counter",
-        "Faults a route's `fault` injected, by the upstream the split picked and kind (delay, abort).",
-    );
+    let mut s = e.family(&f::FAULTS_INJECTED);
     for r in &snap.routes {
         let Some(fault) = &r.fault else { continue };
         for (t, counts) in r.targets.iter().zip(fault.counts()) {
             let Some(c) = counts else { continue };
             for (kind, n) in [("delay", &c.delayed), ("abort", &c.aborted)] {
-                e.sample(
-                    "switchyard_faults_injected_total",
-                    &[
-                        ("route", &r.spec.name),
-                        ("upstream", &t.pool.spec.name),
-                        ("kind", kind),
-                    ],
+                s.sample(
+                    &[&r.spec.name, &t.pool.spec.name, kind],
                     n.load(Relaxed) as f64,
                 );
             }
         }
     }
+}
+
+/// Every route that shadows.
+fn shadow(e: &mut Exposition, snap: &Snapshot) {
+    let shadows = || snap.routes.iter().filter_map(|r| r.shadow.as_deref());
+    let mut s = e.family(&f::SHADOW_REQUESTS);
+    for sh in shadows() {
+        for r in ShadowResult::ALL {
+            s.sample(
+                &[&sh.route, &sh.spec.upstream, r.as_str()],
+                sh.mirror.result(r) as f64,
+            );
+        }
+    }
+    let mut s = e.family(&f::SHADOW_MISMATCHES);
+    for sh in shadows() {
+        for k in MismatchKind::ALL {
+            s.sample(
+                &[&sh.route, &sh.spec.upstream, k.as_str()],
+                sh.mirror.mismatches(k.index()) as f64,
+            );
+        }
+    }
+    let mut s = e.family(&f::SHADOW_COMPARISONS);
+    for sh in shadows() {
+        s.sample(
+            &[&sh.route, &sh.spec.upstream],
+            sh.stats.read().compared as f64,
+        );
+    }
+    let mut s = e.family(&f::SHADOW_IN_FLIGHT);
+    for sh in shadows() {
+        s.sample(&[&sh.route, &sh.spec.upstream], sh.mirror.in_flight());
+    }
+}
+
+/// What DNS discovery found for each discovered upstream.
+fn discovery(e: &mut Exposition, board: &Board) {
+    let watches = board.all();
+    let mut s = e.family(&f::DNS_LOOKUPS);
+    for (upstream, w) in &watches {
+        for r in LookupResult::ALL {
+            s.sample(&[upstream, r.as_str()], w.lookups(r) as f64);
+        }
+    }
+    let mut s = e.family(&f::DISCOVERED_BACKENDS);
+    for (upstream, w) in &watches {
+        s.sample(&[upstream], w.in_force() as f64);
+    }
+}
+
+/// Counters that belong to no route: config, TLS, connections, lifecycle.
+fn process_wide(e: &mut Exposition, shared: &Shared, snap: &Snapshot, connections: usize) {
+    let g: &GlobalCounters = &shared.counters;
+    e.family(&f::UNROUTED)
+        .sample(&[], g.no_route.load(Relaxed) as f64);
+    let mut s = e.family(&f::CONFIG_RELOADS);
+    for (result, n) in [
+        ("applied", &g.reloads_applied),
+        ("rejected", &g.reloads_rejected),
+        ("unchanged", &g.reloads_unchanged),
+    ] {
+        s.sample(&[result], n.load(Relaxed) as f64);
+    }
+    e.family(&f::CONFIG_LAST_RELOAD_SUCCESS)
+        .sample(&[], g.last_reload.success_seconds());
+    e.family(&f::CONFIG_LAST_RELOAD_SUCCESSFUL)
+        .sample(&[], u8::from(g.last_reload.ok()));
+    e.family(&f::CONFIG_GENERATION)
+        .sample(&[], snap.generation as f64);
+
+    let mut s = e.family(&f::TLS_CERT_RELOADS);
+    for (result, n) in [
+        ("applied", &g.tls.cert_reloads_applied),
+        ("rejected", &g.tls.cert_reloads_rejected),
+    ] {
+        s.sample(&[result], n.load(Relaxed) as f64);
+    }
+    e.family(&f::TLS_HANDSHAKE_ERRORS)
+        .sample(&[], g.tls.handshake_errors.load(Relaxed) as f64);
+    let mut s = e.family(&f::TLS_CERT_EXPIRY);
+    for (listener, server_name, expiry) in g.tls.expiry.all() {
+        s.sample(&[&listener, &server_name], expiry);
+    }
+
+    e.family(&f::CONNECTIONS).sample(&[], connections as f64);
+    e.family(&f::DRAINING)
+        .sample(&[], u8::from(shared.is_draining()));
+}
+
+/// Every listener that has run since start (kept for the life of the process).
+fn limits(e: &mut Exposition, stats: &LimitStats) {
+    let mut s = e.family(&f::LIMIT_REJECTIONS);
+    for (listener, c) in stats.all() {
+        for l in Limit::ALL {
+            s.sample(&[&listener, l.as_str()], c.get(l) as f64);
+        }
+    }
+}
+
+fn build(e: &mut Exposition) {
+    e.family(&f::BUILD_INFO)
+        .sample(&[env!("CARGO_PKG_VERSION"), env!("SWITCHYARD_COMMIT")], 1u8);
+}
+
+fn process(e: &mut Exposition, p: &process::Process) {
+    e.family(&f::PROCESS_CPU).sample(&[], p.cpu_seconds);
+    e.family(&f::PROCESS_RSS)
+        .sample(&[], p.resident_memory_bytes);
+    e.family(&f::PROCESS_VSIZE)
+        .sample(&[], p.virtual_memory_bytes);
+    e.family(&f::PROCESS_OPEN_FDS).sample(&[], p.open_fds);
+    e.family(&f::PROCESS_MAX_FDS).sample(&[], p.max_fds);
+    e.family(&f::PROCESS_START)
+        .sample(&[], p.start_time_seconds);
 }

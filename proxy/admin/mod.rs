@@ -88,6 +88,10 @@ async fn route(ctx: &AdminCtx, req: Request<Incoming>) -> AdminResponse {
         (&Method::GET, "/readyz") if ctx.shared.is_draining() => {
             text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
         }
+        (&Method::GET, "/readyz") if !ctx.shared.discovery.ready() => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "waiting for the first DNS answer of a discovered upstream\n",
+        ),
         (&Method::GET, "/readyz") => text(StatusCode::OK, "ready\n"),
         (&Method::GET, "/status") => json_response(StatusCode::OK, &status::render(ctx)),
         (&Method::GET, "/metrics") => {

@@ -1,5 +1,4 @@
-//! `GET /shadow/{route}`: what a route's shadow traffic came to, with its last mismatches; and
-//! the shadow families of `/metrics`.
+//! `GET /shadow/{route}`: what a route's shadow traffic came to, with its last mismatches.
 
 use http::StatusCode;
 use serde_json::{Value, json};
@@ -8,7 +7,6 @@ use crate::http::compare::Kind;
 use crate::http::shadow::ShadowRuntime;
 use crate::reload::snapshot::Snapshot;
 use crate::stats::ShadowResult;
-use crate::stats::prometheus::Exposition;
 
 pub fn render(snap: &Snapshot, route: &str) -> (StatusCode, Value) {
     let Some(r) = snap.route(route) else {
@@ -118,70 +116,4 @@ fn headers_object(headers: &[(String, String)]) -> Value {
         }
     }
     Value::Object(map)
-}
-
-/// `switchyard_shadow_requests_total`, `switchyard_shadow_mismatches_total` and
-/// `switchyard_shadow_in_flight`, for every route that shadows.
-pub fn metrics(snap: &Snapshot, e: &mut Exposition) {
-    let shadows = || snap.routes.iter().filter_map(|r| r.shadow.as_deref());
-    e.family(
-        "switchyard_shadow_requests_total",
-        "counter",
-        "Requests chosen for shadowing by route, shadow upstream and what became of the copy.",
-    );
-    for sh in shadows() {
-        for r in ShadowResult::ALL {
-            e.sample(
-                "switchyard_shadow_requests_total",
-                &[
-                    ("route", &sh.route),
-                    ("upstream", &sh.spec.upstream),
-                    ("result", r.as_str()),
-                ],
-                sh.mirror.result(r) as f64,
-            );
-        }
-    }
-    e.family(
-        "switchyard_shadow_mismatches_total",
-        "counter",
-        "Shadow responses that differed from their primary's, by the first difference's kind.",
-    );
-    for sh in shadows() {
-        for k in Kind::ALL {
-            e.sample(
-                "switchyard_shadow_mismatches_total",
-                &[
-                    ("route", &sh.route),
-                    ("upstream", &sh.spec.upstream),
-                    ("kind", k.as_str()),
-                ],
-                sh.mirror.mismatches(k.index()) as f64,
-            );
-        }
-    }
-    e.family(
-        "switchyard_shadow_comparisons_total",
-        "counter",
-        "Shadow responses compared with their primary's (the mismatch rate's denominator).",
-    );
-    for sh in shadows() {
-        e.sample(
-            "switchyard_shadow_comparisons_total",
-            &[("route", &sh.route), ("upstream", &sh.spec.upstream)],
-            sh.stats.read().compared as f64,
-        );
-    }
-    e.family(
-        "switchyard_shadow_in_flight",
-        "gauge",
-        "Shadow copies sent and not finished (at most the route's max_in_flight).",
-    );
-    for sh in shadows() {
-        e.sample(
-            "switchyard_shadow_in_flight",
-            &[("route", &sh.route), ("upstream", &sh.spec.upstream)],
-            sh.mirror.in_flight(),
-        );
-    }
 }

@@ -67,7 +67,17 @@ pub fn render(ctx: &AdminCtx) -> Value {
         })
         .collect();
     let now = Instant::now();
-    let upstreams: Vec<Value> = snap.pools.iter().map(|p| upstream(p, now)).collect();
+    let upstreams: Vec<Value> = snap
+        .pools
+        .iter()
+        .map(|p| {
+            let mut u = upstream(p, now);
+            if p.spec.discover.is_some() {
+                u["discovery"] = ctx.shared.discovery.status(&p.spec.name);
+            }
+            u
+        })
+        .collect();
     let events = *ctx.shared.reload_events().borrow();
     json!({
         "generation": snap.generation,

@@ -25,15 +25,34 @@ use crate::config::model::{HealthCheck, UpstreamTls};
 pub struct Tracker {
     healthy: bool,
     streak: u32,
+    /// Never checked yet (a discovered pod that just appeared): one pass brings it in.
+    pending: bool,
 }
 
 impl Tracker {
     pub fn new(healthy: bool) -> Self {
-        Tracker { healthy, streak: 0 }
+        Tracker {
+            healthy,
+            streak: 0,
+            pending: false,
+        }
+    }
+
+    /// A backend that takes traffic after its first passing check, not after a whole rise.
+    pub fn pending() -> Self {
+        Tracker {
+            healthy: false,
+            streak: 0,
+            pending: true,
+        }
     }
 
     /// Feeds one check result; returns the new state when it changes.
     pub fn observe(&mut self, passed: bool, check: &HealthCheck) -> Option<bool> {
+        if self.pending && passed {
+            *self = Tracker::new(true);
+            return Some(true);
+        }
         if passed == self.healthy {
             self.streak = 0;
             return None;
@@ -108,7 +127,11 @@ where
 }
 
 async fn run(state: Arc<BackendState>, check: HealthCheck, tls: Option<UpstreamTls>) {
-    let mut tracker = Tracker::new(state.is_healthy());
+    let mut tracker = if state.is_pending() {
+        Tracker::pending()
+    } else {
+        Tracker::new(state.is_healthy())
+    };
     let mut ticks = tokio::time::interval(check.interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -223,5 +246,16 @@ mod tests {
         assert_eq!(t.observe(false, &c), Some(false));
         assert_eq!(t.observe(true, &c), None);
         assert_eq!(t.observe(true, &c), Some(true));
+    }
+
+    #[test]
+    fn a_new_pod_comes_in_on_its_first_pass() {
+        let c = check();
+        let mut t = Tracker::pending();
+        assert_eq!(t.observe(false, &c), None, "still out");
+        assert_eq!(t.observe(true, &c), Some(true), "one pass, not two");
+        assert_eq!(t.observe(false, &c), None, "then the usual fall");
+        assert_eq!(t.observe(false, &c), None);
+        assert_eq!(t.observe(false, &c), Some(false));
     }
 }

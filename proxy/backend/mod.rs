@@ -1,6 +1,8 @@
-//! Backends: their lasting state, their connection pools, and the registry that owns both.
+//! Backends: their lasting state, their connection pools, the registry that owns both, and
+//! the DNS discovery that finds them.
 
 pub mod breaker;
+pub mod discovery;
 pub mod health;
 pub mod pool;
 pub mod registry;

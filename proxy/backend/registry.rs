@@ -1,13 +1,15 @@
-//! Every backend's state, keyed by (upstream, address), reconciled against each new config.
+//! Every backend's state, keyed by (upstream, address), reconciled against each new config and
+//! each new set of discovered addresses.
 //!
-//! Only the reloader owns the registry. A reload keeps the state of every backend that stays
-//! (breaker, statistics, warm connections), creates state for new ones, and forgets removed ones;
-//! snapshots still serving in-flight requests hold their own `Arc`s, so nothing is torn down
-//! under a request.
+//! Only the reloader owns the registry. A reload or a re-resolution keeps the state of every
+//! backend that stays (breaker, statistics, warm connections), creates state for new ones, and
+//! forgets removed ones; snapshots still serving in-flight requests hold their own `Arc`s, so
+//! nothing is torn down under a request.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use super::discovery::Set;
 use super::pool::ConnPool;
 use super::state::BackendState;
 use crate::config::Config;
@@ -52,7 +54,8 @@ pub struct Registry {
 #[derive(Debug, Default)]
 pub struct Changes {
     pub added: Vec<BackendKey>,
-    pub removed: Vec<BackendKey>,
+    /// Dropped backends; requests still in flight to them hold them until they finish.
+    pub removed: Vec<Arc<BackendState>>,
 }
 
 impl Registry {
@@ -63,15 +66,28 @@ impl Registry {
         }
     }
 
-    /// Brings the registry in line with `config`; returns each upstream's backends in config
-    /// order.
-    pub fn reconcile(&mut self, config: &Config) -> (HashMap<Arc<str>, Vec<Backend>>, Changes) {
+    /// Brings the registry in line with `config` and, for upstreams that discover their
+    /// backends, with `discovered` (none yet: no backends); returns each upstream's backends in
+    /// config (or address) order.
+    pub fn reconcile(
+        &mut self,
+        config: &Config,
+        discovered: &HashMap<Arc<str>, Set>,
+    ) -> (HashMap<Arc<str>, Vec<Backend>>, Changes) {
         let mut changes = Changes::default();
         let mut pools = HashMap::new();
         let mut next = HashMap::new();
         for up in &config.upstreams {
-            let mut backends = Vec::with_capacity(up.backends.len());
-            for addr in &up.backends {
+            let set = discovered.get(&up.name).filter(|_| up.discover.is_some());
+            let addrs = match (&up.discover, set) {
+                (None, _) => &up.backends[..],
+                (Some(_), Some(set)) => &set.addrs[..],
+                (Some(_), None) => &[],
+            };
+            // A pod found after the first set takes traffic once a check has passed.
+            let gated = up.health_check.is_some() && set.is_some_and(|s| s.gated);
+            let mut backends = Vec::with_capacity(addrs.len());
+            for addr in addrs {
                 let key = BackendKey {
                     upstream: Arc::clone(&up.name),
                     addr: addr.clone(),
@@ -94,6 +110,9 @@ impl Registry {
                             up.breaker.clone(),
                             self.workers,
                         );
+                        if gated {
+                            state.set_pending();
+                        }
                         Entry::new(Arc::new(state), &up.transport, self.workers)
                     }
                 };
@@ -102,7 +121,7 @@ impl Registry {
             }
             pools.insert(Arc::clone(&up.name), backends);
         }
-        changes.removed = self.entries.drain().map(|(k, _)| k).collect();
+        changes.removed = self.entries.drain().map(|(_, e)| e.backend.state).collect();
         self.entries = next;
         (pools, changes)
     }
@@ -137,11 +156,12 @@ mod tests {
     #[tokio::test]
     async fn state_survives_for_backends_that_stay() {
         let mut reg = Registry::new(1);
-        let (pools, changes) = reg.reconcile(&config("'h:1', 'h:2'", "1s"));
+        let none = HashMap::new();
+        let (pools, changes) = reg.reconcile(&config("'h:1', 'h:2'", "1s"), &none);
         assert_eq!(changes.added.len(), 2);
         let kept = Arc::clone(&pools["a"][1].state);
 
-        let (pools, changes) = reg.reconcile(&config("'h:2', 'h:3'", "2s"));
+        let (pools, changes) = reg.reconcile(&config("'h:2', 'h:3'", "2s"), &none);
         assert!(
             Arc::ptr_eq(&pools["a"][0].state, &kept),
             "h:2 keeps its state"

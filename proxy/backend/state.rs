@@ -22,6 +22,8 @@ pub struct BackendState {
     pub stats: BackendStats,
     breaker: ArcSwap<BreakerCell>,
     healthy: AtomicBool,
+    /// New and not yet checked: out of rotation, panic mode included, until a check passes.
+    pending: AtomicBool,
 }
 
 /// Latency to the response head, and what each try came to.
@@ -85,6 +87,7 @@ impl BackendState {
             stats: BackendStats::new(workers),
             breaker: ArcSwap::from_pointee(BreakerCell::new(breaker)),
             healthy: AtomicBool::new(true),
+            pending: AtomicBool::new(false),
         }
     }
 
@@ -98,7 +101,21 @@ impl BackendState {
     }
 
     pub fn set_healthy(&self, healthy: bool) {
+        if healthy {
+            self.pending.store(false, Ordering::Relaxed);
+        }
         self.healthy.store(healthy, Ordering::Relaxed);
+    }
+
+    /// Out of rotation until its first passing health check (a discovered pod that just
+    /// appeared): unlike an unhealthy backend, panic mode does not use it either.
+    pub fn set_pending(&self) {
+        self.pending.store(true, Ordering::Relaxed);
+        self.healthy.store(false, Ordering::Relaxed);
+    }
+
+    pub fn is_pending(&self) -> bool {
+        self.pending.load(Ordering::Relaxed)
     }
 
     pub fn breaker(&self) -> arc_swap::Guard<Arc<BreakerCell>> {

@@ -26,6 +26,8 @@ pub struct FileConfig {
     /// In declaration order: `upstreams` is a mapping, and its order is the user's.
     pub upstreams: Vec<(String, Upstream)>,
     pub routes: Vec<Route>,
+    /// Name servers for DNS discovery (`resolver:`); the system's when absent.
+    pub resolver: Option<super::discover::ResolverFile>,
     /// Pieces that did not parse, by path (`upstreams.blue`), and sections with such a piece
     /// (`routes`): validation skips what would only repeat their errors.
     pub broken: HashSet<String>,
@@ -58,7 +60,11 @@ pub struct Admin {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Upstream {
+    /// Empty when the upstream `discover`s its backends instead.
+    #[serde(default)]
     pub backends: Vec<String>,
+    /// Backends found by DNS (instead of `backends`).
+    pub discover: Option<super::discover::DiscoverFile>,
     pub connect_timeout: Option<DurationStr>,
     /// How long an unused upstream connection stays in the pool.
     pub idle_timeout: Option<DurationStr>,
@@ -117,6 +123,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "drain_timeout",
     "upstreams",
     "routes",
+    "resolver",
 ];
 
 /// Parses the document, collecting the first error of every piece. Fails outright only when
@@ -154,6 +161,7 @@ pub fn parse(text: &str) -> Result<Parsed, Vec<ConfigError>> {
             "admin" => out.admin = piece(value, "admin", &mut errors),
             "state_dir" => out.state_dir = piece(value, "state_dir", &mut errors),
             "drain_timeout" => out.drain_timeout = piece(value, "drain_timeout", &mut errors),
+            "resolver" => out.resolver = piece(value, "resolver", &mut errors),
             other => errors.push(ConfigError::new(
                 other,
                 format!(

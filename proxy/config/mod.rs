@@ -3,6 +3,7 @@
 //! Loading never stops at the first problem: the result is either a whole valid [`Config`] or
 //! every error found, each with the YAML path where it was found and how to fix it.
 
+pub mod discover;
 pub mod duration;
 pub mod file;
 pub mod limits;

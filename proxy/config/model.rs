@@ -8,6 +8,7 @@ use std::time::Duration;
 use http::uri::Authority;
 use http::{HeaderName, HeaderValue};
 
+pub use super::discover::{Discover, Resolver};
 pub use super::resilience::{BreakerConfig, HealthCheck, RetryOn, RetryPolicy};
 pub use super::rollout::RolloutSpec;
 pub use super::secret::AdminToken;
@@ -31,6 +32,8 @@ pub struct Config {
     pub drain_timeout: Duration,
     pub upstreams: Vec<Arc<Upstream>>,
     pub routes: Vec<Arc<Route>>,
+    /// Who answers DNS discovery's lookups.
+    pub resolver: Resolver,
 }
 
 impl Config {
@@ -64,7 +67,11 @@ pub struct Admin {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Upstream {
     pub name: Arc<str>,
+    /// As configured; empty when the backends are discovered (`discover`).
     pub backends: Vec<BackendAddr>,
+    /// Backends are the addresses a DNS name resolves to, kept up to date by
+    /// [`crate::backend::discovery`].
+    pub discover: Option<Discover>,
     pub transport: Transport,
     pub breaker: BreakerConfig,
     pub health_check: Option<HealthCheck>,

@@ -83,6 +83,11 @@ pub fn validate(f: file::FileConfig) -> Result<Config, Vec<ConfigError>> {
         errs.push("routes", "no routes: add at least one route with a `split`");
     }
 
+    let resolver = super::discover::resolver(f.resolver.as_ref(), &mut errs);
+    if resolver == Resolver::System && f.upstreams.iter().any(|(_, u)| u.discover.is_some()) {
+        super::discover::system_resolver_usable(&mut errs);
+    }
+
     let drain_timeout = f
         .drain_timeout
         .map(|d| d.0)
@@ -96,6 +101,7 @@ pub fn validate(f: file::FileConfig) -> Result<Config, Vec<ConfigError>> {
             drain_timeout,
             upstreams,
             routes,
+            resolver,
         }),
         _ => Err(errs.0),
     }
@@ -206,11 +212,17 @@ fn upstream(name: &str, u: &file::Upstream, errs: &mut Errors) -> Option<Upstrea
     if name.is_empty() {
         errs.push(&path, "upstream names must not be empty");
     }
-    if u.backends.is_empty() {
-        errs.push(
+    let discover = super::discover::discover(&path, u.discover.as_ref(), errs);
+    match (u.backends.is_empty(), u.discover.is_some()) {
+        (true, false) => errs.push(
             format!("{path}.backends"),
-            "no backends: list at least one as host:port, e.g. [\"10.0.0.11:8080\"]",
-        );
+            "no backends: list at least one as host:port, e.g. [\"10.0.0.11:8080\"], or find them in DNS with `discover: { dns: NAME:PORT }`",
+        ),
+        (false, true) => errs.push(
+            format!("{path}.discover"),
+            "`backends` and `discover` are both set; an upstream either lists its backends or discovers them: keep one",
+        ),
+        _ => {}
     }
     let mut backends = Vec::new();
     let mut seen = HashSet::new();
@@ -256,7 +268,15 @@ fn upstream(name: &str, u: &file::Upstream, errs: &mut Errors) -> Option<Upstrea
         ),
         tls: (https > 0 || u.tls.is_some())
             .then(|| super::upstream_tls::upstream_tls(&path, u.tls.as_ref(), errs))
-            .flatten(),
+            .flatten()
+            .map(|mut tls| {
+                // Discovered backends are addresses: their certificates carry the name.
+                if let Some(d) = &discover {
+                    let name = d.name.trim_end_matches('.');
+                    tls.server_name.get_or_insert_with(|| name.to_owned());
+                }
+                tls
+            }),
     };
     let breaker = resilience::breaker(&path, u.circuit_breaker.as_ref(), errs);
     let health_check = resilience::health_check(&path, u.health_check.as_ref(), errs);
@@ -264,6 +284,7 @@ fn upstream(name: &str, u: &file::Upstream, errs: &mut Errors) -> Option<Upstrea
     (errs.0.len() == before).then(|| Upstream {
         name: name.into(),
         backends,
+        discover,
         transport,
         breaker,
         health_check,

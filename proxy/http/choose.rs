@@ -109,13 +109,20 @@ pub fn choose(
             });
         }
     }
-    Err(ProxyError::new(
-        ErrorKind::NoBackend,
+    let pool = &route.targets[first].pool;
+    let why = if pool.backends.is_empty() {
+        // Only a discovered upstream can be empty: its name has not resolved yet.
+        format!(
+            "upstream `{}` of route `{}` has no backends: its DNS name has not resolved to any address yet",
+            pool.spec.name, route.spec.name
+        )
+    } else {
         format!(
             "no backend of route `{}` can take the request: every one is unhealthy or its circuit breaker is open",
             route.spec.name
-        ),
-    ))
+        )
+    };
+    Err(ProxyError::new(ErrorKind::NoBackend, why))
 }
 
 /// A backend of `pool` not excluded, healthy and admitted by its breaker. Past the pool's panic
@@ -144,7 +151,7 @@ pub(crate) fn pick_in(
     }
     if panic_mode(pool, excluded, now) {
         let i = pick::pick(n, pool.next_rr(), pick::fast_random(), in_flight, |i| {
-            !excluded(i)
+            !excluded(i) && !backends[i].state.is_pending()
         })?;
         return Some((i, Ticket::unchecked()));
     }
@@ -163,6 +170,7 @@ pub(crate) fn pick_in(
 }
 
 /// More than the pool's threshold of the backends still in play are out (but not all of them).
+/// Pods not yet checked are not in play: they are not out, they are not in yet.
 fn panic_mode(pool: &Pool, excluded: &dyn Fn(usize) -> bool, now: Instant) -> bool {
     let threshold = u64::from(pool.spec.panic_threshold);
     if threshold >= 100 {
@@ -170,7 +178,7 @@ fn panic_mode(pool: &Pool, excluded: &dyn Fn(usize) -> bool, now: Instant) -> bo
     }
     let (mut considered, mut out) = (0u64, 0u64);
     for (i, b) in pool.backends.iter().enumerate() {
-        if !excluded(i) {
+        if !excluded(i) && !b.state.is_pending() {
             considered += 1;
             out += u64::from(!b.state.available(now));
         }

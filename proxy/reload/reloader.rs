@@ -8,8 +8,9 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 use super::snapshot::{self, Snapshot};
-use crate::backend::Registry;
+use crate::backend::discovery::{Discovery, Found};
 use crate::backend::health::HealthCheckers;
+use crate::backend::{Backend, Registry};
 use crate::config::{self, Config, ConfigError, ConfigErrors};
 use crate::server::listener::{ListenerSet, Prepared};
 use crate::server::shutdown::Stop;
@@ -107,6 +108,8 @@ pub struct Reloader {
     generation: u64,
     registry: Registry,
     health: HealthCheckers,
+    /// DNS discovery's tasks and the sets they found.
+    discovery: Discovery,
     stats: StatsRegistry,
     /// Weights set at run time (rollouts), by route; they win over the config's.
     weights: HashMap<Arc<str>, Vec<u32>>,
@@ -126,11 +129,14 @@ impl Reloader {
         let config = Arc::new(config::parse_str(&text)?);
         let mut registry = Registry::new(workers);
         let mut stats = StatsRegistry::new(workers);
-        let (pools, _) = registry.reconcile(&config);
+        let (pools, _) = registry.reconcile(&config, &HashMap::new());
         let mut health = HealthCheckers::default();
         health.reconcile(&config, &pools);
         let weights = HashMap::new();
         let first = snapshot::build(1, Arc::clone(&config), &pools, &weights, &mut stats);
+        let shared = Arc::new(Shared::new(first));
+        let mut discovery = Discovery::new(Arc::clone(&shared.discovery));
+        discovery.reconcile(&config);
         let (tx, rx) = mpsc::channel(8);
         let reloader = Reloader {
             source,
@@ -139,9 +145,10 @@ impl Reloader {
             generation: 1,
             registry,
             health,
+            discovery,
             stats,
             weights,
-            shared: Arc::new(Shared::new(first)),
+            shared,
             listeners: None,
             rx,
         };
@@ -171,6 +178,10 @@ impl Reloader {
             let cmd = tokio::select! {
                 () = stop.wait() => break,
                 cmd = self.rx.recv() => cmd,
+                Some(found) = self.discovery.next() => {
+                    self.discovered(found);
+                    continue;
+                }
             };
             match cmd {
                 Some(Command::Reload { reply }) => {
@@ -192,6 +203,46 @@ impl Reloader {
         if let Some(mut set) = self.listeners.take() {
             set.stop_all();
         }
+    }
+
+    /// Waits (at most `limit`) until every discovered upstream has had its first lookup, taking
+    /// in what they found, so that the first request already sees the pods. Before `run`.
+    pub async fn first_lookups(&mut self, limit: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while !self.discovery.all_reported() {
+            match tokio::time::timeout_at(deadline, self.discovery.next()).await {
+                Ok(Some(found)) => self.discovered(found),
+                _ => break,
+            }
+        }
+        let waiting = self.shared.discovery.waiting();
+        if !waiting.is_empty() {
+            tracing::warn!(upstreams = ?waiting, "no DNS answer yet for these upstreams: they have no backends, and /readyz says not ready until they have one");
+        }
+    }
+
+    /// A discovery outcome: when it changes a set in force, the backends are reconciled and
+    /// published in a snapshot of the same generation and weights (a rollout goes on as it was).
+    fn discovered(&mut self, found: Found) {
+        if !self.discovery.take(found) {
+            return;
+        }
+        let (pools, changes) = self.registry.reconcile(&self.config, self.discovery.sets());
+        self.health.reconcile(&self.config, &pools);
+        self.discovery.removed(changes.removed);
+        self.republish(&pools);
+    }
+
+    /// Publishes `pools` with the config and weights in force, under the same generation.
+    fn republish(&mut self, pools: &HashMap<Arc<str>, Vec<Backend>>) {
+        let next = snapshot::build(
+            self.generation,
+            Arc::clone(&self.config),
+            pools,
+            &self.weights,
+            &mut self.stats,
+        );
+        self.shared.publish(next);
     }
 
     /// Applies run-time weights and publishes them in a snapshot of the same generation (the
@@ -223,14 +274,7 @@ impl Reloader {
             .iter()
             .map(|p| (Arc::clone(&p.spec.name), p.backends.clone()))
             .collect();
-        let next = snapshot::build(
-            self.generation,
-            Arc::clone(&self.config),
-            &pools,
-            &self.weights,
-            &mut self.stats,
-        );
-        self.shared.publish(next);
+        self.republish(&pools);
         true
     }
 
@@ -262,6 +306,7 @@ impl Reloader {
                 );
             }
         }
+        counters.last_reload.record(result.is_ok());
         self.shared.note_reload(result.is_err());
         result
     }
@@ -289,8 +334,11 @@ impl Reloader {
             tracing::warn!("admin.bind changed; the admin listener moves only on restart");
         }
 
-        let (pools, changes) = self.registry.reconcile(&config);
+        self.discovery.reconcile(&config);
+        let (pools, changes) = self.registry.reconcile(&config, self.discovery.sets());
         self.health.reconcile(&config, &pools);
+        let removed = changes.removed.len();
+        self.discovery.removed(changes.removed);
         self.weights.retain(|route, w| {
             // Run-time weights survive only while the route's split has the same shape.
             config
@@ -323,7 +371,7 @@ impl Reloader {
             upstreams = config.upstreams.len(),
             backends = self.registry.len(),
             added = changes.added.len(),
-            removed = changes.removed.len(),
+            removed,
             "backends reconciled"
         );
         self.config = config;

@@ -35,6 +35,17 @@ impl State {
         }
     }
 
+    /// Every [`State::name`], for the gauge that exports each state
+    /// (`switchyard_rollout_state`).
+    pub const NAMES: [&'static str; 6] = [
+        "pending",
+        "progressing",
+        "paused",
+        "promoted",
+        "rolled-back",
+        "aborted",
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             State::Pending => "pending",
@@ -91,6 +102,19 @@ pub fn check(from: State, to: State, steps: usize) -> Result<(), IllegalTransiti
 mod tests {
     use super::State::*;
     use super::*;
+
+    #[test]
+    fn names_lists_every_state() {
+        let all = [
+            Pending,
+            Progressing { step: 0 },
+            Paused { step: 0 },
+            Promoted,
+            RolledBack,
+            Aborted,
+        ];
+        assert_eq!(all.map(State::name), State::NAMES);
+    }
 
     #[test]
     fn the_walk_of_a_healthy_canary_is_legal() {

@@ -9,7 +9,6 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 
 use crate::config::limits::Limits;
-use crate::stats::prometheus::Exposition;
 
 /// Each way a limit can turn a client away, with its `limit` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,22 +95,10 @@ impl LimitStats {
         c
     }
 
-    pub fn render(&self, e: &mut Exposition) {
-        e.family(
-            "switchyard_limit_rejections_total",
-            "counter",
-            "Requests or connections turned away by a listener limit, by listener and limit.",
-        );
+    /// Every listener's counters, in the order the listeners first started.
+    pub fn all(&self) -> Vec<(String, Arc<LimitCounters>)> {
         let all = self.by_listener.lock().unwrap_or_else(|p| p.into_inner());
-        for (listener, c) in all.iter() {
-            for l in Limit::ALL {
-                e.sample(
-                    "switchyard_limit_rejections_total",
-                    &[("listener", listener), ("limit", l.as_str())],
-                    c.get(l) as f64,
-                );
-            }
-        }
+        all.clone()
     }
 }
 
@@ -229,11 +216,11 @@ mod tests {
         stats.counters("public").hit(Limit::MaxConnections);
         assert_eq!(stats.counters("public").get(Limit::MaxConnections), 2);
         assert_eq!(stats.counters("other").get(Limit::MaxConnections), 0);
-        let mut e = Exposition::default();
-        stats.render(&mut e);
-        let text = e.finish();
-        assert!(text.contains(
-            "switchyard_limit_rejections_total{listener=\"public\",limit=\"max_connections\"} 2"
-        ));
+        let all = stats.all();
+        assert_eq!(
+            all.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+            ["public", "other"]
+        );
+        assert_eq!(all[0].1.get(Limit::MaxConnections), 2);
     }
 }

@@ -34,6 +34,9 @@ pub struct CertTable {
     /// Keyed by what follows the `*.`.
     wildcard: HashMap<String, Arc<CertifiedKey>>,
     default: Option<Arc<CertifiedKey>>,
+    /// (server name, earliest notAfter of the chain in unix seconds) of each entry; the name
+    /// is empty for an explicit default certificate.
+    expiry: Vec<(String, f64)>,
 }
 
 impl CertTable {
@@ -50,6 +53,9 @@ impl CertTable {
         };
         if let Some(files) = &spec.default {
             table.default = load(files, &mut errors);
+            if let Some(t) = table.default.as_deref().and_then(expires) {
+                table.expiry.push((String::new(), t));
+            }
         }
         for entry in &spec.sni {
             let Some(ck) = load(&entry.files, &mut errors) else {
@@ -62,12 +68,14 @@ impl CertTable {
                     .iter()
                     .filter_map(|n| tls::not_covered(&ck, n, &entry.files)),
             );
+            let expiry = expires(&ck);
             for name in &entry.names {
-                let (map, key) = match name {
-                    NamePattern::Exact(n) => (&mut table.exact, n),
-                    NamePattern::Wildcard(n) => (&mut table.wildcard, n),
+                let (map, key, shown) = match name {
+                    NamePattern::Exact(n) => (&mut table.exact, n, n.clone()),
+                    NamePattern::Wildcard(n) => (&mut table.wildcard, n, format!("*.{n}")),
                 };
                 map.insert(key.clone(), Arc::clone(&ck));
+                table.expiry.extend(expiry.map(|t| (shown, t)));
             }
             if table.default.is_none() && spec.default.is_none() {
                 // No default given: the first entry serves names that match nothing.
@@ -113,6 +121,21 @@ impl CertTable {
             })
             .or(self.default.as_ref())
     }
+}
+
+/// When a chain stops working: the earliest notAfter of its certificates, in unix seconds.
+/// rustls keeps certificates as DER and does not expose their validity, hence x509-parser.
+fn expires(ck: &CertifiedKey) -> Option<f64> {
+    ck.cert
+        .iter()
+        .map(|der| {
+            x509_parser::parse_x509_certificate(der)
+                .ok()
+                .map(|(_, cert)| cert.validity().not_after.timestamp() as f64)
+        })
+        .collect::<Option<Vec<f64>>>()?
+        .into_iter()
+        .reduce(f64::min)
 }
 
 /// Accepts the TLS handshake on a fresh connection, then serves it as HTTPS (HTTP/2 when the
@@ -187,6 +210,19 @@ struct CertReload {
     spec: ListenerTls,
     shared: Arc<Shared>,
     listener: String,
+    /// Whose entry in `switchyard_tls_certificate_expiry_timestamp_seconds` this is.
+    expiry_owner: u64,
+}
+
+impl Drop for TlsListener {
+    fn drop(&mut self) {
+        self.reload
+            .shared
+            .counters
+            .tls
+            .expiry
+            .forget(self.reload.expiry_owner);
+    }
 }
 
 impl TlsListener {
@@ -198,15 +234,22 @@ impl TlsListener {
         name: &str,
         watch: bool,
     ) -> Result<TlsListener, Vec<String>> {
+        let table = CertTable::load(spec)?;
+        let certs = table.expiry.clone();
         let resolver = Arc::new(Resolver {
-            table: ArcSwap::from_pointee(CertTable::load(spec)?),
+            table: ArcSwap::from_pointee(table),
         });
         let acceptor = TlsAcceptor::from(server_config(Arc::clone(&resolver) as _)?);
+        // Nothing fails from here on, so the entry always has a TlsListener to take it away.
+        let expiry = &shared.counters.tls.expiry;
+        let expiry_owner = expiry.owner();
+        expiry.set(expiry_owner, name, certs);
         let reload = Arc::new(CertReload {
             resolver,
             spec: spec.clone(),
             shared: Arc::clone(shared),
             listener: name.to_owned(),
+            expiry_owner,
         });
         let watch = if watch {
             let r = Arc::clone(&reload);
@@ -261,6 +304,9 @@ impl CertReload {
                 tracing::debug!(%listener, "certificates unchanged");
             }
             Ok(table) => {
+                counters
+                    .expiry
+                    .set(self.expiry_owner, listener, table.expiry.clone());
                 self.resolver.table.store(Arc::new(table));
                 counters.cert_reloads_applied.fetch_add(1, Relaxed);
                 tracing::info!(%listener, "certificates reloaded");

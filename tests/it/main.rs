@@ -6,6 +6,7 @@ mod support;
 mod admin;
 mod admin_auth;
 mod cli;
+mod discovery;
 mod edge_traffic;
 mod forward;
 mod lifecycle;

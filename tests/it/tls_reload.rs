@@ -232,3 +232,57 @@ async fn a_new_certificate_that_does_not_cover_its_names_is_refused() {
     let stream = tls::connect(proxy.addr, "named.example.test", &[b"http/1.1"]).await;
     assert!(tls::served(&stream) == v1.der);
 }
+
+/// `switchyard_tls_certificate_expiry_timestamp_seconds`: one series per name a listener
+/// serves, at the notAfter of the certificate in service; it follows a replaced file and goes
+/// away with the listener's `tls:`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_expiry_is_exported_per_name_and_follows_the_certificates() {
+    let backend = TestBackend::start("app").await;
+    let ca = Ca::new();
+    let dir = TempDir::new();
+    let default = ca.server_until(&["default.example.test"], (2031, 1, 2));
+    let named = ca.server_until(&["a.example.test", "*.b.example.test"], (2030, 6, 1));
+    let (dc, dk) = default.write(&dir.0, "default");
+    let (nc, nk) = named.write(&dir.0, "named");
+    let tls_yaml = format!(
+        "{{ cert: \"{}\", key: \"{}\", sni: [{{ server_names: [a.example.test, \"*.b.example.test\"], cert: \"{}\", key: \"{}\" }}] }}",
+        p(&dc),
+        p(&dk),
+        p(&nc),
+        p(&nk)
+    );
+    let config = tls_config(&tls_yaml, &backend);
+    let proxy = Proxy::start(&config).await;
+    let series = |name: &str| {
+        format!(
+            "switchyard_tls_certificate_expiry_timestamp_seconds{{listener=\"secure\",server_name=\"{name}\"}}"
+        )
+    };
+    // 2031-01-02 and 2030-06-01, 00:00 UTC.
+    let m = proxy.metrics().await;
+    assert_eq!(sample(&m, &series("")), Some(1_925_078_400.0), "{m}");
+    assert_eq!(sample(&m, &series("a.example.test")), Some(1_906_502_400.0));
+    assert_eq!(
+        sample(&m, &series("*.b.example.test")),
+        Some(1_906_502_400.0)
+    );
+
+    let renewed = ca.server_until(&["a.example.test", "*.b.example.test"], (2032, 3, 4));
+    write_atomic(&nk, &renewed.key_pem);
+    write_atomic(&nc, &renewed.cert_pem);
+    wait_for_cert(&proxy, "a.example.test", &renewed).await;
+    let m = proxy.metrics().await;
+    assert_eq!(sample(&m, &series("a.example.test")), Some(1_961_971_200.0));
+    assert_eq!(sample(&m, &series("")), Some(1_925_078_400.0), "{m}");
+
+    let plain = config.replace(&format!(", tls: {tls_yaml}"), "");
+    assert_ne!(plain, config);
+    let ev = proxy.rewrite(&plain).await;
+    assert_eq!(ev.rejected, 0);
+    let m = proxy.metrics().await;
+    assert!(
+        !m.contains("switchyard_tls_certificate_expiry_timestamp_seconds{"),
+        "{m}"
+    );
+}

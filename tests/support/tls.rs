@@ -65,12 +65,28 @@ impl Ca {
         self.leaf(names, ExtendedKeyUsagePurpose::ServerAuth)
     }
 
+    /// A server certificate for `names` valid until midnight UTC of (year, month, day).
+    pub fn server_until(&self, names: &[&str], (y, m, d): (i32, u8, u8)) -> Leaf {
+        self.leaf_with(names, ExtendedKeyUsagePurpose::ServerAuth, |p| {
+            p.not_after = rcgen::date_time_ymd(y, m, d);
+        })
+    }
+
     /// A client certificate (for mTLS) named `name`.
     pub fn client(&self, name: &str) -> Leaf {
         self.leaf(&[name], ExtendedKeyUsagePurpose::ClientAuth)
     }
 
     fn leaf(&self, names: &[&str], usage: ExtendedKeyUsagePurpose) -> Leaf {
+        self.leaf_with(names, usage, |_| {})
+    }
+
+    fn leaf_with(
+        &self,
+        names: &[&str],
+        usage: ExtendedKeyUsagePurpose,
+        edit: impl FnOnce(&mut CertificateParams),
+    ) -> Leaf {
         let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
         let mut params = CertificateParams::new(names.clone()).unwrap();
         params.distinguished_name.push(
@@ -78,6 +94,7 @@ impl Ca {
             names.first().cloned().unwrap_or_default(),
         );
         params.extended_key_usages = vec![usage];
+        edit(&mut params);
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         Leaf {
