@@ -31,8 +31,9 @@
 //!   the addresses to the reloader).
 //! - [`stats`]: lock-free counters kept across reloads; [`stats::prometheus`], the one writer
 //!   of the Prometheus text format.
-//! - [`rollout`]: canary and blue-green rollouts: a pure policy, a state machine, a controller
-//!   that sends weights to the reloader, and a journal.
+//! - [`rollout`]: canary and blue-green rollouts: a pure policy of sequential tests with stated
+//!   error rates, a state machine, a controller that sends weights to the reloader, and a
+//!   journal.
 //! - [`admin`]: the admin HTTP API and its client for the CLI; `/metrics` reads every
 //!   statistic through its accessors in one module, from one table of families.
 //! - [`body`]: the streaming request and response bodies; [`error`]: one error type, one map
