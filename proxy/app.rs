@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use crate::admin::{self, AdminCtx};
+use crate::admin::{self, AdminCtx, Surface};
 use crate::config::{ConfigError, ConfigErrors};
+use crate::fleet::FleetController;
 use crate::reload::{ConfigSource, ReloadHandle, Reloader, watcher};
 use crate::rollout::Controller;
 use crate::server::conn::ServeCtx;
@@ -42,11 +43,36 @@ impl Options {
     }
 }
 
+/// Who runs the rollouts: this process alone, or with its fleet (`cluster:`).
+enum Rollouts {
+    Local(Controller),
+    Fleet(Box<FleetController>),
+}
+
+impl Rollouts {
+    fn initial_weights(&self, config: &crate::config::Config) -> Vec<(Arc<str>, Vec<u32>)> {
+        match self {
+            Rollouts::Local(c) => c.initial_weights(config),
+            Rollouts::Fleet(c) => c.initial_weights(config),
+        }
+    }
+
+    /// `GET /rollouts` as of the first snapshot.
+    fn refresh_views(&self) {
+        match self {
+            Rollouts::Local(c) => c.refresh_views(),
+            Rollouts::Fleet(c) => c.refresh_views(),
+        }
+    }
+}
+
 /// A running switchyard.
 pub struct Running {
     pub shared: Arc<Shared>,
     pub reload: ReloadHandle,
     pub admin_addr: SocketAddr,
+    /// The ops listener's address, when `ops:` is configured.
+    pub ops_addr: Option<SocketAddr>,
     drain_timeout: Duration,
     tracker: Tracker,
     stop_reloader: StopTrigger,
@@ -67,32 +93,42 @@ pub async fn start(opts: Options) -> Result<Running, ConfigErrors> {
             format!("cannot start worker threads: {e}"),
         )])
     })?;
-    let (mut reloader, reload) = Reloader::load(opts.source.clone(), workers.len())?;
+    let (mut reloader, reload) = Reloader::open(opts.source.clone(), workers.len()).await?;
     let config = Arc::clone(reloader.config());
     let shared = Arc::clone(reloader.shared());
     let tracker = Tracker::default();
-    // Rollouts resumed from the state file set their weights before the first request.
-    let (controller, rollouts) = Controller::new(&config, Arc::clone(&shared), reload.clone());
+    // Rollouts resumed from the state file (or taken from the fleet) set their weights before
+    // the first request.
+    let in_use = |e: crate::rollout::journal::InUse| {
+        ConfigErrors(vec![ConfigError::new("state_dir", e.to_string())])
+    };
+    let (controller, rollouts, fleet) = match &config.cluster {
+        None => {
+            let (c, h) =
+                Controller::new(&config, Arc::clone(&shared), reload.clone()).map_err(in_use)?;
+            (Rollouts::Local(c), h, None)
+        }
+        Some(cluster) => {
+            let (c, h, f) =
+                FleetController::join(&config, cluster, Arc::clone(&shared), reload.clone())
+                    .await
+                    .map_err(in_use)?;
+            (Rollouts::Fleet(Box::new(c)), h, Some(f))
+        }
+    };
     for (route, weights) in controller.initial_weights(&config) {
         reloader.set_weights(route, Some(weights));
     }
+    controller.refresh_views();
     reloader.first_lookups(FIRST_LOOKUPS).await;
 
-    let admin_std = listener::bind(config.admin.bind).map_err(|e| {
-        ConfigErrors(vec![listener::bind_error(
-            "admin.bind",
-            config.admin.bind,
-            &e,
-        )])
-    })?;
-    let admin_listener = TcpListener::from_std(admin_std).map_err(|e| {
-        ConfigErrors(vec![listener::bind_error(
-            "admin.bind",
-            config.admin.bind,
-            &e,
-        )])
-    })?;
+    let admin_listener = bind_control("admin.bind", config.admin.bind)?;
     let admin_addr = admin_listener.local_addr().unwrap_or(config.admin.bind);
+    let ops_listener = match &config.ops {
+        Some(ops) => Some(bind_control("ops.bind", ops.bind)?),
+        None => None,
+    };
+    let ops_addr = ops_listener.as_ref().and_then(|l| l.local_addr().ok());
     if !config.admin.bind.ip().is_loopback() && config.admin.token.is_none() {
         tracing::warn!(addr = %admin_addr, "the admin API listens beyond loopback without admin.token_file; anyone who can reach it can reload the config");
     }
@@ -120,7 +156,10 @@ pub async fn start(opts: Options) -> Result<Running, ConfigErrors> {
     let reloader_task = tokio::spawn(reloader.run(reloader_signal));
 
     let (stop_rollouts, rollouts_signal) = stop_pair();
-    let rollouts_task = tokio::spawn(controller.run(rollouts_signal));
+    let rollouts_task = match controller {
+        Rollouts::Local(c) => tokio::spawn(c.run(rollouts_signal)),
+        Rollouts::Fleet(c) => tokio::spawn(c.run(rollouts_signal)),
+    };
 
     let (stop_admin, admin_signal) = stop_pair();
     let admin_ctx = Arc::new(AdminCtx {
@@ -129,14 +168,33 @@ pub async fn start(opts: Options) -> Result<Running, ConfigErrors> {
         tracker: tracker.clone(),
         started: Instant::now(),
         rollouts,
+        fleet,
     });
-    let admin_task = tokio::spawn(admin::serve(admin_listener, admin_ctx, admin_signal));
+    if let Some(ops) = ops_listener {
+        let serve = admin::serve(
+            ops,
+            Arc::clone(&admin_ctx),
+            Surface::Ops,
+            admin_signal.clone(),
+        );
+        tokio::spawn(serve);
+    }
+    let admin_task = tokio::spawn(admin::serve(
+        admin_listener,
+        admin_ctx,
+        Surface::Admin,
+        admin_signal,
+    ));
+    if let Some(ops) = ops_addr {
+        tracing::info!(addr = %ops, "ops listener (GET /livez, /readyz, /metrics only)");
+    }
     tracing::info!(admin = %admin_addr, workers = workers.len(), generation = 1, "switchyard started");
 
     Ok(Running {
         shared,
         reload,
         admin_addr,
+        ops_addr,
         drain_timeout: config.drain_timeout,
         tracker,
         stop_reloader,
@@ -195,6 +253,14 @@ impl Running {
         let _ = tokio::task::spawn_blocking(move || workers.stop()).await;
         drained
     }
+}
+
+/// Binds the admin or ops listener (one socket: only the first worker serves them).
+fn bind_control(path: &str, addr: SocketAddr) -> Result<TcpListener, ConfigErrors> {
+    let error = |e: std::io::Error| ConfigErrors(vec![listener::bind_error(path, addr, &e)]);
+    listener::bind(addr)
+        .and_then(TcpListener::from_std)
+        .map_err(error)
 }
 
 /// Runs until `shutdown` resolves, then drains. SIGHUP reloads.

@@ -7,11 +7,16 @@
 //!
 //! - [`app`]: wiring: config -> registry -> snapshot; listeners, reloader, watcher, admin;
 //!   graceful shutdown.
-//! - [`config`]: YAML -> [`config::file`] (serde, as written) -> [`config::validate`] (every
-//!   error with its YAML path) -> [`config::model`] (validated, immutable).
-//! - [`reload`]: [`reload::watcher`] (notify; only signals), [`reload::reloader`] (the one
-//!   writer), [`reload::snapshot`] (what the request path reads, swapped with `ArcSwap`).
+//! - [`config`]: YAML -> [`config::file`] (serde, as written, read past structural errors by
+//!   `config::repair`) -> [`config::validate`] (every error with its YAML path) ->
+//!   [`config::model`] (validated, immutable); [`config::read`] reads only regular files of at
+//!   most 16 MiB. No import cycle inside: [`config::errors`] is the leaf.
+//! - [`reload`]: [`reload::watcher`] (notify, on its own thread; only signals; re-arms when a
+//!   directory is replaced), [`reload::loader`] (file reads off the workers, with a deadline),
+//!   [`reload::reloader`] (the one writer), [`reload::snapshot`] (what the request path reads,
+//!   swapped with `ArcSwap`).
 //! - [`server`]: [`server::listener`] (socket2, accept, reconcile on reload),
+//!   [`server::accept`] (backoff and sparse logs when accept fails),
 //!   [`server::conn`] (one connection, HTTP/1.1 or h2c), [`server::tls`] (TLS listeners:
 //!   certificates by SNI, reloaded when their files change), [`server::shutdown`] (stop, drain),
 //!   [`server::limits`] (a listener's limits and their counters), [`server::sniff`] (raw
@@ -34,8 +39,11 @@
 //! - [`rollout`]: canary and blue-green rollouts: a pure policy of sequential tests with stated
 //!   error rates, a state machine, a controller that sends weights to the reloader, and a
 //!   journal.
-//! - [`admin`]: the admin HTTP API and its client for the CLI; `/metrics` reads every
-//!   statistic through its accessors in one module, from one table of families.
+//! - [`fleet`]: with `cluster:`, the replicas of a fleet act as one through etcd: one rollout
+//!   state, a leader that decides on everyone's numbers, aborts and commands from anywhere.
+//! - [`admin`]: the admin HTTP API, the ops listener (probes and metrics only), and the
+//!   admin client for the CLI; `/metrics` reads every statistic through its accessors in one
+//!   module, from one table of families.
 //! - [`body`]: the streaming request and response bodies; [`error`]: one error type, one map
 //!   to status codes; [`shared`]: what every task reads; [`shard`]: which worker thread this
 //!   is; [`demo`]: the built-in demo.
@@ -48,6 +56,7 @@ pub mod body;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod fleet;
 pub mod http;
 pub mod reload;
 pub mod rollout;

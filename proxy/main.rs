@@ -98,7 +98,9 @@ enum Command {
 
 fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // notify logs its own bookkeeping when a watched directory is deleted (the watcher
+        // re-arms, see reload::watcher): not news for an operator.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,notify=error"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
@@ -272,9 +274,10 @@ async fn run_demo(
         println!(
             "Canary rollout of green: 10 -> 25 -> 50 -> 100 %, a step every 10 s once green has\n\
              20 requests at it. Keep traffic flowing (the loop above, in a `while true`) and watch:\n\
-             \x20 switchyard status demo --admin {admin_addr}\n\
+             \x20 {} status demo --admin {admin_addr}\n\
              Make green fail and see it rolled back within a second:\n\
              \x20 for i in $(seq 200); do curl -s -H '{}: 1' http://{listen}/; done\n",
+            cli_command(),
             demo::DEMO_FAIL_HEADER
         );
     }
@@ -288,6 +291,20 @@ async fn run_demo(
         let _ = std::fs::remove_dir_all(dir);
     }
     code
+}
+
+/// How to run this CLI again: `switchyard` when that is on the PATH, else the path of this
+/// executable (after `cargo run`, nothing put `switchyard` on the PATH).
+fn cli_command() -> String {
+    let on_path = std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| dir.join("switchyard").is_file())
+    });
+    if on_path {
+        return "switchyard".to_owned();
+    }
+    std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "switchyard".to_owned())
 }
 
 /// Resolves on SIGTERM or SIGINT.

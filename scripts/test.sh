@@ -29,6 +29,13 @@ TOOLS=(
   "py:prometheus_client pip:prometheus_client"
   # tests/it/tls.rs: https:// backends without a ca_file trust the system's roots.
   "update-ca-certificates apt:ca-certificates"
+  # tests/it/fleet.rs: replicas of a fleet share their rollouts through a real etcd, which the
+  # tests start on loopback ports and stop by PID.
+  "etcd apt:etcd-server"
+  # tests/it/control.rs runs switchyard with few file descriptors; tests/it/config_files.rs
+  # puts a FIFO at the config path.
+  "prlimit apt:util-linux"
+  "mkfifo apt:coreutils"
   # tests/it/discovery.rs: a real DNS server on a loopback port (tests/support/dns.rs).
   "dnsmasq apt:dnsmasq-base"
   # tests/it/metrics.rs lints /metrics; tests/deploy checks and unit-tests the rules, and runs a

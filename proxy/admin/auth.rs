@@ -76,6 +76,7 @@ mod tests {
             bind: "127.0.0.1:0".parse().unwrap(),
             token: Some(AdminToken::read(&p).unwrap()),
             protect_reads,
+            limits: Default::default(),
         }
     }
 
@@ -134,6 +135,7 @@ mod tests {
             bind: "127.0.0.1:0".parse().unwrap(),
             token: None,
             protect_reads: false,
+            limits: Default::default(),
         };
         assert_eq!(
             check(&a, &Method::POST, "/reload", &HeaderMap::new()),

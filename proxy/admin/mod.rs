@@ -1,4 +1,12 @@
-//! The admin API, on its own listener: health, status, metrics, reload.
+//! The admin API, on its own listener: health, status, metrics, reload, rollouts; and the ops
+//! listener, which serves only the probes and the metrics (for kubelets and Prometheus, so the
+//! admin API can stay on loopback).
+//!
+//! Both are hardened like a public listener: HTTP/1.1 only, a header read timeout (for the
+//! first request head and each next one on a kept-alive connection), a connection cap (over it,
+//! a connection is accepted and closed at once), and accept failures backed off and logged
+//! sparingly ([`crate::server::accept`]). Their limits and counters go by listener `admin` and
+//! `ops` in `switchyard_limit_rejections_total` and `switchyard_accept_errors_total`.
 
 mod auth;
 pub mod client;
@@ -9,6 +17,7 @@ mod status;
 mod traffic;
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -18,12 +27,15 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
+use crate::config::Config;
+use crate::config::model::ControlLimits;
 use crate::reload::{ReloadHandle, ReloadOutcome};
+use crate::server::accept::Acceptor;
+use crate::server::limits::{Limit, LimitCounters, OpenConnections, OpenSlot};
 use crate::server::shutdown::{Stop, Tracker};
 use crate::shared::Shared;
 
@@ -33,47 +45,123 @@ pub struct AdminCtx {
     pub tracker: Tracker,
     pub started: Instant,
     pub rollouts: crate::rollout::RolloutHandle,
+    /// With `cluster:`: the fleet, for `/status` and `/metrics`.
+    pub fleet: Option<crate::fleet::FleetHandle>,
 }
 
 type AdminResponse = Response<Full<Bytes>>;
 
-/// Serves the admin API until `stop` fires.
-pub async fn serve(listener: TcpListener, ctx: Arc<AdminCtx>, mut stop: Stop) {
-    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
-    loop {
-        let (stream, _) = tokio::select! {
-            () = stop.wait() => return,
-            a = listener.accept() => match a {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    continue;
-                }
-            },
-        };
-        let ctx = Arc::clone(&ctx);
-        let builder = Arc::clone(&builder);
-        let mut stop = stop.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let ctx = Arc::clone(&ctx);
-                async move { Ok::<_, Infallible>(route(&ctx, req).await) }
-            });
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                () = stop.wait() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
-            }
-        });
+/// Which API a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surface {
+    /// Everything: probes, status, metrics, reload, rollouts.
+    Admin,
+    /// `GET /livez`, `/readyz` and `/metrics`, nothing else.
+    Ops,
+}
+
+impl Surface {
+    /// Its `listener` label.
+    pub fn name(self) -> &'static str {
+        match self {
+            Surface::Admin => "admin",
+            Surface::Ops => "ops",
+        }
+    }
+
+    /// Its limits in `config` (read per connection, so a reload changes them).
+    fn limits(self, config: &Config) -> ControlLimits {
+        match self {
+            Surface::Admin => config.admin.limits,
+            Surface::Ops => config.ops.as_ref().map(|o| o.limits).unwrap_or_default(),
+        }
     }
 }
 
-async fn route(ctx: &AdminCtx, req: Request<Incoming>) -> AdminResponse {
+/// Serves `surface` on `listener` until `stop` fires.
+pub async fn serve(listener: TcpListener, ctx: Arc<AdminCtx>, surface: Surface, mut stop: Stop) {
+    let counters = ctx.shared.limit_stats.counters(surface.name());
+    let mut acceptor = Acceptor::new(surface.name(), Arc::clone(&counters.accept));
+    let open = Arc::new(OpenConnections::default());
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = stop.wait() => return,
+            a = acceptor.next(&listener) => a,
+        };
+        let limits = surface.limits(&ctx.shared.snapshot().config);
+        // Over the cap: accepted (so the client is not left in the backlog) and closed.
+        let Some(slot) = open.try_open(limits.max_connections) else {
+            counters.hit(Limit::MaxConnections);
+            tracing::debug!(%peer, listener = surface.name(), "connection limit reached; closing");
+            continue;
+        };
+        let conn = Connection {
+            ctx: Arc::clone(&ctx),
+            surface,
+            limits,
+            counters: Arc::clone(&counters),
+            _slot: slot,
+        };
+        tokio::spawn(conn.serve(stream, peer, stop.clone()));
+    }
+}
+
+/// One accepted admin or ops connection.
+struct Connection {
+    ctx: Arc<AdminCtx>,
+    surface: Surface,
+    limits: ControlLimits,
+    counters: Arc<LimitCounters>,
+    /// Counted against the cap until the connection ends.
+    _slot: OpenSlot,
+}
+
+impl Connection {
+    async fn serve(self, stream: TcpStream, peer: SocketAddr, mut stop: Stop) {
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            // hyper restarts it for each request head, so it also bounds an idle keep-alive.
+            .header_read_timeout(self.limits.header_read_timeout)
+            .keep_alive(true);
+        let (ctx, surface) = (Arc::clone(&self.ctx), self.surface);
+        let service = service_fn(move |req| {
+            let ctx = Arc::clone(&ctx);
+            async move { Ok::<_, Infallible>(route(&ctx, surface, req).await) }
+        });
+        let conn = builder.serve_connection(TokioIo::new(stream), service);
+        tokio::pin!(conn);
+        let result = tokio::select! {
+            r = conn.as_mut() => r,
+            () = stop.wait() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        if let Err(e) = result {
+            if e.is_timeout() {
+                self.counters.hit(Limit::HeaderReadTimeout);
+            } else if e.is_parse_too_large() {
+                self.counters.hit(Limit::RequestHeaders);
+            } else if e.is_parse() {
+                self.counters.hit(Limit::MalformedRequest);
+            }
+            tracing::debug!(%peer, listener = surface.name(), error = %e, "connection ended with an error");
+        }
+    }
+}
+
+async fn route(ctx: &AdminCtx, surface: Surface, req: Request<Incoming>) -> AdminResponse {
     let path = req.uri().path().trim_end_matches('/');
+    if surface == Surface::Ops && !matches!(path, "/livez" | "/readyz" | "/metrics") {
+        // Nothing that changes state or shows more than the metrics do; not even the list of
+        // what the admin API has.
+        return json_response(
+            StatusCode::NOT_FOUND,
+            &json!({ "error": format!("no ops endpoint {path}"),
+                     "endpoints": ["GET /livez", "GET /readyz", "GET /metrics"] }),
+        );
+    }
     // First, so that every endpoint (those added later too) is covered.
     if let Err(denied) = auth::check(
         &ctx.shared.snapshot().config.admin,
@@ -93,7 +181,7 @@ async fn route(ctx: &AdminCtx, req: Request<Incoming>) -> AdminResponse {
             "waiting for the first DNS answer of a discovered upstream\n",
         ),
         (&Method::GET, "/readyz") => text(StatusCode::OK, "ready\n"),
-        (&Method::GET, "/status") => json_response(StatusCode::OK, &status::render(ctx)),
+        (&Method::GET, "/status") => json_response(StatusCode::OK, &status::render(ctx).await),
         (&Method::GET, "/metrics") => {
             let mut resp = Response::new(Full::new(Bytes::from(metrics::render(ctx))));
             resp.headers_mut().insert(

@@ -10,7 +10,7 @@ use http::uri::Authority;
 use serde::Deserialize;
 
 use super::duration::DurationStr;
-use super::validate::Errors;
+use super::errors::Errors;
 
 /// How often a discovered name is looked up again when its records allow longer.
 pub const DEFAULT_REFRESH: Duration = Duration::from_secs(5);

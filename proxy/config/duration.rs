@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use serde::de::{self, Deserialize, Deserializer};
 
+use super::errors::Errors;
+
 /// A duration parsed from a YAML string; serde reports a bad one at its YAML path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DurationStr(pub Duration);
@@ -58,6 +60,24 @@ impl<'de> Deserialize<'de> for DurationStr {
             }
         }
         d.deserialize_any(V)
+    }
+}
+
+/// A configured duration that must be longer than zero, or `default` when absent.
+pub(super) fn positive(
+    value: Option<DurationStr>,
+    default: std::time::Duration,
+    path: &str,
+    key: &str,
+    errs: &mut Errors,
+) -> std::time::Duration {
+    match value {
+        Some(d) if d.0.is_zero() => {
+            errs.push(format!("{path}.{key}"), "must be longer than zero");
+            default
+        }
+        Some(d) => d.0,
+        None => default,
     }
 }
 

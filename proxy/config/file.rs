@@ -1,8 +1,8 @@
 //! The YAML as written: serde structs that mirror the file, nothing validated yet.
 //!
-//! The document is read in pieces (each listener, upstream and route on its own) so that a typo
-//! in one route does not hide a typo in the next: every piece's first error is collected, with
-//! its full YAML path.
+//! The document is read in pieces (each listener, upstream and route on its own), and each piece
+//! is read past its errors (`config::repair`), so that every unknown key, wrong type and
+//! missing key is collected, with its full YAML path, and the value checks still run on the rest.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -10,8 +10,10 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_yaml::Value;
 
-use super::ConfigError;
+use super::control::OpsFile;
 use super::duration::DurationStr;
+use super::errors::{ConfigError, did_you_mean, quoted_list};
+use super::repair::{self, Patches};
 use super::resilience::{CircuitBreakerFile, HealthCheckFile, RetriesFile};
 use super::rollout::RolloutFile;
 use super::shadow::ShadowFile;
@@ -21,11 +23,13 @@ use super::traffic::{FaultFile, RateLimitFile};
 pub struct FileConfig {
     pub listeners: Vec<Listener>,
     pub admin: Option<Admin>,
+    pub ops: Option<OpsFile>,
     pub state_dir: Option<String>,
     pub drain_timeout: Option<DurationStr>,
     /// In declaration order: `upstreams` is a mapping, and its order is the user's.
     pub upstreams: Vec<(String, Upstream)>,
     pub routes: Vec<Route>,
+    pub cluster: Option<super::cluster::ClusterFile>,
     /// Name servers for DNS discovery (`resolver:`); the system's when absent.
     pub resolver: Option<super::discover::ResolverFile>,
     /// Pieces that did not parse, by path (`upstreams.blue`), and sections with such a piece
@@ -38,6 +42,9 @@ pub struct FileConfig {
 pub struct Parsed {
     pub file: FileConfig,
     pub errors: Vec<ConfigError>,
+    /// Where a value of the wrong type, or a missing one, was replaced by a stand-in so that
+    /// the rest could be read (and checked).
+    pub patches: Patches,
 }
 
 #[derive(Debug, Deserialize)]
@@ -55,6 +62,8 @@ pub struct Admin {
     pub bind: Option<String>,
     pub token_file: Option<String>,
     pub protect_reads: Option<bool>,
+    pub max_connections: Option<usize>,
+    pub header_read_timeout: Option<DurationStr>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -119,10 +128,12 @@ pub struct Sticky {
 const TOP_LEVEL_KEYS: &[&str] = &[
     "listeners",
     "admin",
+    "ops",
     "state_dir",
     "drain_timeout",
     "upstreams",
     "routes",
+    "cluster",
     "resolver",
 ];
 
@@ -149,19 +160,27 @@ pub fn parse(text: &str) -> Result<Parsed, Vec<ConfigError>> {
     let mut out = FileConfig::default();
     let mut errors = Vec::new();
     let mut broken = HashSet::new();
+    let mut patches = Patches::default();
+    let p = &mut patches;
     for (key, value) in top {
         let Some(key) = key.as_str().map(str::to_owned) else {
             errors.push(ConfigError::new("", "top-level keys must be strings"));
             continue;
         };
         match key.as_str() {
-            "listeners" => out.listeners = piece_list(value, "listeners", &mut errors, &mut broken),
-            "routes" => out.routes = piece_list(value, "routes", &mut errors, &mut broken),
-            "upstreams" => out.upstreams = piece_map(value, "upstreams", &mut errors, &mut broken),
-            "admin" => out.admin = piece(value, "admin", &mut errors),
-            "state_dir" => out.state_dir = piece(value, "state_dir", &mut errors),
-            "drain_timeout" => out.drain_timeout = piece(value, "drain_timeout", &mut errors),
-            "resolver" => out.resolver = piece(value, "resolver", &mut errors),
+            "listeners" => {
+                out.listeners = piece_list(value, "listeners", &mut errors, &mut broken, p);
+            }
+            "routes" => out.routes = piece_list(value, "routes", &mut errors, &mut broken, p),
+            "upstreams" => {
+                out.upstreams = piece_map(value, "upstreams", &mut errors, &mut broken, p);
+            }
+            "admin" => out.admin = piece(value, "admin", &mut errors, p),
+            "ops" => out.ops = piece(value, "ops", &mut errors, p),
+            "state_dir" => out.state_dir = piece(value, "state_dir", &mut errors, p),
+            "drain_timeout" => out.drain_timeout = piece(value, "drain_timeout", &mut errors, p),
+            "resolver" => out.resolver = piece(value, "resolver", &mut errors, p),
+            "cluster" => out.cluster = piece(value, "cluster", &mut errors, p),
             other => errors.push(ConfigError::new(
                 other,
                 format!(
@@ -173,27 +192,28 @@ pub fn parse(text: &str) -> Result<Parsed, Vec<ConfigError>> {
         }
     }
     out.broken = broken;
-    Ok(Parsed { file: out, errors })
+    Ok(Parsed {
+        file: out,
+        errors,
+        patches,
+    })
 }
 
+/// Reads one piece, collecting every structural error in it (see [`super::repair`]).
 fn piece<T: DeserializeOwned>(
     value: Value,
     path: &str,
     errors: &mut Vec<ConfigError>,
+    patches: &mut Patches,
 ) -> Option<T> {
-    match serde_path_to_error::deserialize::<_, T>(value) {
-        Ok(v) => Some(v),
-        Err(e) => {
-            let inner = e.path().to_string();
-            let full = match inner.as_str() {
-                "." | "" => path.to_owned(),
-                _ if inner.starts_with('[') => format!("{path}{inner}"),
-                _ => format!("{path}.{inner}"),
-            };
-            errors.push(ConfigError::new(full, explain_serde(&e.into_inner())));
-            None
-        }
-    }
+    let mut found = Vec::new();
+    let parsed = repair::read(value, path, &mut found, patches);
+    errors.extend(
+        found
+            .into_iter()
+            .map(|(at, e)| ConfigError::new(at, explain_serde(&e))),
+    );
+    parsed
 }
 
 fn piece_list<T: DeserializeOwned>(
@@ -201,13 +221,14 @@ fn piece_list<T: DeserializeOwned>(
     path: &str,
     errors: &mut Vec<ConfigError>,
     broken: &mut HashSet<String>,
+    patches: &mut Patches,
 ) -> Vec<T> {
     let before = errors.len();
     let out = match value {
         Value::Sequence(items) => items
             .into_iter()
             .enumerate()
-            .filter_map(|(i, v)| piece(v, &format!("{path}[{i}]"), errors))
+            .filter_map(|(i, v)| piece(v, &format!("{path}[{i}]"), errors, patches))
             .collect(),
         Value::Null => Vec::new(),
         Value::Mapping(_) => {
@@ -236,6 +257,7 @@ fn piece_map<T: DeserializeOwned>(
     path: &str,
     errors: &mut Vec<ConfigError>,
     broken: &mut HashSet<String>,
+    patches: &mut Patches,
 ) -> Vec<(String, T)> {
     match value {
         Value::Mapping(m) => m
@@ -246,7 +268,7 @@ fn piece_map<T: DeserializeOwned>(
                     return None;
                 };
                 let piece_path = format!("{path}.{name}");
-                let parsed = piece(v, &piece_path, errors);
+                let parsed = piece(v, &piece_path, errors, patches);
                 if parsed.is_none() {
                     broken.insert(piece_path);
                 }
@@ -320,38 +342,6 @@ fn explain_serde(e: &serde_yaml::Error) -> String {
     )
 }
 
-pub(crate) fn did_you_mean(word: &str, candidates: &[&str]) -> String {
-    candidates
-        .iter()
-        .map(|c| (edit_distance(word, c), *c))
-        .filter(|(d, c)| *d <= 2.max(c.len() / 4))
-        .min()
-        .map(|(_, c)| format!(" (did you mean `{c}`?)"))
-        .unwrap_or_default()
-}
-
-fn quoted_list(items: &[&str]) -> String {
-    items
-        .iter()
-        .map(|s| format!("`{s}`"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let subst = prev[j] + usize::from(ca != *cb);
-            cur[j + 1] = subst.min(prev[j + 1] + 1).min(cur[j] + 1);
-        }
-        prev = cur;
-    }
-    prev[b.len()]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -404,12 +394,5 @@ bogus: 1
             .file;
         let names: Vec<&str> = f.upstreams.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["zeta", "alpha"]);
-    }
-
-    #[test]
-    fn edit_distance_counts_single_edits() {
-        assert_eq!(edit_distance("windw", "window"), 1);
-        assert_eq!(edit_distance("", "abc"), 3);
-        assert_eq!(did_you_mean("zzzzzz", &["window"]), "");
     }
 }

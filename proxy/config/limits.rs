@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::duration::DurationStr;
-use super::validate::{Errors, positive as duration};
+use super::duration::{DurationStr, positive as duration};
+use super::errors::Errors;
 
 pub const DEFAULT_MAX_REQUEST_HEADER_BYTES: usize = 60 * 1024;
 pub const DEFAULT_MAX_REQUEST_HEADERS: usize = 100;

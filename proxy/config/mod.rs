@@ -1,13 +1,25 @@
-//! Config: YAML text -> [`file`] (serde, as written) -> [`validate`] -> [`model`] (immutable).
+//! Config: YAML text -> [`file`](mod@file) (serde, as written) -> [`validate`] -> [`model`] (immutable).
 //!
 //! Loading never stops at the first problem: the result is either a whole valid [`Config`] or
 //! every error found, each with the YAML path where it was found and how to fix it.
+//!
+//! Imports run one way: [`errors`], [`duration`] and [`read`] at the bottom; the feature
+//! modules ([`limits`], [`control`], [`cluster`], [`discover`], [`resilience`], [`rollout`], [`shadow`],
+//! [`tls`], [`traffic`], [`upstream_tls`], [`secret`]) each hold a feature's YAML shape, model
+//! and checks; [`file`](mod@file) and [`model`] gather them; [`validate`] turns one into the other; [`load`] runs the whole.
+//! This file only names and re-exports.
 
+pub mod cluster;
+pub mod control;
 pub mod discover;
 pub mod duration;
+pub mod errors;
 pub mod file;
 pub mod limits;
+pub mod load;
 pub mod model;
+pub mod read;
+mod repair;
 pub mod resilience;
 pub mod rollout;
 pub mod secret;
@@ -17,151 +29,6 @@ pub mod traffic;
 pub mod upstream_tls;
 pub mod validate;
 
-use std::fmt;
-use std::path::Path;
-
+pub use errors::{ConfigError, ConfigErrors};
+pub use load::{load_file, parse_str, read_text};
 pub use model::Config;
-
-/// One thing wrong with a config, at one place in it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    /// Where: `routes[0].split[1].upstream`, or `line 3 column 5` for a YAML syntax error.
-    pub path: String,
-    pub message: String,
-}
-
-impl ConfigError {
-    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigError {
-            path: path.into(),
-            message: message.into(),
-        }
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.path.is_empty() {
-            f.write_str(&self.message)
-        } else {
-            write!(f, "{}: {}", self.path, self.message)
-        }
-    }
-}
-
-/// Every error of a rejected config.
-#[derive(Debug, Clone, thiserror::Error)]
-pub struct ConfigErrors(pub Vec<ConfigError>);
-
-impl fmt::Display for ConfigErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let n = self.0.len();
-        write!(f, "{n} error{}", if n == 1 { "" } else { "s" })?;
-        for e in &self.0 {
-            write!(f, "\n  {e}")?;
-        }
-        Ok(())
-    }
-}
-
-/// Parses and validates a whole config document.
-pub fn parse_str(text: &str) -> Result<Config, ConfigErrors> {
-    let parsed = file::parse(text).map_err(ConfigErrors)?;
-    let mut errors = parsed.errors;
-    match validate::validate(parsed.file) {
-        Ok(config) if errors.is_empty() => Ok(config),
-        Ok(_) => Err(ConfigErrors(errors)),
-        Err(more) => {
-            errors.extend(more);
-            Err(ConfigErrors(errors))
-        }
-    }
-}
-
-/// Reads and validates a config file; the text is returned too, so a reload can skip an
-/// unchanged file.
-pub fn load_file(path: &Path) -> Result<(Config, String), ConfigErrors> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        ConfigErrors(vec![ConfigError::new(
-            path.display().to_string(),
-            format!("cannot read the config file: {e}"),
-        )])
-    })?;
-    parse_str(&text).map(|c| (c, text))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use model::*;
-
-    const GOOD: &str = r#"
-listeners: [{ name: public, bind: "127.0.0.1:8080" }]
-upstreams:
-  blue: { backends: ["127.0.0.1:9001", "localhost:9002"], connect_timeout: 250ms }
-  green: { backends: ["127.0.0.1:9003"] }
-routes:
-  - name: shop
-    match: { host: "*.Example.com", path_prefix: /shop, headers: { x-region: eu } }
-    split: [{ upstream: blue, weight: 95 }, { upstream: green, weight: 5 }]
-    sticky: { cookie: session }
-    override_header: x-switchyard-upstream
-"#;
-
-    #[test]
-    fn a_good_config_gets_its_defaults() {
-        let c = parse_str(GOOD).unwrap();
-        assert_eq!(c.admin.bind.to_string(), DEFAULT_ADMIN_BIND);
-        let r = &c.routes[0];
-        assert_eq!(r.matcher.host, HostMatch::Suffix(".example.com".into()));
-        assert_eq!(r.timeout, DEFAULT_ROUTE_TIMEOUT);
-        assert_eq!(r.weights(), [95, 5]);
-        assert_eq!(r.sticky, Some(StickyKey::Cookie("session".into())));
-        let blue = c.upstream("blue").unwrap();
-        assert_eq!(blue.transport.connect_timeout.as_millis(), 250);
-        assert_eq!(blue.backends[1].as_str(), "localhost:9002");
-    }
-
-    #[test]
-    fn every_semantic_error_is_reported_with_its_path() {
-        let text = r#"
-listeners: [{ bind: "localhost:8080" }]
-upstreams:
-  blue: { backends: ["10.0.0.1"] }
-routes:
-  - { name: a, split: [{ upstream: bleu, weight: 1 }] }
-  - { name: a, split: [{ upstream: blue, weight: 0 }] }
-"#;
-        let errs = parse_str(text).unwrap_err().0;
-        let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
-        assert_eq!(
-            paths,
-            [
-                "listeners[0].bind",
-                "upstreams.blue.backends[0]",
-                "routes[0].split[0].upstream",
-                "routes[1].name",
-                "routes[1].split",
-            ],
-            "{errs:#?}"
-        );
-        assert!(errs[2].message.contains("did you mean `blue`?"));
-    }
-
-    #[test]
-    fn backend_addresses_must_be_host_port() {
-        for bad in [
-            "10.0.0.1",
-            "http://a:80",
-            "a:0",
-            "a:80/x",
-            ":80",
-            "user@a:80",
-        ] {
-            assert!(validate::backend_addr(bad).is_err(), "{bad}");
-        }
-        for good in ["10.0.0.1:80", "svc.ns:8080", "[::1]:80"] {
-            assert!(validate::backend_addr(good).is_ok(), "{good}");
-        }
-    }
-}

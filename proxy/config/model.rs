@@ -8,6 +8,7 @@ use std::time::Duration;
 use http::uri::Authority;
 use http::{HeaderName, HeaderValue};
 
+pub use super::control::{ControlLimits, Ops};
 pub use super::discover::{Discover, Resolver};
 pub use super::resilience::{BreakerConfig, HealthCheck, RetryOn, RetryPolicy};
 pub use super::rollout::RolloutSpec;
@@ -28,10 +29,14 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Config {
     pub listeners: Vec<Listener>,
     pub admin: Admin,
+    /// The ops listener (probes and metrics only), when configured.
+    pub ops: Option<Ops>,
     pub state_dir: Option<PathBuf>,
     pub drain_timeout: Duration,
     pub upstreams: Vec<Arc<Upstream>>,
     pub routes: Vec<Arc<Route>>,
+    /// The fleet this replica belongs to (`cluster:`); `None`: on its own.
+    pub cluster: Option<super::cluster::Cluster>,
     /// Who answers DNS discovery's lookups.
     pub resolver: Resolver,
 }
@@ -62,6 +67,7 @@ pub struct Admin {
     pub token: Option<AdminToken>,
     /// With a token, reads (`/status`, `/metrics`, ...) need it too; probes stay open.
     pub protect_reads: bool,
+    pub limits: ControlLimits,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::duration::DurationStr;
-use super::validate::{Errors, positive as duration};
+use super::duration::{DurationStr, positive as duration};
+use super::errors::Errors;
 
 // ----- as written -----
 

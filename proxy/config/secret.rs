@@ -20,8 +20,7 @@ impl fmt::Debug for AdminToken {
 impl AdminToken {
     /// Reads the token: the file's text without surrounding whitespace (editors add a newline).
     pub fn read(path: &Path) -> Result<AdminToken, String> {
-        let text = std::fs::read(path)
-            .map_err(|e| format!("cannot read the admin token file {}: {e}", path.display()))?;
+        let text = super::read::read_regular(path)?;
         let secret = text.trim_ascii();
         if secret.is_empty() {
             return Err(format!(

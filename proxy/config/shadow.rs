@@ -8,8 +8,8 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue, Method};
 use serde::Deserialize;
 
-use super::duration::DurationStr;
-use super::validate::{Errors, positive as duration};
+use super::duration::{DurationStr, positive as duration};
+use super::errors::Errors;
 
 // ----- as written -----
 

@@ -14,7 +14,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
 use serde::Deserialize;
 
-use super::validate::Errors;
+use super::errors::Errors;
 
 /// `tls:` on a listener as written.
 #[derive(Debug, Deserialize)]
@@ -128,7 +128,7 @@ pub fn load_certified(files: &CertFiles) -> Result<Arc<CertifiedKey>, (Which, St
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))
+    super::read::read_regular(path)
 }
 
 pub(super) fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {

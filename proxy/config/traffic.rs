@@ -9,7 +9,7 @@ use http::HeaderName;
 use serde::Deserialize;
 
 use super::duration::DurationStr;
-use super::validate::Errors;
+use super::errors::Errors;
 
 // ----- as written -----
 

@@ -7,10 +7,10 @@ use std::sync::{Arc, OnceLock};
 use rustls::{ClientConfig, RootCertStore};
 use serde::Deserialize;
 
+use super::errors::Errors;
 use super::tls::{
     CertFiles, VERSIONS, checked_pair, load_certified, provider, read_chain, read_key,
 };
-use super::validate::Errors;
 
 /// `tls:` on an upstream as written; `tls: {}` means TLS with the system roots.
 #[derive(Debug, Default, Deserialize)]

@@ -8,24 +8,13 @@ use std::sync::Arc;
 use http::uri::Authority;
 use http::{HeaderName, HeaderValue};
 
-use super::file::{self, did_you_mean};
+use super::control::{OpsFile, control_limits};
+use super::duration::positive;
+use super::errors::{ConfigError, Errors, did_you_mean};
+use super::file;
 use super::model::*;
 use super::secret::AdminToken;
-use super::{ConfigError, resilience, rollout, shadow, traffic};
-
-/// Collects errors while the model is built, so that one pass reports all of them.
-#[derive(Default)]
-pub(super) struct Errors(Vec<ConfigError>);
-
-impl Errors {
-    pub(super) fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.0.push(ConfigError::new(path, message));
-    }
-
-    pub(super) fn len(&self) -> usize {
-        self.0.len()
-    }
-}
+use super::{resilience, rollout, shadow, traffic};
 
 pub fn validate(f: file::FileConfig) -> Result<Config, Vec<ConfigError>> {
     let mut errs = Errors::default();
@@ -48,6 +37,10 @@ pub fn validate(f: file::FileConfig) -> Result<Config, Vec<ConfigError>> {
             ),
         );
     }
+    let ops = f
+        .ops
+        .as_ref()
+        .and_then(|o| ops(o, &listeners, admin.as_ref(), &mut errs));
 
     let upstreams: Vec<Arc<Upstream>> = f
         .upstreams
@@ -83,6 +76,10 @@ pub fn validate(f: file::FileConfig) -> Result<Config, Vec<ConfigError>> {
         errs.push("routes", "no routes: add at least one route with a `split`");
     }
 
+    let cluster = f
+        .cluster
+        .as_ref()
+        .and_then(|c| super::cluster::cluster(c, &mut errs));
     let resolver = super::discover::resolver(f.resolver.as_ref(), &mut errs);
     if resolver == Resolver::System && f.upstreams.iter().any(|(_, u)| u.discover.is_some()) {
         super::discover::system_resolver_usable(&mut errs);
@@ -93,17 +90,19 @@ pub fn validate(f: file::FileConfig) -> Result<Config, Vec<ConfigError>> {
         .map(|d| d.0)
         .unwrap_or(DEFAULT_DRAIN_TIMEOUT);
 
-    match (errs.0.is_empty(), admin) {
+    match (errs.is_empty(), admin) {
         (true, Some(admin)) => Ok(Config {
             listeners,
             admin,
+            ops,
             state_dir: f.state_dir.map(PathBuf::from),
             drain_timeout,
             upstreams,
             routes,
+            cluster,
             resolver,
         }),
-        _ => Err(errs.0),
+        _ => Err(errs.into_vec()),
     }
 }
 
@@ -127,12 +126,50 @@ fn admin(f: Option<&file::Admin>, bind: &str, errs: &mut Errors) -> Option<Admin
             "needs `admin.token_file`: without a token there is nothing to ask readers for",
         );
     }
+    let limits = control_limits(
+        "admin",
+        f.and_then(|a| a.max_connections),
+        f.and_then(|a| a.header_read_timeout),
+        errs,
+    );
     Some(Admin {
         bind: bind?,
         token,
         protect_reads,
+        limits,
     })
 }
+
+/// The ops listener: its own address (not a listener's, not the admin API's).
+fn ops(
+    f: &OpsFile,
+    listeners: &[Listener],
+    admin: Option<&Admin>,
+    errs: &mut Errors,
+) -> Option<Ops> {
+    let limits = control_limits("ops", f.max_connections, f.header_read_timeout, errs);
+    let bind = socket_addr(&f.bind, "ops.bind", errs)?;
+    if bind.port() != 0 {
+        let taken = if admin.is_some_and(|a| a.bind == bind) {
+            Some("admin.bind".to_owned())
+        } else {
+            listeners
+                .iter()
+                .position(|l| l.bind == bind)
+                .map(|i| format!("listeners[{i}].bind"))
+        };
+        if let Some(other) = taken {
+            errs.push(
+                "ops.bind",
+                format!("{bind} is also {other}; give the ops listener its own port"),
+            );
+        }
+    }
+    Some(Ops { bind, limits })
+}
+
+/// The admin and ops listeners' names in `listener` labels.
+const RESERVED_LISTENER_NAMES: &[&str] = &["admin", "ops"];
 
 fn listeners(list: &[file::Listener], broken: bool, errs: &mut Errors) -> Vec<Listener> {
     if list.is_empty() && !broken {
@@ -147,6 +184,14 @@ fn listeners(list: &[file::Listener], broken: bool, errs: &mut Errors) -> Vec<Li
     for (i, l) in list.iter().enumerate() {
         let path = format!("listeners[{i}]");
         let name = l.name.clone().unwrap_or_else(|| format!("listener-{i}"));
+        if RESERVED_LISTENER_NAMES.contains(&name.as_str()) {
+            errs.push(
+                format!("{path}.name"),
+                format!(
+                    "`{name}` names the {name} listener in metrics and logs; choose another name"
+                ),
+            );
+        }
         if !seen_names.insert(name.clone()) {
             errs.push(
                 format!("{path}.name"),
@@ -208,7 +253,7 @@ fn socket_addr(s: &str, path: &str, errs: &mut Errors) -> Option<SocketAddr> {
 
 fn upstream(name: &str, u: &file::Upstream, errs: &mut Errors) -> Option<Upstream> {
     let path = format!("upstreams.{name}");
-    let before = errs.0.len();
+    let before = errs.len();
     if name.is_empty() {
         errs.push(&path, "upstream names must not be empty");
     }
@@ -281,7 +326,7 @@ fn upstream(name: &str, u: &file::Upstream, errs: &mut Errors) -> Option<Upstrea
     let breaker = resilience::breaker(&path, u.circuit_breaker.as_ref(), errs);
     let health_check = resilience::health_check(&path, u.health_check.as_ref(), errs);
     let panic_threshold = resilience::panic_threshold(&path, u.panic_threshold, errs);
-    (errs.0.len() == before).then(|| Upstream {
+    (errs.len() == before).then(|| Upstream {
         name: name.into(),
         backends,
         discover,
@@ -290,23 +335,6 @@ fn upstream(name: &str, u: &file::Upstream, errs: &mut Errors) -> Option<Upstrea
         health_check,
         panic_threshold,
     })
-}
-
-pub(super) fn positive(
-    value: Option<super::duration::DurationStr>,
-    default: std::time::Duration,
-    path: &str,
-    key: &str,
-    errs: &mut Errors,
-) -> std::time::Duration {
-    match value {
-        Some(d) if d.0.is_zero() => {
-            errs.push(format!("{path}.{key}"), "must be longer than zero");
-            default
-        }
-        Some(d) => d.0,
-        None => default,
-    }
 }
 
 /// `host:port`, with a port, and nothing else (no scheme, no path).
@@ -337,7 +365,7 @@ fn route(
     broken_upstreams: &[&str],
     errs: &mut Errors,
 ) -> Option<Route> {
-    let before = errs.0.len();
+    let before = errs.len();
     if r.name.is_empty() {
         errs.push(format!("{path}.name"), "route names must not be empty");
     }
@@ -424,7 +452,7 @@ fn route(
     let shadow = shadow::shadow(path, r.shadow.as_ref(), &known, r.sticky.is_some(), errs);
     shadow_gate(path, rollout.as_deref(), shadow.as_ref(), errs);
 
-    (errs.0.len() == before).then(|| Route {
+    (errs.len() == before).then(|| Route {
         name: r.name.as_str().into(),
         matcher,
         timeout,

@@ -7,13 +7,16 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::loader::Loader;
 use super::snapshot::{self, Snapshot};
 use crate::backend::discovery::{Discovery, Found};
 use crate::backend::health::HealthCheckers;
 use crate::backend::{Backend, Registry};
+use crate::config::model::{AdminToken, ListenerTls};
 use crate::config::{self, Config, ConfigError, ConfigErrors};
 use crate::server::listener::{ListenerSet, Prepared};
 use crate::server::shutdown::Stop;
+use crate::server::tls::FreshCerts;
 use crate::shared::Shared;
 use crate::stats::StatsRegistry;
 
@@ -26,15 +29,70 @@ pub enum ConfigSource {
 }
 
 impl ConfigSource {
+    /// A blocking read (see [`super::loader`]).
     fn read(&self) -> Result<String, ConfigErrors> {
         match self {
-            ConfigSource::File(path) => std::fs::read_to_string(path).map_err(|e| {
-                ConfigErrors(vec![ConfigError::new(
-                    path.display().to_string(),
-                    format!("cannot read the config file: {e}"),
-                )])
-            }),
+            ConfigSource::File(path) => config::read_text(path),
             ConfigSource::Text(t) => Ok(t.clone()),
+        }
+    }
+
+    /// Names the source in errors and logs.
+    fn describe(&self) -> String {
+        match self {
+            ConfigSource::File(path) => format!("the config file {}", path.display()),
+            ConfigSource::Text(_) => "the config".to_owned(),
+        }
+    }
+
+    /// Where errors about the source itself are reported.
+    fn error_path(&self) -> String {
+        match self {
+            ConfigSource::File(path) => path.display().to_string(),
+            ConfigSource::Text(_) => String::new(),
+        }
+    }
+}
+
+/// What one load read, off the workers: the text, the config when it changed, and the
+/// certificates of the listeners before and after.
+struct Loaded {
+    /// The text, or why it could not be read.
+    text: Result<String, ConfigErrors>,
+    /// `None`: the text and the admin token file are the ones in force.
+    config: Option<Result<Config, ConfigErrors>>,
+    certs: FreshCerts,
+}
+
+impl Loaded {
+    /// Reads the source and everything it names (a blocking read: run it through the
+    /// [`Loader`]). `current` is the text in force and its token; `running` the TLS specs of
+    /// the running listeners, whose certificates every reload re-reads.
+    fn read(
+        source: &ConfigSource,
+        current: Option<(&str, Option<&AdminToken>)>,
+        running: Vec<ListenerTls>,
+    ) -> Loaded {
+        let text = source.read();
+        let unchanged = |text: &str| {
+            // The admin token lives in its own file: a rotated token is a change too.
+            current.is_some_and(|(now, token)| {
+                now == text && !token.is_some_and(AdminToken::file_changed)
+            })
+        };
+        let config = match &text {
+            Ok(t) if !unchanged(t) => Some(config::parse_str(t)),
+            _ => None,
+        };
+        let mut specs = running;
+        if let Some(Ok(c)) = &config {
+            specs.extend(c.listeners.iter().filter_map(|l| l.tls.clone()));
+        }
+        let certs = FreshCerts::read(&specs);
+        Loaded {
+            text,
+            config,
+            certs,
         }
     }
 }
@@ -103,7 +161,11 @@ impl ReloadHandle {
 
 pub struct Reloader {
     source: ConfigSource,
-    text: String,
+    /// Runs the reads of every load off the workers, with a deadline.
+    loader: Loader,
+    text: Arc<str>,
+    /// Certificates read with the first config, for its listeners.
+    first_certs: FreshCerts,
     config: Arc<Config>,
     generation: u64,
     registry: Registry,
@@ -119,14 +181,45 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    /// Loads and validates the first config and publishes generation 1. Listeners are bound
-    /// by [`Reloader::bind_listeners`], once the caller has made the serving context.
+    /// Loads and validates the first config off the workers (see [`Loader`]) and publishes
+    /// generation 1. Listeners are bound by [`Reloader::bind_listeners`], once the caller has
+    /// made the serving context.
+    pub async fn open(
+        source: ConfigSource,
+        workers: usize,
+    ) -> Result<(Reloader, ReloadHandle), ConfigErrors> {
+        let loader = Loader::default();
+        let from = source.clone();
+        let loaded = loader
+            .run(&source.describe(), move || {
+                Loaded::read(&from, None, Vec::new())
+            })
+            .await
+            .map_err(|why| ConfigErrors(vec![ConfigError::new(source.error_path(), why)]))?;
+        Reloader::first(source, loader, loaded, workers)
+    }
+
+    /// [`Reloader::open`], reading on the calling thread: for fixed text ([`ConfigSource::Text`])
+    /// and tests, never for files on a worker.
     pub fn load(
         source: ConfigSource,
         workers: usize,
     ) -> Result<(Reloader, ReloadHandle), ConfigErrors> {
-        let text = source.read()?;
-        let config = Arc::new(config::parse_str(&text)?);
+        let loaded = Loaded::read(&source, None, Vec::new());
+        Reloader::first(source, Loader::default(), loaded, workers)
+    }
+
+    fn first(
+        source: ConfigSource,
+        loader: Loader,
+        loaded: Loaded,
+        workers: usize,
+    ) -> Result<(Reloader, ReloadHandle), ConfigErrors> {
+        let text = loaded.text?;
+        let config = match loaded.config {
+            Some(c) => Arc::new(c?),
+            None => Arc::new(config::parse_str(&text)?),
+        };
         let mut registry = Registry::new(workers);
         let mut stats = StatsRegistry::new(workers);
         let (pools, _) = registry.reconcile(&config, &HashMap::new());
@@ -140,7 +233,9 @@ impl Reloader {
         let (tx, rx) = mpsc::channel(8);
         let reloader = Reloader {
             source,
-            text,
+            loader,
+            text: text.into(),
+            first_certs: loaded.certs,
             config,
             generation: 1,
             registry,
@@ -165,7 +260,8 @@ impl Reloader {
 
     /// Binds and starts the first config's listeners.
     pub fn bind_listeners(&mut self, mut set: ListenerSet) -> Result<(), ConfigErrors> {
-        let prepared = set.prepare(&self.config).map_err(ConfigErrors)?;
+        let certs = std::mem::take(&mut self.first_certs);
+        let prepared = set.prepare(&self.config, &certs).map_err(ConfigErrors)?;
         set.commit(prepared);
         self.shared.set_listener_addrs(set.addrs());
         self.listeners = Some(set);
@@ -185,7 +281,13 @@ impl Reloader {
             };
             match cmd {
                 Some(Command::Reload { reply }) => {
-                    let result = self.reload();
+                    let (what, read) = (self.source.describe(), self.read_job());
+                    let loaded = tokio::select! {
+                        // Shutdown never waits for a read (the reply is dropped).
+                        () = stop.wait() => break,
+                        l = self.loader.run(&what, read) => l,
+                    };
+                    let result = self.reload(loaded);
                     if let Some(reply) = reply {
                         let _ = reply.send(result);
                     }
@@ -278,11 +380,34 @@ impl Reloader {
         true
     }
 
-    fn reload(&mut self) -> ReloadResult {
-        if let Some(set) = &self.listeners {
-            set.reload_certificates();
-        }
-        let result = self.try_reload();
+    /// What the next load reads, to run off the workers.
+    fn read_job(&self) -> impl FnOnce() -> Loaded + Send + 'static {
+        let source = self.source.clone();
+        let text = Arc::clone(&self.text);
+        let token = self.config.admin.token.clone();
+        let running = self
+            .listeners
+            .as_ref()
+            .map(ListenerSet::tls_specs)
+            .unwrap_or_default();
+        move || Loaded::read(&source, Some((&text, token.as_ref())), running)
+    }
+
+    /// Applies what a load read (or the reason it could not), then logs and counts the
+    /// outcome.
+    fn reload(&mut self, loaded: Result<Loaded, String>) -> ReloadResult {
+        let result = match loaded {
+            Ok(loaded) => {
+                if let Some(set) = &self.listeners {
+                    set.reload_certificates(&loaded.certs);
+                }
+                self.try_reload(loaded)
+            }
+            Err(why) => Err(ConfigErrors(vec![ConfigError::new(
+                self.source.error_path(),
+                why,
+            )])),
+        };
         let counters = &self.shared.counters;
         use std::sync::atomic::Ordering::Relaxed;
         match &result {
@@ -311,27 +436,23 @@ impl Reloader {
         result
     }
 
-    fn try_reload(&mut self) -> ReloadResult {
-        let text = self.source.read()?;
-        // The admin token lives in its own file: a rotated token is a change too.
-        let token_changed = self
-            .config
-            .admin
-            .token
-            .as_ref()
-            .is_some_and(|t| t.file_changed());
-        if text == self.text && !token_changed {
+    fn try_reload(&mut self, loaded: Loaded) -> ReloadResult {
+        let text = loaded.text?;
+        let Some(config) = loaded.config else {
             return Ok(ReloadOutcome::Unchanged {
                 generation: self.generation,
             });
-        }
-        let config = Arc::new(config::parse_str(&text)?);
+        };
+        let config = Arc::new(config?);
         let prepared: Option<Prepared> = match &self.listeners {
-            Some(set) => Some(set.prepare(&config).map_err(ConfigErrors)?),
+            Some(set) => Some(set.prepare(&config, &loaded.certs).map_err(ConfigErrors)?),
             None => None,
         };
         if config.admin.bind != self.config.admin.bind {
             tracing::warn!("admin.bind changed; the admin listener moves only on restart");
+        }
+        if config.ops.as_ref().map(|o| o.bind) != self.config.ops.as_ref().map(|o| o.bind) {
+            tracing::warn!("ops changed; the ops listener starts, stops or moves only on restart");
         }
 
         self.discovery.reconcile(&config);
@@ -375,7 +496,7 @@ impl Reloader {
             "backends reconciled"
         );
         self.config = config;
-        self.text = text;
+        self.text = text.into();
         Ok(ReloadOutcome::Applied {
             generation: self.generation,
         })

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 
+use super::accept::AcceptStats;
 use crate::config::limits::Limits;
 
 /// Each way a limit can turn a client away, with its `limit` label.
@@ -61,10 +62,13 @@ impl Limit {
     }
 }
 
-/// How often each [`Limit`] triggered on one listener; kept across reloads.
+/// How often each [`Limit`] triggered on one listener, and how often accepting failed; kept
+/// across reloads.
 #[derive(Debug, Default)]
 pub struct LimitCounters {
     by_limit: [AtomicU64; Limit::ALL.len()],
+    /// The listener's accept failures (see [`super::accept`]).
+    pub accept: Arc<AcceptStats>,
 }
 
 impl LimitCounters {

@@ -4,7 +4,6 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use socket2::{Domain, Protocol, Socket, Type};
@@ -13,11 +12,12 @@ use tokio::runtime::Handle;
 
 use arc_swap::ArcSwap;
 
+use super::accept::Acceptor;
 use super::conn::{self, ServeCtx};
 use super::limits::{Limit, ListenerLimits, OpenConnections};
 use super::shutdown::{Stop, StopTrigger, stop_pair};
-use super::tls::TlsListener;
-use crate::config::model::Listener;
+use super::tls::{CertTable, FreshCerts, TlsListener};
+use crate::config::model::{Listener, ListenerTls};
 use crate::config::{Config, ConfigError};
 
 const BACKLOG: i32 = 4096;
@@ -29,31 +29,47 @@ pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
 }
 
 /// One socket per worker on the same address, with SO_REUSEPORT so the kernel spreads new
-/// connections over the workers. A single worker gets a plain socket: SO_REUSEPORT would let a
-/// second process quietly share the port instead of failing to bind it.
+/// connections over the workers. A single worker gets a plain socket.
+///
+/// SO_REUSEPORT would also let these sockets quietly join another process's group on the same
+/// address (a second switchyard, by the same user), taking half of its connections. So the
+/// group is bound beside a guard socket without SO_REUSEPORT: binding the guard fails if
+/// anything listens on the address, whatever its options, and the guard does not stop our own
+/// group from binding while it is held (it never listens). It is dropped once the group
+/// listens.
 pub fn bind_group(addr: SocketAddr, workers: usize) -> io::Result<Vec<std::net::TcpListener>> {
     if workers <= 1 {
         return Ok(vec![bind_socket(addr, false)?]);
     }
-    let first = bind_socket(addr, true)?;
-    // With port 0 the first socket picks the port; the others join it.
-    let local = first.local_addr()?;
-    let mut group = vec![first];
-    for _ in 1..workers {
-        group.push(bind_socket(local, true)?);
-    }
+    let guard = socket_for(addr)?;
+    guard.bind(&addr.into())?;
+    // With port 0 the guard picks the port; the group joins it.
+    let local = guard
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| io::Error::other("the guard socket has no IP address"))?;
+    let group = (0..workers)
+        .map(|_| bind_socket(local, true))
+        .collect::<io::Result<Vec<_>>>()?;
+    drop(guard);
     Ok(group)
 }
 
-fn bind_socket(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
+/// A TCP socket for `addr` with SO_REUSEADDR (restarts do not wait out TIME_WAIT), and `[::]`
+/// taking IPv4 too, as users expect from "all addresses".
+fn socket_for(addr: SocketAddr) -> io::Result<Socket> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        let _ = socket.set_only_v6(false);
+    }
+    Ok(socket)
+}
+
+fn bind_socket(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
+    let socket = socket_for(addr)?;
     if reuse_port {
         socket.set_reuse_port(true)?;
-    }
-    if addr.is_ipv6() {
-        // `[::]` takes IPv4 too, as users expect from "all addresses".
-        let _ = socket.set_only_v6(false);
     }
     socket.set_tcp_nodelay(true)?;
     socket.bind(&addr.into())?;
@@ -80,16 +96,17 @@ pub fn bind_error(path: &str, addr: SocketAddr, e: &io::Error) -> ConfigError {
     ConfigError::new(path, why)
 }
 
-/// Tries every bind address of `config` (listeners and admin); for `check`.
+/// Tries every bind address of `config` (listeners, admin and ops); for `check`.
 pub fn check_bindable(config: &Config) -> Vec<ConfigError> {
     let mut errors = Vec::new();
     let admin = ("admin.bind".to_owned(), config.admin.bind);
+    let ops = config.ops.as_ref().map(|o| ("ops.bind".to_owned(), o.bind));
     let listeners = config
         .listeners
         .iter()
         .enumerate()
         .map(|(i, l)| (format!("listeners[{i}].bind"), l.bind));
-    for (path, addr) in listeners.chain(std::iter::once(admin)) {
+    for (path, addr) in listeners.chain(std::iter::once(admin)).chain(ops) {
         if let Err(e) = bind(addr) {
             errors.push(bind_error(&path, addr, &e));
         }
@@ -146,18 +163,33 @@ impl ListenerSet {
         self
     }
 
-    /// Re-reads the certificates of every TLS listener (a reload command, even when the config
-    /// text is unchanged: that is how certificates are reloaded by hand).
-    pub fn reload_certificates(&self) {
+    /// The TLS specs of the running listeners, whose certificates a reload re-reads.
+    pub fn tls_specs(&self) -> Vec<ListenerTls> {
+        self.running
+            .iter()
+            .filter_map(|r| r.tls.load_full().map(|t| t.spec().clone()))
+            .collect()
+    }
+
+    /// Puts re-read certificates into service on every TLS listener (a reload command, even
+    /// when the config text is unchanged: that is how certificates are reloaded by hand).
+    pub fn reload_certificates(&self, certs: &FreshCerts) {
         for r in &self.running {
-            if let Some(tls) = r.tls.load_full() {
-                tls.reload_certificates();
+            if let Some(tls) = r.tls.load_full()
+                && let Some(table) = certs.get(tls.spec())
+            {
+                tls.apply_certificates(table);
             }
         }
     }
 
     /// Binds the listeners `config` adds; fails, binding nothing, if any bind fails.
-    pub fn prepare(&self, config: &Config) -> Result<Prepared, Vec<ConfigError>> {
+    /// Certificates come from `certs`, read off the workers.
+    pub fn prepare(
+        &self,
+        config: &Config,
+        certs: &FreshCerts,
+    ) -> Result<Prepared, Vec<ConfigError>> {
         let mut bound = Vec::new();
         let mut retls = Vec::new();
         let mut errors = Vec::new();
@@ -168,7 +200,19 @@ impl ListenerSet {
             }
             let tls = match &l.tls {
                 Some(spec) => {
-                    match TlsListener::start(spec, &self.ctx.shared, &l.name, self.watch_certs) {
+                    let started = certs
+                        .get(spec)
+                        .unwrap_or_else(|| CertTable::load(spec))
+                        .and_then(|table| {
+                            TlsListener::start(
+                                spec,
+                                table,
+                                &self.ctx.shared,
+                                &l.name,
+                                self.watch_certs,
+                            )
+                        });
+                    match started {
                         Ok(t) => Some(Arc::new(t)),
                         Err(why) => {
                             let path = format!("listeners[{i}].tls");
@@ -236,7 +280,7 @@ impl ListenerSet {
             let counters = self.ctx.shared.limit_stats.counters(&spec.name);
             let limits = Arc::new(ArcSwap::from_pointee(ListenerLimits::new(
                 spec.limits,
-                counters,
+                Arc::clone(&counters),
             )));
             let open = Arc::new(OpenConnections::default());
             for (socket, worker) in group.into_iter().zip(&self.workers) {
@@ -246,10 +290,13 @@ impl ListenerSet {
                 let tls = Arc::clone(&tls);
                 let limits = Arc::clone(&limits);
                 let open = Arc::clone(&open);
+                let acceptor = Acceptor::new(&spec.name, Arc::clone(&counters.accept));
                 // Registered with the worker's own reactor, so it must happen on that worker.
                 worker.spawn(async move {
                     match TcpListener::from_std(socket) {
-                        Ok(listener) => accept_loop(listener, ctx, limits, open, signal, tls).await,
+                        Ok(listener) => {
+                            accept_loop(listener, ctx, limits, open, signal, tls, acceptor).await;
+                        }
                         Err(e) => tracing::error!(listener = %name, error = %e, "cannot register listener"),
                     }
                 });
@@ -287,50 +334,42 @@ async fn accept_loop(
     open: Arc<OpenConnections>,
     mut stop: Stop,
     tls: Arc<ArcSwapOption<TlsListener>>,
+    mut acceptor: Acceptor,
 ) {
     loop {
-        let accepted = tokio::select! {
+        let (stream, peer) = tokio::select! {
             () = stop.wait() => break,
-            a = listener.accept() => a,
+            a = acceptor.next(&listener) => a,
         };
-        match accepted {
-            Ok((stream, peer)) => {
-                let limits = limits.load_full();
-                // Over the cap: accepted (so the client is not left in the backlog) and closed.
-                let Some(slot) = open.try_open(limits.spec.max_connections) else {
-                    limits.counters.hit(Limit::MaxConnections);
-                    tracing::debug!(%peer, "connection limit reached; closing");
-                    drop(stream);
-                    continue;
-                };
-                let _ = stream.set_nodelay(true);
-                if let Some(tls) = tls.load_full() {
-                    tokio::spawn(super::tls::serve(
-                        tls,
-                        stream,
-                        peer,
-                        Arc::clone(&ctx),
-                        limits,
-                        slot,
-                        stop.clone(),
-                    ));
-                    continue;
-                }
-                tokio::spawn(conn::serve(
-                    stream,
-                    peer,
-                    "http",
-                    Arc::clone(&ctx),
-                    limits,
-                    slot,
-                    stop.clone(),
-                ));
-            }
-            Err(e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+        let limits = limits.load_full();
+        // Over the cap: accepted (so the client is not left in the backlog) and closed.
+        let Some(slot) = open.try_open(limits.spec.max_connections) else {
+            limits.counters.hit(Limit::MaxConnections);
+            tracing::debug!(%peer, "connection limit reached; closing");
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        if let Some(tls) = tls.load_full() {
+            tokio::spawn(super::tls::serve(
+                tls,
+                stream,
+                peer,
+                Arc::clone(&ctx),
+                limits,
+                slot,
+                stop.clone(),
+            ));
+            continue;
         }
+        tokio::spawn(conn::serve(
+            stream,
+            peer,
+            "http",
+            Arc::clone(&ctx),
+            limits,
+            slot,
+            stop.clone(),
+        ));
     }
 }

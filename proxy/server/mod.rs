@@ -1,5 +1,6 @@
 //! Sockets: binding, accepting, serving connections, and draining them.
 
+pub mod accept;
 pub mod clock;
 pub mod conn;
 pub mod limits;

@@ -26,7 +26,7 @@ use crate::shared::Shared;
 const SESSION_CACHE: usize = 4096;
 
 /// The certificates of one listener, by the name they are served for.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct CertTable {
     /// Of every certificate chain, in order: tells a real change from a touched file.
     fingerprint: u64,
@@ -120,6 +120,32 @@ impl CertTable {
                 self.wildcard.get(parent)
             })
             .or(self.default.as_ref())
+    }
+}
+
+/// Certificates read for a reload, off the workers, by the listener spec they were read for.
+#[derive(Default)]
+pub struct FreshCerts(Vec<(ListenerTls, Result<CertTable, Vec<String>>)>);
+
+impl FreshCerts {
+    /// Reads the certificates of every distinct spec (a blocking read: call it off the
+    /// workers).
+    pub fn read<'a>(specs: impl IntoIterator<Item = &'a ListenerTls>) -> FreshCerts {
+        let mut out: Vec<(ListenerTls, Result<CertTable, Vec<String>>)> = Vec::new();
+        for spec in specs {
+            if !out.iter().any(|(s, _)| s == spec) {
+                out.push((spec.clone(), CertTable::load(spec)));
+            }
+        }
+        FreshCerts(out)
+    }
+
+    /// What was read for `spec`, if it was.
+    pub fn get(&self, spec: &ListenerTls) -> Option<Result<CertTable, Vec<String>>> {
+        self.0
+            .iter()
+            .find(|(s, _)| s == spec)
+            .map(|(_, t)| t.clone())
     }
 }
 
@@ -226,15 +252,15 @@ impl Drop for TlsListener {
 }
 
 impl TlsListener {
-    /// Loads the certificates, builds the acceptor and (with `watch`) starts watching the
-    /// files.
+    /// Builds the acceptor for certificates already read (by [`CertTable::load`], off the
+    /// workers) and (with `watch`) starts watching the files.
     pub fn start(
         spec: &ListenerTls,
+        table: CertTable,
         shared: &Arc<Shared>,
         name: &str,
         watch: bool,
     ) -> Result<TlsListener, Vec<String>> {
-        let table = CertTable::load(spec)?;
         let certs = table.expiry.clone();
         let resolver = Arc::new(Resolver {
             table: ArcSwap::from_pointee(table),
@@ -271,9 +297,15 @@ impl TlsListener {
         })
     }
 
-    /// Re-reads the certificate files (SIGHUP, `POST /reload`), as a file change would.
-    pub fn reload_certificates(&self) {
-        self.reload.run();
+    /// The certificate files this listener serves from.
+    pub fn spec(&self) -> &ListenerTls {
+        &self.reload.spec
+    }
+
+    /// Puts certificates re-read from this listener's files (SIGHUP, `POST /reload`) into
+    /// service, as a file change would.
+    pub fn apply_certificates(&self, table: Result<CertTable, Vec<String>>) {
+        self.reload.apply(table);
     }
 }
 
@@ -294,12 +326,17 @@ fn server_config(resolver: Arc<dyn ResolvesServerCert>) -> Result<Arc<ServerConf
 }
 
 impl CertReload {
-    /// Re-reads the certificate files; all of them or none go into service. Files that load
-    /// to the certificates already in service change nothing and count nothing.
+    /// Re-reads the certificate files (called by the watcher, on its own thread).
     fn run(&self) {
+        self.apply(CertTable::load(&self.spec));
+    }
+
+    /// All of the certificates or none go into service. Files that load to the certificates
+    /// already in service change nothing and count nothing.
+    fn apply(&self, table: Result<CertTable, Vec<String>>) {
         let counters = &self.shared.counters.tls;
         let listener = &self.listener;
-        match CertTable::load(&self.spec) {
+        match table {
             Ok(table) if table.fingerprint == self.resolver.table.load().fingerprint => {
                 tracing::debug!(%listener, "certificates unchanged");
             }

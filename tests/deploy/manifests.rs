@@ -519,32 +519,13 @@ fn the_dockerfile_is_distroless_non_root_and_lints_clean() {
 fn the_kits_configs_pass_switchyard_check() {
     for config in ["base/switchyard.yaml", "overlays/sidecar/switchyard.yaml"] {
         let path = deploy_dir().join(config);
-        let check = |path: &Path| {
-            run(
-                Command::new(env!("CARGO_BIN_EXE_switchyard"))
-                    .args(["check", "--skip-bind", "-c"])
-                    .arg(path),
-                b"",
-            )
-        };
-        let out = check(&path);
+        let out = run(
+            Command::new(env!("CARGO_BIN_EXE_switchyard"))
+                .args(["check", "--skip-bind", "-c"])
+                .arg(&path),
+            b"",
+        );
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        if !out.status.success() && stderr.contains("ops") && stderr.contains("1 error") {
-            // Until the ops listener lands in this tree (DESIGN: `ops: { bind }`), the rest of
-            // the config is checked without it. Remove this branch once it has.
-            let text = std::fs::read_to_string(&path).unwrap();
-            let without = TempDir::new();
-            let stripped = without.0.join("switchyard.yaml");
-            std::fs::write(&stripped, text.replace("ops:\n  bind: 0.0.0.0:9902\n", "")).unwrap();
-            let out = check(&stripped);
-            assert!(
-                out.status.success(),
-                "{config} (without ops):\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            eprintln!("note: this switchyard has no `ops:` yet; {config} checked without it");
-            continue;
-        }
         assert!(out.status.success(), "{config}:\n{stderr}");
     }
 }

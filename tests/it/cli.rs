@@ -120,3 +120,65 @@ async fn a_100_mib_download_and_upload_use_bounded_memory() {
     );
     let _ = Duration::ZERO;
 }
+
+/// A second `switchyard run` on an address the first holds exits 1 with the README's message,
+/// with several workers too (whose SO_REUSEPORT sockets could otherwise join the first's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_instance_on_a_held_address_exits_1_whatever_the_workers() {
+    let app = TestBackend::start("app").await;
+    let dir = TempDir::new();
+    let first = dir.0.join("first.yaml");
+    std::fs::write(&first, config(&app, "first")).unwrap();
+    let sy = Process::run(&first, &["--workers", "2"]);
+    let second = dir.0.join("second.yaml");
+    let held = format!("listeners: [{{ name: public, bind: \"{}\" }}]", sy.proxy);
+    std::fs::write(
+        &second,
+        config(&app, "second").replace(
+            "listeners: [{ name: public, bind: \"127.0.0.1:0\" }]",
+            &held,
+        ),
+    )
+    .unwrap();
+    for workers in ["1", "2", "4"] {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args(["run", "--no-watch", "--workers", workers, "-c"])
+            .arg(&second)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // One that started (sharing the port) would run until killed.
+        let mut exited = None;
+        for _ in 0..3000 {
+            exited = child.try_wait().unwrap();
+            if exited.is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if exited.is_none() {
+            let _ = child.kill();
+        }
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            exited.is_some(),
+            "--workers {workers}: started beside the first: {stderr}"
+        );
+        assert_eq!(out.status.code(), Some(1), "--workers {workers}: {stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "listeners[0].bind: {} is already in use by another process",
+                sy.proxy
+            )),
+            "--workers {workers}: {stderr}"
+        );
+    }
+    assert_eq!(
+        get(&client(), &format!("http://{}/", sy.proxy))
+            .await
+            .status,
+        200
+    );
+}
