@@ -213,6 +213,14 @@ impl Rollout {
         Ok(Change { from, to, reason })
     }
 
+    /// Starts judging a step that began before this engine did (a new fleet leader): `base` is
+    /// what was counted before the step began, so the step's tests run on all of its counts,
+    /// exactly as the engine that judged it before would have. Nothing is evaluated until the
+    /// next [`Rollout::observe`] brings the counts so far.
+    pub fn prime(&mut self, base: Sample, latency: Latency) {
+        self.base = Some((base, latency));
+    }
+
     /// One tick: starts a pending rollout, checks the abort rules, and evaluates the step once
     /// its time is in, then at most every [`EVALUATE_EVERY`]. `latency` is called at the start
     /// of a step, then every [`LATENCY_EVERY`] (every evaluation once the other gates pass).

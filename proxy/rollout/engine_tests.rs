@@ -287,3 +287,30 @@ async fn a_restored_rollout_resumes_only_with_the_same_spec() {
     let fresh = Rollout::restore("r".into(), Arc::new(other), &saved, Instant::now());
     assert_eq!(fresh.state, State::Pending);
 }
+
+/// A new fleet leader's engine: the step began before it, past its `max_step_duration`, and
+/// is judged on every count since the step began (the base it is primed with), never on the
+/// empty window priming would otherwise be, and never undecided for lack of the early counts.
+#[tokio::test(start_paused = true)]
+async fn a_primed_engine_judges_the_whole_step_it_joins() {
+    let base = sample(1_000, 2);
+    let saved = Saved {
+        fingerprint: spec().fingerprint(),
+        state: State::Progressing { step: 1 },
+        history: Vec::new(),
+    };
+    let now = Instant::now();
+    advance(Duration::from_secs(61)).await;
+    let mut r = Rollout::restore("r".into(), spec(), &saved, now);
+    r.prime(base, latency(1_000, 10, 10));
+    // 2,000 clean canary requests in the step, most of them before this engine started.
+    let c = r
+        .observe(Instant::now(), 0, sample(3_000, 2), || {
+            latency(3_000, 10, 10)
+        })
+        .expect("decided on the step's counts");
+    assert_eq!(c.to, State::Progressing { step: 2 }, "{}", c.reason);
+    let d = &r.decisions.back().unwrap().decision;
+    assert_eq!(d.inputs.canary.requests, 2_000);
+    assert!(!d.inconclusive, "{}", d.reason);
+}

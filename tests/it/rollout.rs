@@ -261,15 +261,19 @@ async fn a_canary_failing_5_percent_is_rolled_back_at_its_first_step() {
         d["abort"], false,
         "the step gate decided, not the abort rule"
     );
-    assert_eq!(gate(d, "error_rate")["status"], "fail", "{d:#}");
+    // Either error-rate test may be the first to show it: against the limit, or against a
+    // stable that fails nothing.
+    assert!(
+        ["error_rate", "error_ratio"]
+            .iter()
+            .any(|g| gate(d, g)["status"] == "fail"),
+        "{d:#}"
+    );
     assert!(d["inputs"]["canary"]["requests"].as_u64().unwrap() >= 40);
     let rate = d["inputs"]["canary"]["error_rate"].as_f64().unwrap();
     assert!(rate > 0.01 && rate < 0.1, "{d:#}");
     assert_eq!(d["thresholds"]["max_error_rate"], 0.01);
-    assert!(
-        d["reason"].as_str().unwrap().contains("error_rate"),
-        "{d:#}"
-    );
+    assert!(d["reason"].as_str().unwrap().contains("error_rat"), "{d:#}");
     assert_eq!(weights(&v), [100, 0]);
     all_to_stable(&p, &stable, &canary).await;
 }
@@ -316,7 +320,10 @@ async fn a_canary_10x_slower_fails_the_p99_ratio_gate() {
         "",
     ))
     .await;
-    let traffic = load(p.url("/"), 8, &[]);
+    // Bounding stable's p99 takes about 480 of its samples: 16 clients (mostly waiting on the
+    // backends' delays) bring them in seconds even on a loaded machine. No assertion here is
+    // on time: only on what the test showed.
+    let traffic = load(p.url("/"), 16, &[]);
     let v = wait_rollout(&p, "rolled back", |v| v["state"] == "rolled-back").await;
     traffic.finish().await;
     let d = &v["last_decision"];
