@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::HeaderMap;
 use switchyard::config::parse_str;
-use switchyard::http::route::Router;
-use switchyard::http::split::Split;
+use switchyard::routing::Router;
+use switchyard::routing::Split;
 use switchyard::stats::Recorder;
 
 fn routes_config(n: usize) -> String {

@@ -133,7 +133,8 @@ pub async fn start(opts: Options) -> Result<Running, ConfigErrors> {
         tracing::warn!(addr = %admin_addr, "the admin API listens beyond loopback without admin.token_file; anyone who can reach it can reload the config");
     }
 
-    let serve_ctx = Arc::new(ServeCtx::new(Arc::clone(&shared), tracker.clone()));
+    let proxy = Arc::new(crate::http::Proxy::new(Arc::clone(&shared)));
+    let serve_ctx = Arc::new(ServeCtx::new(Arc::clone(&shared), tracker.clone(), proxy));
     let set = ListenerSet::new(serve_ctx, workers.handles().to_vec()).with_cert_watch(opts.watch);
     reloader.bind_listeners(set)?;
 

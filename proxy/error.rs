@@ -1,8 +1,8 @@
 //! One error type for the request path, and the one place that maps it to a status code.
 //!
-//! Every failure a request can meet is a [`ProxyError`]: what went wrong ([`ErrorKind`]), whose
-//! fault it was ([`Side`]), and the underlying cause. The side decides what a backend's breaker
-//! sees (only [`Side::Upstream`] counts) and whether a retry can help.
+//! Every failure a request can meet is a [`ProxyError`]: what went wrong ([`ErrorKind`]), a
+//! line that explains it, and the underlying cause. Whose fault a try's failure was, and
+//! whether it may be retried, is decided once per try by `http::attempt::classify`.
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -10,21 +10,10 @@ use std::time::Duration;
 
 use http::StatusCode;
 
-pub type BoxError = Box<dyn StdError + Send + Sync>;
-
-/// Whose fault a failure was.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    /// The client sent something we will not forward, or went away.
-    Client,
-    /// The backend failed: refused, timed out, reset, or answered garbage.
-    Upstream,
-    /// Nothing to route to, or a bug of ours.
-    Internal,
-}
+pub(crate) type BoxError = Box<dyn StdError + Send + Sync>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorKind {
+pub(crate) enum ErrorKind {
     /// No route matches the request.
     NoRoute,
     /// The request is malformed or not acceptable.
@@ -43,29 +32,20 @@ pub enum ErrorKind {
     BodyTooLarge,
     /// The request body came slower than the listener's minimum rate.
     BodyTooSlow,
+    /// The proxy itself ran out of file descriptors, socket buffers or memory.
+    LocalResource,
     /// Something the proxy itself got wrong.
     Internal,
 }
 
 impl ErrorKind {
-    pub fn side(self) -> Side {
-        match self {
-            ErrorKind::BadRequest
-            | ErrorKind::ClientGone
-            | ErrorKind::BodyTooLarge
-            | ErrorKind::BodyTooSlow => Side::Client,
-            ErrorKind::Connect | ErrorKind::Timeout | ErrorKind::Reset => Side::Upstream,
-            ErrorKind::NoRoute | ErrorKind::NoBackend | ErrorKind::Internal => Side::Internal,
-        }
-    }
-
-    pub fn status(self) -> StatusCode {
+    pub(crate) fn status(self) -> StatusCode {
         match self {
             ErrorKind::NoRoute => StatusCode::NOT_FOUND,
             ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
             ErrorKind::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::BodyTooSlow => StatusCode::REQUEST_TIMEOUT,
-            ErrorKind::NoBackend => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::NoBackend | ErrorKind::LocalResource => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::Connect | ErrorKind::Reset => StatusCode::BAD_GATEWAY,
             ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
             // Nobody reads it, but a log line still wants a code: nginx's 499.
@@ -75,7 +55,7 @@ impl ErrorKind {
     }
 
     /// A short stable token, used in the `x-switchyard-error` header and in logs.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ErrorKind::NoRoute => "no-route",
             ErrorKind::BadRequest => "bad-request",
@@ -86,6 +66,7 @@ impl ErrorKind {
             ErrorKind::ClientGone => "client-gone",
             ErrorKind::BodyTooLarge => "body-too-large",
             ErrorKind::BodyTooSlow => "body-too-slow",
+            ErrorKind::LocalResource => "local-resources",
             ErrorKind::Internal => "internal",
         }
     }
@@ -93,7 +74,7 @@ impl ErrorKind {
 
 /// A failure on the request path, with enough context to explain it in one line.
 #[derive(Debug)]
-pub struct ProxyError {
+pub(crate) struct ProxyError {
     kind: ErrorKind,
     /// Safe to show the client: names the cause, never an address.
     context: String,
@@ -103,7 +84,7 @@ pub struct ProxyError {
 }
 
 impl ProxyError {
-    pub fn new(kind: ErrorKind, context: impl Into<String>) -> Self {
+    pub(crate) fn new(kind: ErrorKind, context: impl Into<String>) -> Self {
         ProxyError {
             kind,
             context: context.into(),
@@ -112,49 +93,36 @@ impl ProxyError {
         }
     }
 
-    pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
+    pub(crate) fn with_detail(mut self, detail: impl Into<String>) -> Self {
         self.detail = Some(detail.into());
         self
     }
 
-    pub fn with_source(mut self, source: impl Into<BoxError>) -> Self {
+    pub(crate) fn with_source(mut self, source: impl Into<BoxError>) -> Self {
         self.source = Some(source.into());
         self
     }
 
-    pub fn no_route() -> Self {
+    pub(crate) fn no_route() -> Self {
         ProxyError::new(ErrorKind::NoRoute, "no route matches this request")
     }
 
-    pub fn bad_request(why: impl Into<String>) -> Self {
-        ProxyError::new(ErrorKind::BadRequest, why)
-    }
-
-    pub fn timeout(upstream: &str, after: Duration) -> Self {
+    pub(crate) fn timeout(upstream: &str, after: Duration) -> Self {
         ProxyError::new(
             ErrorKind::Timeout,
             format!("upstream {upstream} sent no response within {after:?}"),
         )
     }
 
-    pub fn kind(&self) -> ErrorKind {
+    pub(crate) fn kind(&self) -> ErrorKind {
         self.kind
     }
 
-    pub fn side(&self) -> Side {
-        self.kind.side()
-    }
-
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         self.kind.status()
     }
 
-    /// Whether trying again (on another backend) could succeed.
-    pub fn is_retryable(&self) -> bool {
-        self.side() == Side::Upstream
-    }
-
-    pub fn context(&self) -> &str {
+    pub(crate) fn context(&self) -> &str {
         &self.context
     }
 }
@@ -196,13 +164,6 @@ mod tests {
         assert_eq!(ErrorKind::Timeout.status(), 504);
         assert_eq!(ErrorKind::BadRequest.status(), 400);
         assert_eq!(ErrorKind::NoBackend.status(), 503);
-    }
-
-    #[test]
-    fn only_upstream_failures_are_retryable() {
-        assert!(ProxyError::new(ErrorKind::Connect, "x").is_retryable());
-        assert!(!ProxyError::bad_request("x").is_retryable());
-        assert!(!ProxyError::no_route().is_retryable());
     }
 
     #[test]

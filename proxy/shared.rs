@@ -8,17 +8,17 @@ use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
 use crate::backend::discovery::board::Board;
-use crate::reload::snapshot::Snapshot;
-use crate::server::limits::LimitStats;
+use crate::routing::Snapshot;
 use crate::stats::GlobalCounters;
+use crate::stats::limits::LimitStats;
 
 pub struct Shared {
     snapshot: ArcSwap<Snapshot>,
-    pub counters: GlobalCounters,
+    pub(crate) counters: GlobalCounters,
     /// `switchyard_limit_rejections_total`, by listener.
-    pub limit_stats: LimitStats,
+    pub(crate) limit_stats: LimitStats,
     /// What DNS discovery found and how its lookups went (`/status`, `/metrics`, `/readyz`).
-    pub discovery: Arc<Board>,
+    pub(crate) discovery: Arc<Board>,
     draining: AtomicBool,
     /// Bumped after every reload attempt; lets callers wait for one without polling.
     reloads: watch::Sender<ReloadEvent>,
@@ -37,7 +37,7 @@ pub struct ReloadEvent {
 }
 
 impl Shared {
-    pub fn new(first: Snapshot) -> Self {
+    pub(crate) fn new(first: Snapshot) -> Self {
         let generation = first.generation;
         Shared {
             snapshot: ArcSwap::from_pointee(first),
@@ -83,7 +83,7 @@ impl Shared {
         }
     }
 
-    pub fn listener_addrs(&self) -> Vec<(String, SocketAddr)> {
+    pub(crate) fn listener_addrs(&self) -> Vec<(String, SocketAddr)> {
         self.listeners.lock().map(|l| l.clone()).unwrap_or_default()
     }
 
@@ -91,7 +91,7 @@ impl Shared {
         self.draining.load(Ordering::Relaxed)
     }
 
-    pub fn start_draining(&self) {
+    pub(crate) fn start_draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
     }
 }

@@ -32,8 +32,8 @@ TOOLS=(
   # tests/it/fleet.rs: replicas of a fleet share their rollouts through a real etcd, which the
   # tests start on loopback ports and stop by PID.
   "etcd apt:etcd-server"
-  # tests/it/control.rs runs switchyard with few file descriptors; tests/it/config_files.rs
-  # puts a FIFO at the config path.
+  # tests/it/control.rs and tests/it/upstream_conns.rs run switchyard with few file
+  # descriptors; tests/it/config_files.rs puts a FIFO at the config path.
   "prlimit apt:util-linux"
   "mkfifo apt:coreutils"
   # tests/it/discovery.rs: a real DNS server on a loopback port (tests/support/dns.rs).

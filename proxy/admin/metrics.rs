@@ -17,14 +17,13 @@ use self::families as f;
 use super::AdminCtx;
 use crate::backend::discovery::board::{Board, LookupResult};
 use crate::fleet::FleetNumbers;
-use crate::http::compare::Kind as MismatchKind;
-use crate::reload::snapshot::Snapshot;
 use crate::rollout::machine::State;
+use crate::routing::Snapshot;
 use crate::server::limits::{Limit, LimitStats};
 use crate::shared::Shared;
-use crate::stats::counters::{CODE_CLASSES, GlobalCounters};
+use crate::stats::counters::{CODE_CLASSES, GlobalCounters, LocalOp, Shortage};
 use crate::stats::prometheus::Exposition;
-use crate::stats::{Outcome, ShadowResult};
+use crate::stats::{MismatchKind, Outcome, ShadowResult};
 
 pub fn render(ctx: &AdminCtx) -> String {
     let snap = ctx.shared.snapshot();
@@ -42,6 +41,7 @@ pub fn render(ctx: &AdminCtx) -> String {
     shadow(&mut e, &snap);
     process_wide(&mut e, &ctx.shared, &snap, ctx.tracker.live());
     limits(&mut e, &ctx.shared.limit_stats);
+    shortages(&mut e, &ctx.shared.counters, &ctx.shared.limit_stats);
     build(&mut e);
     if let Some(p) = process::Process::read() {
         process(&mut e, &p);
@@ -56,11 +56,11 @@ fn routes(e: &mut Exposition, snap: &Snapshot) {
     let counters = || {
         snap.routes.iter().flat_map(|r| {
             r.targets.iter().flat_map(move |t| {
-                let backends = t.pool.backends.iter().map(|b| b.state.addr.as_str());
+                let backends = t.upstream.backends.iter().map(|b| b.state.addr.as_str());
                 backends
                     .zip(t.counters.iter())
                     .chain([("", &t.unassigned)])
-                    .map(move |(b, c)| (&*r.spec.name, &*t.pool.spec.name, b, &**c))
+                    .map(move |(b, c)| (&*r.spec.name, &*t.upstream.spec.name, b, &**c))
             })
         })
     };
@@ -80,31 +80,31 @@ fn routes(e: &mut Exposition, snap: &Snapshot) {
     let mut s = e.family(&f::ROUTE_WEIGHT);
     for r in &snap.routes {
         for (t, w) in r.targets.iter().zip(r.split.weights()) {
-            s.sample(&[&r.spec.name, &t.pool.spec.name], *w);
+            s.sample(&[&r.spec.name, &t.upstream.spec.name], *w);
         }
     }
     let mut s = e.family(&f::REQUEST_DURATION);
     for r in &snap.routes {
         for t in &r.targets {
-            s.histogram(&[&r.spec.name, &t.pool.spec.name], &t.stats.duration);
+            s.histogram(&[&r.spec.name, &t.upstream.spec.name], t.stats.duration());
         }
     }
     let mut s = e.family(&f::REROUTES);
     for r in &snap.routes {
         for t in &r.targets {
-            let away = t.stats.rerouted_away.load(Relaxed) as f64;
-            let taken_in = t.stats.rerouted_in.load(Relaxed) as f64;
-            s.sample(&[&r.spec.name, &t.pool.spec.name, "away"], away);
-            s.sample(&[&r.spec.name, &t.pool.spec.name, "in"], taken_in);
+            let c = t.stats.read();
+            let name = &*t.upstream.spec.name;
+            s.sample(&[&r.spec.name, name, "away"], c.rerouted_away as f64);
+            s.sample(&[&r.spec.name, name, "in"], c.rerouted_in as f64);
         }
     }
     let mut s = e.family(&f::RETRIES);
     for r in snap.routes.iter().filter(|r| r.spec.retries.is_some()) {
         for t in &r.targets {
-            let made = t.stats.retries.load(Relaxed) as f64;
-            let denied = t.stats.retries_denied.load(Relaxed) as f64;
-            s.sample(&[&r.spec.name, &t.pool.spec.name, "attempted"], made);
-            s.sample(&[&r.spec.name, &t.pool.spec.name, "denied"], denied);
+            let c = t.stats.read();
+            let name = &*t.upstream.spec.name;
+            s.sample(&[&r.spec.name, name, "attempted"], c.retries as f64);
+            s.sample(&[&r.spec.name, name, "denied"], c.retries_denied as f64);
         }
     }
 }
@@ -167,7 +167,7 @@ fn fleet(e: &mut Exposition, n: &FleetNumbers) {
 /// Each backend of each upstream, as the registry keeps it.
 fn backends(e: &mut Exposition, snap: &Snapshot) {
     let all = || {
-        snap.pools.iter().flat_map(|p| {
+        snap.upstreams.iter().flat_map(|p| {
             p.backends
                 .iter()
                 .map(move |b| (&*p.spec.name, b.state.addr.as_str(), &*b.state))
@@ -175,7 +175,7 @@ fn backends(e: &mut Exposition, snap: &Snapshot) {
     };
     let mut s = e.family(&f::UPSTREAM_LATENCY);
     for (upstream, addr, b) in all() {
-        s.histogram(&[upstream, addr], &b.stats.latency_buckets);
+        s.histogram(&[upstream, addr], b.stats.latency_buckets());
     }
     let mut s = e.family(&f::UPSTREAM_OUTCOMES);
     for (upstream, addr, b) in all() {
@@ -195,6 +195,13 @@ fn backends(e: &mut Exposition, snap: &Snapshot) {
     for (upstream, addr, b) in all() {
         s.sample(&[upstream, addr], b.in_flight() as f64);
     }
+    let mut s = e.family(&f::UPSTREAM_RESENDS);
+    for (upstream, addr, b) in all() {
+        s.sample(
+            &[upstream, addr, "stale_connection"],
+            b.stats.stale_resends() as f64,
+        );
+    }
 }
 
 /// What rate limits and fault injection did, for the routes that have them.
@@ -202,7 +209,7 @@ fn traffic(e: &mut Exposition, snap: &Snapshot) {
     let mut s = e.family(&f::RATE_LIMITED);
     for r in &snap.routes {
         if let Some(limit) = &r.rate_limit {
-            s.sample(&[&r.spec.name], limit.counts().limited.load(Relaxed) as f64);
+            s.sample(&[&r.spec.name], limit.counts().read() as f64);
         }
     }
     let mut s = e.family(&f::FAULTS_INJECTED);
@@ -210,11 +217,9 @@ fn traffic(e: &mut Exposition, snap: &Snapshot) {
         let Some(fault) = &r.fault else { continue };
         for (t, counts) in r.targets.iter().zip(fault.counts()) {
             let Some(c) = counts else { continue };
-            for (kind, n) in [("delay", &c.delayed), ("abort", &c.aborted)] {
-                s.sample(
-                    &[&r.spec.name, &t.pool.spec.name, kind],
-                    n.load(Relaxed) as f64,
-                );
+            let (delayed, aborted) = c.read();
+            for (kind, n) in [("delay", delayed), ("abort", aborted)] {
+                s.sample(&[&r.spec.name, &t.upstream.spec.name, kind], n as f64);
             }
         }
     }
@@ -228,7 +233,7 @@ fn shadow(e: &mut Exposition, snap: &Snapshot) {
         for r in ShadowResult::ALL {
             s.sample(
                 &[&sh.route, &sh.spec.upstream, r.as_str()],
-                sh.mirror.result(r) as f64,
+                sh.stats.result(r) as f64,
             );
         }
     }
@@ -237,7 +242,7 @@ fn shadow(e: &mut Exposition, snap: &Snapshot) {
         for k in MismatchKind::ALL {
             s.sample(
                 &[&sh.route, &sh.spec.upstream, k.as_str()],
-                sh.mirror.mismatches(k.index()) as f64,
+                sh.stats.mismatches(k) as f64,
             );
         }
     }
@@ -250,7 +255,7 @@ fn shadow(e: &mut Exposition, snap: &Snapshot) {
     }
     let mut s = e.family(&f::SHADOW_IN_FLIGHT);
     for sh in shadows() {
-        s.sample(&[&sh.route, &sh.spec.upstream], sh.mirror.in_flight());
+        s.sample(&[&sh.route, &sh.spec.upstream], sh.in_flight.get());
     }
 }
 
@@ -273,7 +278,7 @@ fn discovery(e: &mut Exposition, board: &Board) {
 fn process_wide(e: &mut Exposition, shared: &Shared, snap: &Snapshot, connections: usize) {
     let g: &GlobalCounters = &shared.counters;
     e.family(&f::UNROUTED)
-        .sample(&[], g.no_route.load(Relaxed) as f64);
+        .sample(&[], g.unrouted_total() as f64);
     let mut s = e.family(&f::CONFIG_RELOADS);
     for (result, n) in [
         ("applied", &g.reloads_applied),
@@ -320,6 +325,22 @@ fn limits(e: &mut Exposition, stats: &LimitStats) {
     let mut s = e.family(&f::ACCEPT_ERRORS);
     for (listener, c) in &all {
         s.sample(&[listener], c.accept.errors() as f64);
+    }
+}
+
+/// The proxy's own shortages: connecting to backends (process-wide) and accepting clients
+/// (summed over the listeners); every series from the start.
+fn shortages(e: &mut Exposition, g: &GlobalCounters, stats: &LimitStats) {
+    let all = stats.all();
+    let mut s = e.family(&f::LOCAL_RESOURCE_ERRORS);
+    for op in LocalOp::ALL {
+        for short in Shortage::ALL {
+            let n = match op {
+                LocalOp::Connect => g.local.get(short),
+                LocalOp::Accept => all.iter().map(|(_, c)| c.accept.shortages(short)).sum(),
+            };
+            s.sample(&[op.as_str(), short.as_str()], n as f64);
+        }
     }
 }
 

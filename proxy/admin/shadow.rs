@@ -3,10 +3,9 @@
 use http::StatusCode;
 use serde_json::{Value, json};
 
-use crate::http::compare::Kind;
-use crate::http::shadow::ShadowRuntime;
-use crate::reload::snapshot::Snapshot;
-use crate::stats::ShadowResult;
+use crate::routing::Snapshot;
+use crate::routing::shadow::ShadowRuntime;
+use crate::stats::{MismatchKind, ShadowResult};
 
 pub fn render(snap: &Snapshot, route: &str) -> (StatusCode, Value) {
     let Some(r) = snap.route(route) else {
@@ -36,12 +35,12 @@ pub fn summary(sh: &ShadowRuntime) -> Value {
         ShadowResult::Failed,
     ]
     .iter()
-    .map(|r| sh.mirror.result(*r))
+    .map(|r| sh.stats.result(*r))
     .sum();
     json!({
         "upstream": &*sh.spec.upstream,
         "percent": sh.spec.percent,
-        "in_flight": sh.mirror.in_flight(),
+        "in_flight": sh.in_flight.get(),
         "sent": sent,
         "compared": counts.compared,
         "mismatched": counts.mismatched,
@@ -50,15 +49,15 @@ pub fn summary(sh: &ShadowRuntime) -> Value {
 
 fn view(sh: &ShadowRuntime) -> Value {
     let spec = &sh.spec;
-    let m = &sh.mirror;
-    let counts = sh.stats.read();
+    let m = &sh.stats;
+    let counts = m.read();
     let requests: serde_json::Map<String, Value> = ShadowResult::ALL
         .iter()
         .map(|r| (r.as_str().to_owned(), json!(m.result(*r))))
         .collect();
-    let by_kind: serde_json::Map<String, Value> = Kind::ALL
+    let by_kind: serde_json::Map<String, Value> = MismatchKind::ALL
         .iter()
-        .map(|k| (k.as_str().to_owned(), json!(m.mismatches(k.index()))))
+        .map(|k| (k.as_str().to_owned(), json!(m.mismatches(*k))))
         .collect();
     let recent: Vec<Value> = m
         .recent()
@@ -91,7 +90,7 @@ fn view(sh: &ShadowRuntime) -> Value {
         "methods": spec.methods.iter().map(|m| m.as_str()).collect::<Vec<_>>(),
         "compare_headers": spec.compare_headers.iter().map(|h| h.as_str()).collect::<Vec<_>>(),
         "ignore_fields": spec.ignore_fields,
-        "in_flight": m.in_flight(),
+        "in_flight": sh.in_flight.get(),
         "requests": requests,
         "compared": counts.compared,
         "mismatched": counts.mismatched,

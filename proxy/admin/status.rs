@@ -1,17 +1,15 @@
 //! `GET /status`: what is in force right now, as JSON.
 
-use std::sync::atomic::Ordering::Relaxed;
-
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use super::AdminCtx;
 use crate::backend::state::STATS_WINDOW;
 use crate::config::model::{HostMatch, StickyKey};
-use crate::reload::snapshot::Pool;
+use crate::routing::UpstreamRuntime;
 use crate::stats::counters::CODE_CLASSES;
 use crate::stats::histogram::new_histogram;
-use crate::stats::{Counts, Outcome, Percentiles, RequestCounters};
+use crate::stats::{Outcome, Percentiles, RequestCounters, Totals};
 
 pub async fn render(ctx: &AdminCtx) -> Value {
     let mut v = render_local(ctx);
@@ -36,15 +34,16 @@ fn render_local(ctx: &AdminCtx) -> Value {
                 .map(|((t, configured), live)| {
                     let mut all = t.counters.iter().map(AsRef::as_ref).collect::<Vec<_>>();
                     all.push(&t.unassigned);
+                    let c = t.stats.read();
                     json!({
-                        "upstream": &*t.pool.spec.name,
+                        "upstream": &*t.upstream.spec.name,
                         "weight": live,
                         "configured_weight": configured.weight,
                         "responses": by_class(&all),
-                        "rerouted_away": t.stats.rerouted_away.load(Relaxed),
-                        "rerouted_in": t.stats.rerouted_in.load(Relaxed),
-                        "retries": t.stats.retries.load(Relaxed),
-                        "retries_denied_by_budget": t.stats.retries_denied.load(Relaxed),
+                        "rerouted_away": c.rerouted_away,
+                        "rerouted_in": c.rerouted_in,
+                        "retries": c.retries,
+                        "retries_denied_by_budget": c.retries_denied,
                     })
                 })
                 .collect();
@@ -76,7 +75,7 @@ fn render_local(ctx: &AdminCtx) -> Value {
         .collect();
     let now = Instant::now();
     let upstreams: Vec<Value> = snap
-        .pools
+        .upstreams
         .iter()
         .map(|p| {
             let mut u = upstream(p, now);
@@ -102,17 +101,17 @@ fn render_local(ctx: &AdminCtx) -> Value {
     })
 }
 
-fn upstream(p: &Pool, now: Instant) -> Value {
+fn upstream(p: &UpstreamRuntime, now: Instant) -> Value {
     let mut merged = new_histogram();
-    let mut window = Counts::default();
+    let mut window = Totals::default();
     let backends: Vec<Value> = p
         .backends
         .iter()
         .map(|b| {
             let st = &b.state;
-            let h = st.stats.latency.snapshot(now);
+            let h = st.stats.latency(now);
             let _ = merged.add(&h);
-            let w = st.stats.window.sum(now);
+            let w = st.stats.window(now);
             window.total += w.total;
             window.failed += w.failed;
             let breaker = st.breaker();
@@ -143,7 +142,7 @@ fn upstream(p: &Pool, now: Instant) -> Value {
 }
 
 /// Requests, error rate and latency percentiles (µs, to the response head) over the window.
-fn window_json(c: Counts, h: &hdrhistogram::Histogram<u64>) -> Value {
+fn window_json(c: Totals, h: &hdrhistogram::Histogram<u64>) -> Value {
     let p = Percentiles::of(h);
     json!({
         "seconds": STATS_WINDOW.as_secs(),

@@ -1,12 +1,10 @@
 //! The `rate_limit` and `fault` of a route in `/status`: what is in force and what it did, so
 //! an operator sees at a glance that a rehearsal fault is still switched on.
 
-use std::sync::atomic::Ordering::Relaxed;
-
 use serde_json::{Value, json};
 
 use crate::config::model::RateKey;
-use crate::reload::snapshot::RouteRuntime;
+use crate::routing::RouteRuntime;
 
 pub fn rate_limit(r: &RouteRuntime) -> Value {
     let (Some(spec), Some(limit)) = (&r.spec.rate_limit, &r.rate_limit) else {
@@ -23,8 +21,8 @@ pub fn rate_limit(r: &RouteRuntime) -> Value {
         "key": key,
         "max_keys": spec.max_keys,
         "buckets": limit.state().keys(),
-        "limited": limit.counts().limited.load(Relaxed),
-        "evicted_before_full": limit.state().evicted_active.load(Relaxed),
+        "limited": limit.counts().read(),
+        "evicted_before_full": limit.state().evicted_before_full(),
     })
 }
 
@@ -37,10 +35,10 @@ pub fn fault(r: &RouteRuntime) -> Value {
         .iter()
         .zip(fault.counts())
         .filter_map(|(t, c)| {
-            let c = c?;
+            let (delayed, aborted) = c?.read();
             Some((
-                t.pool.spec.name.to_string(),
-                json!({ "delay": c.delayed.load(Relaxed), "abort": c.aborted.load(Relaxed) }),
+                t.upstream.spec.name.to_string(),
+                json!({ "delay": delayed, "abort": aborted }),
             ))
         })
         .collect();

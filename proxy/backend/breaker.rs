@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::config::model::BreakerConfig;
-use crate::stats::Counts;
+use crate::stats::Totals;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BreakerState {
@@ -69,7 +69,7 @@ pub struct Breaker {
 }
 
 /// Why the window or the streak says open, if it does.
-pub fn trip_reason(cfg: &BreakerConfig, consecutive: u32, window: Counts) -> Option<String> {
+pub fn trip_reason(cfg: &BreakerConfig, consecutive: u32, window: Totals) -> Option<String> {
     if cfg.consecutive_failures > 0 && consecutive >= cfg.consecutive_failures {
         return Some(format!("{consecutive} failures in a row"));
     }
@@ -119,7 +119,7 @@ impl Breaker {
         cfg: &BreakerConfig,
         now: Instant,
         consecutive: u32,
-        window: Counts,
+        window: Totals,
     ) -> Option<Transition> {
         if self.state != BreakerState::Closed {
             return None;
@@ -207,8 +207,8 @@ mod tests {
         }
     }
 
-    fn counts(total: u64, failed: u64) -> Counts {
-        Counts { total, failed }
+    fn counts(total: u64, failed: u64) -> Totals {
+        Totals { total, failed }
     }
 
     #[tokio::test(start_paused = true)]

@@ -10,4 +10,4 @@ pub mod state;
 pub mod tls;
 
 pub use registry::{Backend, BackendKey, Registry};
-pub use state::{BackendState, InFlight};
+pub(crate) use state::{BackendState, InFlight};

@@ -13,7 +13,8 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::task::Poll;
+use tokio::time::Instant;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -23,17 +24,16 @@ use tokio::net::TcpStream;
 
 use crate::body::ReqBody;
 use crate::config::model::{BackendAddr, Transport};
-use crate::server::workers;
-use crate::shard::Padded;
+use crate::shard::{self, Padded};
 
 /// Idle connections kept per backend; past this, finished connections are closed.
 const MAX_IDLE: usize = 256;
 
-pub type Sender = http1::SendRequest<ReqBody>;
+type Sender = http1::SendRequest<ReqBody>;
 
 /// Why an exchange with a backend failed before a response arrived.
 #[derive(Debug, thiserror::Error)]
-pub enum SendError {
+pub(crate) enum SendError {
     #[error("connect failed: {0}")]
     Connect(#[source] io::Error),
     #[error("connection handshake failed: {0}")]
@@ -43,11 +43,11 @@ pub enum SendError {
 }
 
 impl SendError {
-    pub fn is_connect(&self) -> bool {
+    pub(crate) fn is_connect(&self) -> bool {
         matches!(self, SendError::Connect(_) | SendError::Handshake(_))
     }
 
-    pub fn hyper(&self) -> Option<&hyper::Error> {
+    pub(crate) fn hyper(&self) -> Option<&hyper::Error> {
         match self {
             SendError::Exchange(e) | SendError::Handshake(e) => Some(e),
             SendError::Connect(_) => None,
@@ -55,10 +55,19 @@ impl SendError {
     }
 }
 
+/// A response head, and the connection it came on.
+pub(crate) struct Sent<B = Incoming, C = Conn> {
+    pub(crate) resp: Response<B>,
+    pub(crate) conn: C,
+}
+
 /// A failed send, with the request when it never reached the backend.
-pub struct Failed {
-    pub error: SendError,
-    pub unsent: Option<Request<ReqBody>>,
+pub(crate) struct Failed {
+    pub(crate) error: SendError,
+    /// Boxed: a failure is rare, and inline it would grow every future that holds a result.
+    pub(crate) unsent: Option<Box<Request<ReqBody>>>,
+    /// The connection had carried earlier requests (and may have been closed under this one).
+    pub(crate) reused: bool,
 }
 
 struct Idle {
@@ -66,7 +75,7 @@ struct Idle {
     since: Instant,
 }
 
-pub struct ConnPool {
+pub(crate) struct ConnPool {
     addr: BackendAddr,
     transport: Transport,
     /// One stack of idle connections per worker: a connection's task runs on the worker that
@@ -76,12 +85,13 @@ pub struct ConnPool {
 
 /// A connection checked out for one exchange; give it back with [`ConnPool::checkin`] once the
 /// response was read to the end, or drop it to close it.
-pub struct Conn {
-    sender: Sender,
+pub(crate) struct Conn {
+    /// `None` when the connection closed as its response came.
+    sender: Option<Sender>,
 }
 
 impl ConnPool {
-    pub fn new(addr: BackendAddr, transport: Transport, workers: usize) -> Self {
+    pub(crate) fn new(addr: BackendAddr, transport: Transport, workers: usize) -> Self {
         ConnPool {
             addr,
             transport,
@@ -90,48 +100,70 @@ impl ConnPool {
     }
 
     fn shard(&self) -> &Mutex<Vec<Idle>> {
-        &self.idle[workers::current() % self.idle.len()].0
+        &self.idle[shard::current() % self.idle.len()].0
     }
 
-    pub fn transport(&self) -> &Transport {
+    pub(crate) fn transport(&self) -> &Transport {
         &self.transport
     }
 
     /// Idle connections right now, over all workers.
-    pub fn idle(&self) -> usize {
+    fn idle(&self) -> usize {
         self.idle
             .iter()
             .map(|s| s.0.lock().map_or(0, |i| i.len()))
             .sum()
     }
 
-    /// Sends `req` on a pooled or new connection. A request that never left (the pooled
-    /// connection turned out closed) goes again on a fresh connection; nothing that reached the
-    /// backend is ever replayed here. When no connection could be made the request comes back
-    /// untouched, so the caller may send it elsewhere.
-    pub async fn send(&self, req: Request<ReqBody>) -> Result<(Response<Incoming>, Conn), Failed> {
+    /// Sends `req` on a pooled connection, or a new one when none is idle or `fresh` asks for
+    /// one. A request that never left (the pooled connection turned out closed) goes again, on
+    /// another pooled connection or a new one; nothing that reached the backend is ever
+    /// replayed here. When no connection could be made the request comes back untouched, so
+    /// the caller may send it elsewhere.
+    /// `now` is when the try started (an idle connection older than the idle timeout is not
+    /// reused).
+    pub(crate) async fn send(
+        &self,
+        req: Request<ReqBody>,
+        fresh: bool,
+        now: Instant,
+    ) -> Result<Sent, Failed> {
         let mut req = req;
         loop {
-            let (mut sender, reused) = match self.checkout() {
+            let pooled = if fresh { None } else { self.checkout(now) };
+            let (sender, reused) = match pooled {
                 Some(sender) => (sender, true),
-                None => match self.connect().await {
+                // Boxed: a connect (and TLS handshake) future is large and rarely needed; inline
+                // it would be copied with this future on every request.
+                None => match Box::pin(self.connect()).await {
                     Ok(sender) => (sender, false),
                     Err(e) => {
                         return Err(Failed {
                             error: e,
-                            unsent: Some(req),
+                            unsent: Some(Box::new(req)),
+                            reused: false,
                         });
                     }
                 },
             };
-            match sender.try_send_request(req).await {
-                Ok(resp) => return Ok((resp, Conn { sender })),
+            let mut sender = sender;
+            let answer = sender.try_send_request(req);
+            let mut sender = Some(sender);
+            let sent = answer_of(&mut sender, std::pin::pin!(answer)).await;
+            match sent {
+                Ok(resp) => {
+                    return Ok(Sent {
+                        resp,
+                        conn: Conn { sender },
+                    });
+                }
                 Err(mut e) => match e.take_message() {
                     Some(unsent) if reused => req = unsent,
                     unsent => {
                         return Err(Failed {
                             error: SendError::Exchange(e.into_error()),
-                            unsent,
+                            unsent: unsent.map(Box::new),
+                            reused,
                         });
                     }
                 },
@@ -141,38 +173,40 @@ impl ConnPool {
 
     /// Takes a connection back after its response was read to the end. Its task may not have
     /// marked it ready yet; then a small task waits for that (or for it to close).
-    pub fn checkin(self: &Arc<Self>, conn: Conn) {
-        let mut sender = conn.sender;
+    pub(crate) fn checkin(self: &Arc<Self>, conn: Conn, now: Instant) {
+        let Some(mut sender) = conn.sender else {
+            return;
+        };
         if sender.is_ready() {
-            self.put(sender);
+            self.put(sender, now);
         } else if !sender.is_closed() {
             let pool = Arc::clone(self);
             tokio::spawn(async move {
                 if sender.ready().await.is_ok() {
-                    pool.put(sender);
+                    pool.put(sender, Instant::now());
                 }
             });
         }
     }
 
-    fn put(&self, sender: Sender) {
+    fn put(&self, sender: Sender, now: Instant) {
         let Ok(mut idle) = self.shard().lock() else {
             return;
         };
-        let now = Instant::now();
         // Oldest first, since every connection is pushed with the time it came back.
-        let stale =
-            idle.partition_point(|i| now.duration_since(i.since) >= self.transport.idle_timeout);
+        let stale = idle.partition_point(|i| {
+            now.saturating_duration_since(i.since) >= self.transport.idle_timeout
+        });
         idle.drain(..stale);
         if idle.len() < MAX_IDLE {
             idle.push(Idle { sender, since: now });
         }
     }
 
-    fn checkout(&self) -> Option<Sender> {
+    fn checkout(&self, now: Instant) -> Option<Sender> {
         let mut idle = self.shard().lock().ok()?;
         while let Some(candidate) = idle.pop() {
-            if candidate.since.elapsed() < self.transport.idle_timeout
+            if now.saturating_duration_since(candidate.since) < self.transport.idle_timeout
                 && candidate.sender.is_ready()
             {
                 return Some(candidate.sender);
@@ -227,6 +261,31 @@ impl ConnPool {
         }
         Err(last)
     }
+}
+
+/// Waits for the response head of a request handed to `sender`'s connection. The
+/// connection's task may end just as the request is queued for it (the backend closed it);
+/// hyper's queue is emptied when its reader goes, but a request that lands a moment later
+/// stays queued until the sender is dropped, and nobody would answer it. So the sender is
+/// watched while the answer is awaited: once its connection is closed, the sender is dropped,
+/// which hands the request back unsent through `answer`.
+async fn answer_of<F: Future>(
+    sender: &mut Option<Sender>,
+    mut answer: std::pin::Pin<&mut F>,
+) -> F::Output {
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(r) = answer.as_mut().poll(cx) {
+            return Poll::Ready(r);
+        }
+        if let Some(s) = sender.as_mut()
+            && let Poll::Ready(Err(_)) = s.poll_ready(cx)
+        {
+            *sender = None;
+            return answer.as_mut().poll(cx);
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 enum Stream {

@@ -24,8 +24,8 @@ pub struct BackendKey {
 /// A backend as a snapshot sees it: its lasting state and its connection pool.
 #[derive(Clone)]
 pub struct Backend {
-    pub state: Arc<BackendState>,
-    pub pool: Arc<ConnPool>,
+    pub(crate) state: Arc<BackendState>,
+    pub(crate) pool: Arc<ConnPool>,
 }
 
 struct Entry {

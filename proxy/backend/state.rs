@@ -10,16 +10,16 @@ use tokio::time::Instant;
 
 use super::breaker::{Admission, Breaker, BreakerState, Transition, trip_reason};
 use crate::config::model::{BackendAddr, BreakerConfig};
-use crate::stats::{Buckets, Counts, Outcome, Recorder, WindowCounts};
+use crate::stats::{Buckets, Outcome, Recorder, Tick, Totals, WindowCounts};
 
 /// The window `/status` reports error rates and percentiles over.
-pub const STATS_WINDOW: Duration = Duration::from_secs(10);
+pub(crate) const STATS_WINDOW: Duration = Duration::from_secs(10);
 
 pub struct BackendState {
-    pub upstream: Arc<str>,
-    pub addr: BackendAddr,
+    pub(crate) upstream: Arc<str>,
+    pub(crate) addr: BackendAddr,
     in_flight: AtomicU64,
-    pub stats: BackendStats,
+    pub(crate) stats: BackendStats,
     breaker: ArcSwap<BreakerCell>,
     healthy: AtomicBool,
     /// New and not yet checked: out of rotation, panic mode included, until a check passes.
@@ -27,16 +27,18 @@ pub struct BackendState {
 }
 
 /// Latency to the response head, and what each try came to.
-pub struct BackendStats {
+pub(crate) struct BackendStats {
     /// Windowed, for `/status` and decisions.
-    pub latency: Recorder,
+    latency: Recorder,
     /// Cumulative, for `switchyard_upstream_latency_seconds`.
-    pub latency_buckets: Buckets,
+    latency_buckets: Buckets,
     /// Cumulative, by [`Outcome::index`].
-    pub outcomes: [AtomicU64; 5],
-    pub window: WindowCounts,
+    outcomes: [AtomicU64; Outcome::ALL.len()],
+    window: WindowCounts,
     /// Times this backend's breaker opened (re-opens from half-open included).
-    pub breaker_opens: AtomicU64,
+    breaker_opens: AtomicU64,
+    /// Requests sent again on a fresh connection after a kept-alive one turned out closed.
+    stale_resends: AtomicU64,
 }
 
 impl BackendStats {
@@ -47,11 +49,38 @@ impl BackendStats {
             outcomes: Default::default(),
             window: WindowCounts::new(STATS_WINDOW),
             breaker_opens: AtomicU64::new(0),
+            stale_resends: AtomicU64::new(0),
         }
     }
 
-    pub fn outcome(&self, o: Outcome) -> u64 {
+    /// Tries that came to `o`, since the backend appeared.
+    pub(crate) fn outcome(&self, o: Outcome) -> u64 {
         self.outcomes[o.index()].load(Ordering::Relaxed)
+    }
+
+    /// Times the breaker opened, since the backend appeared.
+    pub(crate) fn breaker_opens(&self) -> u64 {
+        self.breaker_opens.load(Ordering::Relaxed)
+    }
+
+    /// Requests sent again on a fresh connection because a kept-alive one was closed.
+    pub(crate) fn stale_resends(&self) -> u64 {
+        self.stale_resends.load(Ordering::Relaxed)
+    }
+
+    /// Latencies to the response head over the last [`STATS_WINDOW`].
+    pub(crate) fn latency(&self, now: Instant) -> hdrhistogram::Histogram<u64> {
+        self.latency.snapshot(now)
+    }
+
+    /// Latencies to the response head since the backend appeared, as Prometheus buckets.
+    pub(crate) fn latency_buckets(&self) -> &Buckets {
+        &self.latency_buckets
+    }
+
+    /// Tries and failures over the last [`STATS_WINDOW`].
+    pub(crate) fn window(&self, now: Instant) -> Totals {
+        self.window.sum(now)
     }
 }
 
@@ -74,7 +103,7 @@ impl std::fmt::Debug for BackendState {
 }
 
 impl BackendState {
-    pub fn new(
+    pub(crate) fn new(
         upstream: Arc<str>,
         addr: BackendAddr,
         breaker: BreakerConfig,
@@ -92,15 +121,15 @@ impl BackendState {
     }
 
     /// Requests sent to this backend whose response has not finished streaming.
-    pub fn in_flight(&self) -> u64 {
+    pub(crate) fn in_flight(&self) -> u64 {
         self.in_flight.load(Ordering::Relaxed)
     }
 
-    pub fn is_healthy(&self) -> bool {
+    pub(crate) fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
     }
 
-    pub fn set_healthy(&self, healthy: bool) {
+    pub(crate) fn set_healthy(&self, healthy: bool) {
         if healthy {
             self.pending.store(false, Ordering::Relaxed);
         }
@@ -109,21 +138,21 @@ impl BackendState {
 
     /// Out of rotation until its first passing health check (a discovered pod that just
     /// appeared): unlike an unhealthy backend, panic mode does not use it either.
-    pub fn set_pending(&self) {
+    pub(crate) fn set_pending(&self) {
         self.pending.store(true, Ordering::Relaxed);
         self.healthy.store(false, Ordering::Relaxed);
     }
 
-    pub fn is_pending(&self) -> bool {
+    pub(crate) fn is_pending(&self) -> bool {
         self.pending.load(Ordering::Relaxed)
     }
 
-    pub fn breaker(&self) -> arc_swap::Guard<Arc<BreakerCell>> {
+    pub(crate) fn breaker(&self) -> arc_swap::Guard<Arc<BreakerCell>> {
         self.breaker.load()
     }
 
     /// A changed breaker spec starts a fresh breaker; statistics stay.
-    pub fn reconfigure_breaker(&self, cfg: &BreakerConfig) {
+    pub(crate) fn reconfigure_breaker(&self, cfg: &BreakerConfig) {
         if self.breaker.load().cfg != *cfg {
             self.breaker.store(Arc::new(BreakerCell::new(cfg.clone())));
         }
@@ -131,42 +160,69 @@ impl BackendState {
 
     /// Asks the breaker to let a try through. A half-open probe comes with its slot in the
     /// ticket, given back if the try ends without a result (its future dropped).
-    pub fn admit(&self, now: Instant) -> (Ticket, Option<Transition>) {
+    pub(crate) fn admit(&self, now: Instant) -> Ticket {
         let cell = self.breaker.load_full();
         let (admission, t) = cell.admit(now);
+        if let Some(t) = t {
+            self.log(&t);
+        }
         let cell = (admission == Admission::Probe).then_some(cell);
-        (Ticket { admission, cell }, t)
+        Ticket { admission, cell }
     }
 
     /// Whether the picker may consider this backend (healthy, and its breaker not open).
-    pub fn available(&self, now: Instant) -> bool {
+    pub(crate) fn available(&self, now: Instant) -> bool {
         self.is_healthy() && self.breaker.load().may_admit(now)
     }
 
     /// Records what one try came to. `ttfb` is the time to the response head, when there was
-    /// one. Returns a breaker transition, if the outcome caused one.
-    pub fn record(
+    /// one. A try whose end says nothing about the backend (the client's doing, or the
+    /// proxy's own) is not recorded: its ticket is dropped instead.
+    pub(crate) fn record(
         &self,
         outcome: Outcome,
         ticket: Ticket,
         ttfb: Option<Duration>,
         now: Instant,
-    ) -> Option<Transition> {
+    ) {
         let admission = ticket.settle();
+        let tick = Tick::from(now);
         self.stats.outcomes[outcome.index()].fetch_add(1, Ordering::Relaxed);
-        self.stats.window.record(now, outcome.is_failure());
+        self.stats.window.record(tick, outcome.is_failure());
         if let Some(t) = ttfb {
-            self.stats.latency.record(t, now);
+            self.stats.latency.record(t, tick);
             self.stats.latency_buckets.record(t);
         }
         let transition = self
             .breaker
             .load()
-            .on_result(admission, outcome.is_failure(), now);
-        if matches!(transition, Some(Transition::Opened { .. })) {
-            self.stats.breaker_opens.fetch_add(1, Ordering::Relaxed);
+            .on_result(admission, outcome.is_failure(), now, tick);
+        if let Some(t) = transition {
+            if matches!(t, Transition::Opened { .. }) {
+                self.stats.breaker_opens.fetch_add(1, Ordering::Relaxed);
+            }
+            self.log(&t);
         }
-        transition
+    }
+
+    /// A request that met a kept-alive connection the backend had closed goes again on a fresh
+    /// one: the backend did nothing wrong, so nothing counts against it but this.
+    pub(crate) fn resent_stale(&self) {
+        self.stats.stale_resends.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Every breaker transition goes to the log, with the upstream and the backend.
+    fn log(&self, t: &Transition) {
+        let (upstream, backend) = (&*self.upstream, self.addr.as_str());
+        match t {
+            Transition::Opened { reason, open_for } => {
+                tracing::warn!(upstream, backend, %reason, ?open_for, "circuit breaker opened")
+            }
+            Transition::HalfOpened => {
+                tracing::info!(upstream, backend, "circuit breaker half-open: probing")
+            }
+            Transition::Closed => tracing::info!(upstream, backend, "circuit breaker closed"),
+        }
     }
 }
 
@@ -174,23 +230,24 @@ impl BackendState {
 /// a probe's slot goes back to the breaker (a client that hung up says nothing about the
 /// backend, and must not leave a half-open breaker waiting forever).
 #[derive(Debug)]
-pub struct Ticket {
+pub(crate) struct Ticket {
     admission: Admission,
     cell: Option<Arc<BreakerCell>>,
 }
 
 impl Ticket {
-    pub fn admission(&self) -> Admission {
+    #[cfg(test)]
+    fn admission(&self) -> Admission {
         self.admission
     }
 
     /// Refused: the backend takes no try on it.
-    pub fn is_refused(&self) -> bool {
+    pub(crate) fn is_refused(&self) -> bool {
         self.admission == Admission::Rejected
     }
 
     /// A ticket outside any breaker (panic mode sends tries to backends whatever their breaker).
-    pub fn unchecked() -> Ticket {
+    pub(crate) fn unchecked() -> Ticket {
         Ticket {
             admission: Admission::Normal,
             cell: None,
@@ -213,16 +270,12 @@ impl Drop for Ticket {
 
 /// Counts one request in flight to a backend until it is dropped.
 #[derive(Debug)]
-pub struct InFlight(Arc<BackendState>);
+pub(crate) struct InFlight(Arc<BackendState>);
 
 impl InFlight {
-    pub fn start(state: &Arc<BackendState>) -> Self {
+    pub(crate) fn start(state: &Arc<BackendState>) -> Self {
         state.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight(Arc::clone(state))
-    }
-
-    pub fn backend(&self) -> &Arc<BackendState> {
-        &self.0
     }
 }
 
@@ -239,7 +292,7 @@ const HALF_OPEN: u8 = 2;
 /// A [`Breaker`] for concurrent use. While closed and succeeding, a result is two atomic
 /// operations and no lock; the state machine's lock is taken only on failures that trip it and
 /// while it is open or half-open (when little traffic reaches the backend anyway).
-pub struct BreakerCell {
+pub(crate) struct BreakerCell {
     cfg: BreakerConfig,
     mode: AtomicU8,
     open_until: Mutex<Instant>,
@@ -249,7 +302,7 @@ pub struct BreakerCell {
 }
 
 impl BreakerCell {
-    pub fn new(cfg: BreakerConfig) -> Self {
+    pub(crate) fn new(cfg: BreakerConfig) -> Self {
         BreakerCell {
             window: WindowCounts::new(cfg.window),
             cfg,
@@ -260,7 +313,7 @@ impl BreakerCell {
         }
     }
 
-    pub fn state(&self) -> BreakerState {
+    pub(crate) fn state(&self) -> BreakerState {
         match self.mode.load(Ordering::Acquire) {
             OPEN => BreakerState::Open,
             HALF_OPEN => BreakerState::HalfOpen,
@@ -268,23 +321,24 @@ impl BreakerCell {
         }
     }
 
-    pub fn consecutive_failures(&self) -> u32 {
+    pub(crate) fn consecutive_failures(&self) -> u32 {
         self.consecutive.load(Ordering::Relaxed)
     }
 
-    pub fn window(&self, now: Instant) -> Counts {
+    #[cfg(test)]
+    fn window(&self, now: Instant) -> Totals {
         self.window.sum(now)
     }
 
     /// When an open breaker lets the next probe through.
-    pub fn open_until(&self) -> Option<Instant> {
+    pub(crate) fn open_until(&self) -> Option<Instant> {
         (self.state() == BreakerState::Open)
             .then(|| *self.open_until.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// A cheap look without changing anything: closed, or open long enough to probe, or
     /// half-open (whether a probe slot is free is decided by [`BreakerCell::admit`]).
-    pub fn may_admit(&self, now: Instant) -> bool {
+    pub(crate) fn may_admit(&self, now: Instant) -> bool {
         match self.mode.load(Ordering::Acquire) {
             CLOSED => true,
             OPEN => self.open_until().is_none_or(|until| now >= until),
@@ -292,7 +346,7 @@ impl BreakerCell {
         }
     }
 
-    pub fn admit(&self, now: Instant) -> (Admission, Option<Transition>) {
+    pub(crate) fn admit(&self, now: Instant) -> (Admission, Option<Transition>) {
         if !self.cfg.enabled || self.mode.load(Ordering::Acquire) == CLOSED {
             return (Admission::Normal, None);
         }
@@ -302,11 +356,13 @@ impl BreakerCell {
         result
     }
 
-    pub fn on_result(
+    /// `tick` is `now`, read once for every statistic the result feeds.
+    pub(crate) fn on_result(
         &self,
         admission: Admission,
         failed: bool,
         now: Instant,
+        tick: Tick,
     ) -> Option<Transition> {
         if !self.cfg.enabled {
             return None;
@@ -317,7 +373,7 @@ impl BreakerCell {
             self.after(&m, &t);
             return t;
         }
-        self.window.record(now, failed);
+        self.window.record(tick, failed);
         if !failed {
             if self.consecutive.load(Ordering::Relaxed) != 0 {
                 self.consecutive.store(0, Ordering::Relaxed);
@@ -329,7 +385,7 @@ impl BreakerCell {
             // A request admitted before the breaker opened: its result is old news.
             return None;
         }
-        let counts = self.window.sum(now);
+        let counts = self.window.sum(tick);
         trip_reason(&self.cfg, streak, counts)?;
         let mut m = self.machine.lock().unwrap_or_else(|p| p.into_inner());
         let t = m.on_closed_failure(&self.cfg, now, streak, counts);
@@ -338,7 +394,7 @@ impl BreakerCell {
     }
 
     /// A probe that ended without saying anything about the backend (the client left).
-    pub fn abandon(&self, admission: Admission) {
+    pub(crate) fn abandon(&self, admission: Admission) {
         if admission == Admission::Probe {
             let mut m = self.machine.lock().unwrap_or_else(|p| p.into_inner());
             m.on_probe_abandoned();
@@ -390,25 +446,31 @@ mod tests {
         let addr = crate::config::validate::backend_addr("h:1").unwrap();
         let b = BackendState::new("u".into(), addr, cfg, 1);
         for _ in 0..3 {
-            let (ticket, _) = b.admit(Instant::now());
+            let ticket = b.admit(Instant::now());
             b.record(Outcome::ServerError, ticket, None, Instant::now());
         }
-        assert_eq!(b.stats.breaker_opens.load(Ordering::Relaxed), 1);
+        assert_eq!(b.stats.breaker_opens(), 1);
     }
 
     #[tokio::test(start_paused = true)]
     async fn the_cell_mirrors_the_machine_for_lock_free_reads() {
         let c = cell();
         let now = Instant::now();
-        assert!(c.on_result(Admission::Normal, true, now).is_none());
+        assert!(
+            c.on_result(Admission::Normal, true, now, Tick::from(now))
+                .is_none()
+        );
         assert!(matches!(
-            c.on_result(Admission::Normal, true, now),
+            c.on_result(Admission::Normal, true, now, Tick::from(now)),
             Some(Transition::Opened { .. })
         ));
         assert_eq!(c.state(), BreakerState::Open);
         assert!(!c.may_admit(Instant::now()));
         // A late result of a request admitted before the trip changes nothing.
-        assert!(c.on_result(Admission::Normal, true, now).is_none());
+        assert!(
+            c.on_result(Admission::Normal, true, now, Tick::from(now))
+                .is_none()
+        );
 
         tokio::time::advance(Duration::from_secs(5)).await;
         assert!(c.may_admit(Instant::now()));
@@ -419,13 +481,18 @@ mod tests {
         );
         assert_eq!(c.admit(Instant::now()).0, Admission::Rejected);
         assert_eq!(
-            c.on_result(Admission::Probe, false, Instant::now()),
+            c.on_result(
+                Admission::Probe,
+                false,
+                Instant::now(),
+                Tick::from(Instant::now())
+            ),
             Some(Transition::Closed)
         );
         assert_eq!(c.state(), BreakerState::Closed);
         assert_eq!(
             c.window(Instant::now()),
-            Counts::default(),
+            Totals::default(),
             "old failures are forgotten"
         );
     }
@@ -443,20 +510,20 @@ mod tests {
             },
             1,
         );
-        let (ticket, _) = state.admit(Instant::now());
+        let ticket = state.admit(Instant::now());
         state.record(Outcome::Reset, ticket, None, Instant::now());
         assert_eq!(state.breaker().state(), BreakerState::Open);
         tokio::time::advance(Duration::from_secs(5)).await;
-        let (probe, _) = state.admit(Instant::now());
+        let probe = state.admit(Instant::now());
         assert_eq!(probe.admission(), Admission::Probe);
         assert!(
-            state.admit(Instant::now()).0.is_refused(),
+            state.admit(Instant::now()).is_refused(),
             "one probe at a time"
         );
         // The client hangs up before the probe's answer: the try's future, ticket and all, is
         // dropped. The slot must come back or the breaker would stay half-open forever.
         drop(probe);
-        let (again, _) = state.admit(Instant::now());
+        let again = state.admit(Instant::now());
         assert_eq!(again.admission(), Admission::Probe);
         state.record(Outcome::Success, again, None, Instant::now());
         assert_eq!(state.breaker().state(), BreakerState::Closed);
@@ -466,9 +533,12 @@ mod tests {
     async fn successes_break_the_streak() {
         let c = cell();
         let now = Instant::now();
-        c.on_result(Admission::Normal, true, now);
-        c.on_result(Admission::Normal, false, now);
-        assert!(c.on_result(Admission::Normal, true, now).is_none());
+        c.on_result(Admission::Normal, true, now, Tick::from(now));
+        c.on_result(Admission::Normal, false, now, Tick::from(now));
+        assert!(
+            c.on_result(Admission::Normal, true, now, Tick::from(now))
+                .is_none()
+        );
         assert_eq!(c.state(), BreakerState::Closed);
     }
 
@@ -480,8 +550,13 @@ mod tests {
         });
         for _ in 0..100 {
             assert!(
-                c.on_result(Admission::Normal, true, Instant::now())
-                    .is_none()
+                c.on_result(
+                    Admission::Normal,
+                    true,
+                    Instant::now(),
+                    Tick::from(Instant::now())
+                )
+                .is_none()
             );
         }
         assert_eq!(c.admit(Instant::now()).0, Admission::Normal);

@@ -10,9 +10,11 @@ use std::hash::{DefaultHasher, Hasher};
 
 use serde_json::Value;
 
+use crate::stats::MismatchKind;
+
 /// A bounded copy of a body as it streams by, with the length and a digest of all of it.
 #[derive(Debug, Clone)]
-pub struct Capture {
+pub(crate) struct Capture {
     kept: Vec<u8>,
     limit: usize,
     len: u64,
@@ -20,7 +22,7 @@ pub struct Capture {
 }
 
 impl Capture {
-    pub fn new(limit: usize) -> Capture {
+    pub(crate) fn new(limit: usize) -> Capture {
         Capture {
             kept: Vec::new(),
             limit,
@@ -29,14 +31,14 @@ impl Capture {
         }
     }
 
-    pub fn push(&mut self, chunk: &[u8]) {
+    pub(crate) fn push(&mut self, chunk: &[u8]) {
         self.len += chunk.len() as u64;
         self.digest.write(chunk);
         let room = self.limit.saturating_sub(self.kept.len());
         self.kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
     }
 
-    pub fn finish(self) -> Body {
+    pub(crate) fn finish(self) -> Body {
         Body {
             whole: self.len == self.kept.len() as u64,
             kept: self.kept,
@@ -48,51 +50,28 @@ impl Capture {
 
 /// A body as captured: `kept` is all of it when `whole`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Body {
-    pub kept: Vec<u8>,
-    pub whole: bool,
-    pub len: u64,
-    pub digest: u64,
+pub(crate) struct Body {
+    pub(crate) kept: Vec<u8>,
+    pub(crate) whole: bool,
+    pub(crate) len: u64,
+    pub(crate) digest: u64,
 }
 
 /// One side's answer.
 #[derive(Debug, Clone)]
-pub struct Answer {
-    pub status: u16,
+pub(crate) struct Answer {
+    pub(crate) status: u16,
     /// The values of the compared headers, index-aligned with the config's list (several
     /// values joined with `, `), `None` when absent.
-    pub headers: Vec<Option<Vec<u8>>>,
+    pub(crate) headers: Vec<Option<Vec<u8>>>,
     /// Its `Content-Type` says JSON.
-    pub json: bool,
-    pub body: Body,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Status,
-    Header,
-    Body,
-}
-
-impl Kind {
-    pub const ALL: [Kind; 3] = [Kind::Status, Kind::Header, Kind::Body];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Status => "status",
-            Kind::Header => "header",
-            Kind::Body => "body",
-        }
-    }
-
-    pub fn index(self) -> usize {
-        self as usize
-    }
+    pub(crate) json: bool,
+    pub(crate) body: Body,
 }
 
 /// Where the two answers first differ.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Difference {
+pub(crate) enum Difference {
     Status,
     /// The index of the header in the compared list.
     Header(usize),
@@ -107,17 +86,17 @@ pub enum Difference {
 }
 
 impl Difference {
-    pub fn kind(&self) -> Kind {
+    pub(crate) fn kind(&self) -> MismatchKind {
         match self {
-            Difference::Status => Kind::Status,
-            Difference::Header(_) => Kind::Header,
-            _ => Kind::Body,
+            Difference::Status => MismatchKind::Status,
+            Difference::Header(_) => MismatchKind::Header,
+            _ => MismatchKind::Body,
         }
     }
 }
 
 /// `None` when the answers match.
-pub fn compare(primary: &Answer, shadow: &Answer, ignore: &[String]) -> Option<Difference> {
+pub(crate) fn compare(primary: &Answer, shadow: &Answer, ignore: &[String]) -> Option<Difference> {
     if primary.status != shadow.status {
         return Some(Difference::Status);
     }
@@ -165,7 +144,7 @@ fn looks_like_json(body: &[u8]) -> bool {
 }
 
 /// The offset of the first differing byte; the shorter length if one is a prefix of the other.
-pub fn first_byte_difference(a: &[u8], b: &[u8]) -> Option<u64> {
+pub(crate) fn first_byte_difference(a: &[u8], b: &[u8]) -> Option<u64> {
     match a.iter().zip(b).position(|(x, y)| x != y) {
         Some(i) => Some(i as u64),
         None if a.len() != b.len() => Some(a.len().min(b.len()) as u64),
@@ -296,7 +275,7 @@ mod tests {
         );
         assert_eq!(
             diff(a, b, &["/nope", "/id/x"]).map(|d| d.kind()),
-            Some(Kind::Body)
+            Some(MismatchKind::Body)
         );
     }
 
@@ -309,7 +288,10 @@ mod tests {
         b.headers = vec![Some(b"text/html".to_vec())];
         assert_eq!(compare(&a, &b, &[]), Some(Difference::Header(0)));
         b.headers = a.headers.clone();
-        assert_eq!(compare(&a, &b, &[]).map(|d| d.kind()), Some(Kind::Body));
+        assert_eq!(
+            compare(&a, &b, &[]).map(|d| d.kind()),
+            Some(MismatchKind::Body)
+        );
         b.headers = vec![None];
         assert_eq!(compare(&a, &b, &[]), Some(Difference::Header(0)));
     }

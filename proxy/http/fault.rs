@@ -1,10 +1,5 @@
-//! Fault injection per route, to rehearse failures in staging: delay or abort a share of the
-//! requests, optionally only those the split sent to one upstream (make the canary fail and
-//! watch the rollout roll back).
-//!
-//! Sampling is deterministic: a counter per (upstream, kind) fires when the running share
-//! crosses the next step, so over any run of N requests exactly `percent` of N (±1) are hit;
-//! a random starting point keeps the delay and abort counters from hitting the same requests.
+//! Serves a route's injected faults (decided by `routing::fault`): waits out a delay before the
+//! request is sent, answers an abort without contacting any backend, and labels the response.
 //!
 //! Accounting: an abort never reaches a backend. It counts as the upstream's response in the
 //! route's statistics (`switchyard_requests_total` with backend "", the rollout gates' error
@@ -15,177 +10,40 @@
 //! A delay is served before the request is sent, and does not count against the route's
 //! timeout (as Envoy's fault filter runs before its router).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
-
 use http::header::HeaderValue;
 use http::{Response, StatusCode};
-use tokio::time::Instant;
 
-use super::choose::Aim;
-use super::handler::{ProxyBody, local_response};
-use crate::config::model::Fault;
-use crate::reload::snapshot::RouteRuntime;
-use crate::stats::Outcome;
-use crate::stats::traffic::FaultCounts;
+use super::attempt::aim::Aim;
+use super::record::{Flags, Record};
+use crate::routing::RouteRuntime;
 
-pub const HEADER: &str = "x-switchyard-fault";
-const MILLION: u64 = 1_000_000;
+pub(crate) const HEADER: &str = "x-switchyard-fault";
 
-/// Fires on exactly `percent` of the calls over any run.
-pub struct Sampler {
-    per_million: u64,
-    n: AtomicU64,
-}
-
-impl Sampler {
-    pub fn new(percent: f64, start: u64) -> Sampler {
-        Sampler {
-            per_million: (percent.clamp(0.0, 100.0) * 10_000.0).round() as u64,
-            n: AtomicU64::new(start % MILLION),
-        }
-    }
-
-    pub fn fire(&self) -> bool {
-        let n = u128::from(self.n.fetch_add(1, Ordering::Relaxed));
-        let p = u128::from(self.per_million);
-        let m = u128::from(MILLION);
-        (n + 1) * p / m > n * p / m
-    }
-}
-
-/// A route's fault, as the request path uses it.
-pub struct RouteFault {
-    delay: Option<Duration>,
-    abort: Option<StatusCode>,
-    /// Index-aligned with the route's targets; `None` where the fault does not apply.
-    targets: Vec<Option<TargetFault>>,
-}
-
-struct TargetFault {
-    delay: Sampler,
-    abort: Sampler,
-    counts: Arc<FaultCounts>,
-}
-
-/// What was injected into one request.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Injected {
-    pub delay: Option<Duration>,
-    pub abort: Option<StatusCode>,
-}
-
-impl RouteFault {
-    /// `upstreams` in the route's target order; `counts(upstream)` gives its kept counters.
-    pub fn new(
-        spec: &Fault,
-        upstreams: &[&str],
-        mut counts: impl FnMut(&str) -> Arc<FaultCounts>,
-    ) -> RouteFault {
-        let targets = upstreams
-            .iter()
-            .map(|&u| {
-                let applies = spec.upstream.as_deref().is_none_or(|only| only == u);
-                applies.then(|| TargetFault {
-                    delay: Sampler::new(
-                        spec.delay.as_ref().map_or(0.0, |d| d.percent),
-                        super::pick::fast_random(),
-                    ),
-                    abort: Sampler::new(
-                        spec.abort.as_ref().map_or(0.0, |a| a.percent),
-                        super::pick::fast_random(),
-                    ),
-                    counts: counts(u),
-                })
-            })
-            .collect();
-        RouteFault {
-            delay: spec.delay.as_ref().map(|d| d.duration),
-            abort: spec
-                .abort
-                .as_ref()
-                .map(|a| StatusCode::from_u16(a.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)),
-            targets,
-        }
-    }
-
-    /// The counters of each target (index-aligned), `None` where the fault does not apply.
-    pub fn counts(&self) -> impl Iterator<Item = Option<&FaultCounts>> {
-        self.targets.iter().map(|t| t.as_ref().map(|t| &*t.counts))
-    }
-
-    /// Decides what to inject into a request the split sent to `target`, and counts it.
-    pub fn decide(&self, target: usize) -> Injected {
-        let Some(Some(t)) = self.targets.get(target) else {
-            return Injected::default();
-        };
-        let delay = self.delay.filter(|_| t.delay.fire());
-        let abort = self.abort.filter(|_| t.abort.fire());
-        if delay.is_some() {
-            t.counts.delayed.fetch_add(1, Ordering::Relaxed);
-        }
-        if abort.is_some() {
-            t.counts.aborted.fetch_add(1, Ordering::Relaxed);
-        }
-        Injected { delay, abort }
-    }
-}
-
-/// Applies the route's fault to a request just aimed: waits out a delay, and answers an abort
-/// (counted as the upstream's response, see the module notes): `Err` with what to answer.
-pub async fn inject(
+/// Applies the route's fault to a request just aimed: waits out a delay; `Some(status)` when
+/// an abort is to be answered instead. Both are noted in the record.
+pub(crate) async fn inject(
     route: &RouteRuntime,
     aim: &Aim,
-    started: Instant,
-) -> Result<Injected, Aborted> {
-    let Some(fault) = &route.fault else {
-        return Ok(Injected::default());
-    };
+    record: &mut Record,
+) -> Option<StatusCode> {
+    let fault = route.fault.as_ref()?;
     let injected = fault.decide(aim.target);
-    let target = &route.targets[aim.target];
+    let upstream = &route.targets[aim.target].upstream.spec.name;
     if let Some(d) = injected.delay {
-        tracing::debug!(route = %route.spec.name, upstream = %target.pool.spec.name, fault = "delay", delay = ?d, "fault injected");
+        record.flags.set(Flags::FAULT_DELAY);
+        tracing::debug!(route = %route.spec.name, %upstream, fault = "delay", delay = ?d, "fault injected");
         tokio::time::sleep(d).await;
     }
-    let Some(status) = injected.abort else {
-        return Ok(injected);
-    };
-    tracing::debug!(route = %route.spec.name, upstream = %target.pool.spec.name, fault = "abort", status = status.as_u16(), "fault injected");
-    let now = Instant::now();
-    target
-        .stats
-        .duration
-        .record(now.saturating_duration_since(started));
-    target
-        .stats
-        .record(Outcome::from_status(status.as_u16()), None, now);
-    target.unassigned.record(status.as_u16());
-    Err(Aborted { status, injected })
-}
-
-/// A request aborted by an injected fault.
-#[derive(Debug, Clone, Copy)]
-pub struct Aborted {
-    status: StatusCode,
-    injected: Injected,
-}
-
-impl Aborted {
-    pub fn response(self) -> Response<ProxyBody> {
-        let mut resp = local_response(
-            self.status,
-            "fault-injected",
-            "fault injected by this route's `fault.abort`",
-        );
-        label(&mut resp, &self.injected);
-        resp
-    }
+    let status = injected.abort?;
+    record.flags.set(Flags::FAULT_ABORT);
+    record.charge(aim.target, None);
+    tracing::debug!(route = %route.spec.name, %upstream, fault = "abort", status = status.as_u16(), "fault injected");
+    Some(status)
 }
 
 /// Marks a response that had a fault injected: `x-switchyard-fault: delay`, `abort` or both.
-pub fn label(resp: &mut Response<ProxyBody>, injected: &Injected) {
-    let value = match (injected.delay.is_some(), injected.abort.is_some()) {
+pub(crate) fn label<B>(resp: &mut Response<B>, flags: Flags) {
+    let value = match (flags.has(Flags::FAULT_DELAY), flags.has(Flags::FAULT_ABORT)) {
         (false, false) => return,
         (true, false) => "delay",
         (false, true) => "abort",
@@ -193,43 +51,4 @@ pub fn label(resp: &mut Response<ProxyBody>, injected: &Injected) {
     };
     resp.headers_mut()
         .insert(HEADER, HeaderValue::from_static(value));
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::model::{FaultAbort, FaultDelay};
-
-    #[test]
-    fn the_sampler_is_exact_over_any_run() {
-        for (percent, start) in [(10.0, 0), (33.3, 987_654), (0.5, 17), (100.0, 5), (0.0, 3)] {
-            let s = Sampler::new(percent, start);
-            let hits = (0..10_000).filter(|_| s.fire()).count() as f64;
-            let want = percent * 100.0;
-            assert!((hits - want).abs() <= 1.0, "{percent}%: {hits} of 10000");
-        }
-    }
-
-    #[test]
-    fn a_scoped_fault_hits_only_its_upstream() {
-        let spec = Fault {
-            delay: Some(FaultDelay {
-                percent: 50.0,
-                duration: Duration::from_millis(5),
-            }),
-            abort: Some(FaultAbort {
-                percent: 100.0,
-                status: 503,
-            }),
-            upstream: Some("green".into()),
-        };
-        let counts: Arc<FaultCounts> = Arc::default();
-        let f = RouteFault::new(&spec, &["blue", "green"], |_| Arc::clone(&counts));
-        for _ in 0..100 {
-            assert_eq!(f.decide(0), Injected::default());
-            assert_eq!(f.decide(1).abort, Some(StatusCode::SERVICE_UNAVAILABLE));
-        }
-        assert_eq!(counts.aborted.load(Ordering::Relaxed), 100);
-        assert_eq!(counts.delayed.load(Ordering::Relaxed), 50);
-    }
 }

@@ -1,53 +1,60 @@
-//! One request, start to end: load the snapshot once, route, split, pick, forward, count.
+//! One request, start to end: refuse what must not be forwarded, load the snapshot once,
+//! route, rate-limit, then the [`Attempt`] and the response.
 
-use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
+use tokio::time::Instant;
 
-use super::forward::Exchange;
-use super::{attempt, validate};
-use crate::body::RespBody;
+use super::attempt::aim::Aim;
+use super::attempt::send::Pools;
+use super::attempt::{self, Attempt};
+use super::exchange::ProxyBody;
+use super::record::{Flags, Record};
+use super::{fault, forward, headers, local, shadow, validate};
 use crate::error::ProxyError;
-use crate::server::clock::LazyTimer;
-use crate::server::limits::{Limit, ListenerLimits, OpenSlot};
-use crate::server::shutdown::Tracker;
-use crate::server::sniff::HeadWatch;
+use crate::routing::Snapshot;
+use crate::server::conn::{ConnInfo, Handler};
+use crate::server::limits::Limit;
 use crate::shared::Shared;
 
-pub type ProxyBody = RespBody<Exchange>;
-
-/// What the handler knows about the connection a request came on.
-pub struct ConnInfo {
-    pub peer: SocketAddr,
-    /// The peer's address as `X-Forwarded-For` shows it.
-    pub peer_value: HeaderValue,
-    /// `X-Forwarded-Proto` for requests on this connection.
-    pub proto: &'static str,
-    /// Upgraded tunnels register here so a drain waits for them.
-    pub tracker: Tracker,
-    /// Times the route timeout of HTTP/1.1 requests, one at a time on this connection.
-    pub route_timer: Mutex<LazyTimer>,
-    /// The listener's limits and their counters.
-    pub limits: Arc<ListenerLimits>,
-    /// This connection's place under the listener's `max_connections`; an upgraded tunnel
-    /// holds it until the tunnel closes.
-    pub slot: Arc<OpenSlot>,
-    /// Which HTTP/1 request head had framing hyper repaired quietly (CL+TE, CL twice).
-    pub heads: Arc<HeadWatch>,
+/// The proxy, as the server hands it each request.
+pub(crate) struct Proxy {
+    shared: Arc<Shared>,
 }
 
-pub async fn handle(
+impl Proxy {
+    pub(crate) fn new(shared: Arc<Shared>) -> Proxy {
+        Proxy { shared }
+    }
+}
+
+impl Handler for Proxy {
+    type Body = ProxyBody;
+
+    fn call(
+        &self,
+        conn: &ConnInfo,
+        req: Request<Incoming>,
+    ) -> impl Future<Output = Response<ProxyBody>> + Send {
+        handle(&self.shared, conn, req)
+    }
+}
+
+async fn handle(
     shared: &Shared,
     conn: &ConnInfo,
     mut req: Request<Incoming>,
 ) -> Response<ProxyBody> {
+    let mut record = Record::start(Instant::now(), req.method().clone(), req.version());
     if req.version() != http::Version::HTTP_2 && conn.heads.next_is_ambiguous() {
         conn.limits.counters.hit(Limit::MalformedRequest);
-        return local_response(
+        record.flags.set(Flags::LIMIT_REJECTED);
+        return local::answer(
+            None,
+            record,
             StatusCode::BAD_REQUEST,
             "bad-request",
             "ambiguous framing: Content-Length twice, or with Transfer-Encoding",
@@ -61,27 +68,124 @@ pub async fn handle(
         Ok(_) => {}
         Err(r) => {
             conn.limits.counters.hit(r.limit);
+            record.flags.set(Flags::LIMIT_REJECTED);
             let token = if r.status == StatusCode::PAYLOAD_TOO_LARGE {
                 "body-too-large"
             } else {
                 "bad-request"
             };
-            return local_response(r.status, token, r.why);
+            return local::answer(None, record, r.status, token, r.why);
         }
     }
     let snap = shared.snapshot();
     let host = request_host(&req);
-    let Some(route_idx) = snap.router.find(host, req.uri().path(), req.headers()) else {
-        shared.counters.no_route.fetch_add(1, Ordering::Relaxed);
-        return error_response(&ProxyError::no_route());
+    let Some(route) = snap.router.find(host, req.uri().path(), req.headers()) else {
+        shared.counters.unrouted();
+        return local::error(Some(snap), record, &ProxyError::no_route());
     };
-    let route = &snap.routes[route_idx];
-    if let Some(limit) = &route.rate_limit
-        && let Err(limited) = limit.admit(req.headers(), conn.peer.ip(), &route.spec.name)
+    record.route = Some(route);
+    let rt = &snap.routes[route];
+    if let Some(limit) = &rt.rate_limit
+        && let Err(limited) = limit.admit(req.headers(), conn.peer.ip(), &rt.spec.name)
     {
-        return limited.response();
+        record.flags.set(Flags::RATE_LIMITED);
+        let mut resp = local::answer(
+            Some(Arc::clone(&snap)),
+            record,
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate-limited",
+            "too many requests; retry after the time in Retry-After",
+        );
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(limited.retry_after));
+        return resp;
     }
-    attempt::proxy(route, req, conn).await
+    proxy(shared, snap, route, req, conn, record).await
+}
+
+/// Sends a routed request on its way and turns what came of it into the client's response.
+async fn proxy(
+    shared: &Shared,
+    snap: Arc<Snapshot>,
+    route: usize,
+    mut req: Request<Incoming>,
+    conn: &ConnInfo,
+    mut record: Record,
+) -> Response<ProxyBody> {
+    let rt = &snap.routes[route];
+    let aim = Aim::new(rt, req.headers());
+    if let Some(status) = fault::inject(rt, &aim, &mut record).await {
+        let flags = record.flags;
+        let mut resp = local::answer(
+            Some(snap),
+            record,
+            status,
+            "fault-injected",
+            "fault injected by this route's `fault.abort`",
+        );
+        fault::label(&mut resp, flags);
+        return resp;
+    }
+    // The route's deadline starts once any injected delay is over.
+    let sent = if record.flags.has(Flags::FAULT_DELAY) {
+        Instant::now()
+    } else {
+        record.started
+    };
+    let upgrade = headers::is_upgrade_request(req.version(), req.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let timer = conn.timer(req.version());
+    let (mut head, body) = req.into_parts();
+    headers::prepare(&mut head, conn, upgrade);
+    // Only switchyard marks copies: a client must not make a primary skip its side effects.
+    head.headers.remove(&shadow::X_SWITCHYARD_SHADOW);
+    let mirror = rt
+        .shadow
+        .as_ref()
+        .and_then(|s| shadow::start(s, &aim, &head, upgrade));
+    if mirror.is_some() {
+        record.flags.set(Flags::SHADOWED);
+    }
+    let mut attempt = Attempt::new(
+        rt,
+        aim,
+        sent + rt.spec.timeout,
+        timer,
+        &head.method,
+        &shared.counters.local,
+        record,
+    );
+    let prepared = attempt::prepare_body(&mut attempt, &head, body, conn, upgrade).await;
+    let result = match prepared {
+        Ok((body, kept)) => {
+            // The tap sits outside the guard: the copy sees only what the limits let through.
+            let (body, compare) = match mirror {
+                Some((m, tap)) => (m.attach(body, kept.as_ref()), Some(tap)),
+                None => (body, None),
+            };
+            match attempt.run(&Pools, Request::from_parts(head, body)).await {
+                Ok(answered) => Ok((answered, compare)),
+                Err(e) => Err(e),
+            }
+        }
+        Err(e) => {
+            attempt.record.charge(attempt.aimed(), None);
+            Err(e)
+        }
+    };
+    let record = attempt.record;
+    let flags = record.flags;
+    let mut resp = match result {
+        Ok((answered, compare)) => {
+            forward::respond(snap, route, record, answered, client_upgrade, compare, conn)
+        }
+        Err(e) => {
+            tracing::debug!(route = %snap.routes[route].spec.name, error = %e, "request failed");
+            local::error(Some(snap), record, &e)
+        }
+    };
+    fault::label(&mut resp, flags);
+    resp
 }
 
 /// The host the client asked for: the URI's authority (HTTP/2, absolute-form) or `Host`.
@@ -90,34 +194,4 @@ fn request_host(req: &Request<Incoming>) -> Option<&str> {
         .authority()
         .map(|a| a.as_str())
         .or_else(|| req.headers().get(header::HOST)?.to_str().ok())
-}
-
-/// The one place a [`ProxyError`] becomes a response: its status, a short plain-text body that
-/// names the cause (never a backend address), and `x-switchyard-error` for machines.
-pub fn error_response(e: &ProxyError) -> Response<ProxyBody> {
-    local_response(e.status(), e.kind().as_str(), e.context())
-}
-
-pub fn local_response(status: StatusCode, token: &'static str, text: &str) -> Response<ProxyBody> {
-    let body = format!(
-        "{} {}: {text}\n",
-        status.as_u16(),
-        status.canonical_reason().unwrap_or("")
-    );
-    let mut resp = Response::new(RespBody::full(body));
-    *resp.status_mut() = status;
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    h.insert("x-switchyard-error", HeaderValue::from_static(token));
-    // The rest of the request may be unread or unreadable: the connection cannot go on.
-    if matches!(
-        status,
-        StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE | StatusCode::REQUEST_TIMEOUT
-    ) {
-        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
-    resp
 }

@@ -1,15 +1,19 @@
 //! Header rewriting between client and backend: hop-by-hop removal, `X-Forwarded-*`, sticky
-//! keys. Pure functions over a `HeaderMap`.
-
-use std::net::IpAddr;
+//! keys, and the request head as the backends get it ([`prepare`], once, whatever the number
+//! of tries). Pure functions over a head.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::request::Parts;
+use http::uri::PathAndQuery;
+use http::{Request, Uri, Version};
 
-pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-pub static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-pub static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+use crate::server::conn::ConnInfo;
+
+pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(crate) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub(crate) static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub(crate) static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+pub(crate) static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Headers that describe one connection, never the message (RFC 9110 7.6.1), plus the
 /// non-standard ones clients still send.
@@ -36,7 +40,7 @@ pub fn is_upgrade_request(version: http::Version, headers: &HeaderMap) -> bool {
 }
 
 /// True if any value of `name` lists `token` (comma-separated, case-insensitive).
-pub fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+pub(crate) fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
     headers.get_all(name).iter().any(|v| {
         v.as_bytes()
             .split(|&b| b == b',')
@@ -139,15 +143,10 @@ pub fn add_forwarded(
     };
 }
 
-/// A peer address as it goes into `X-Forwarded-For` (IPv4-mapped IPv6 shown as IPv4); made
-/// once per connection.
-pub fn peer_value(peer: IpAddr) -> HeaderValue {
-    HeaderValue::from_str(&peer.to_canonical().to_string())
-        .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
-}
+pub use crate::server::conn::peer_value;
 
 /// The value of cookie `name` in the request's `Cookie` headers.
-pub fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h [u8]> {
+pub(crate) fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h [u8]> {
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -157,6 +156,70 @@ pub fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h [u8]> {
             let eq = pair.iter().position(|&b| b == b'=')?;
             (pair[..eq].trim_ascii() == name.as_bytes()).then(|| pair[eq + 1..].trim_ascii())
         })
+}
+
+/// Rewrites the client's request head for the backends (once, whatever the number of tries).
+pub(crate) fn prepare(parts: &mut Parts, conn: &ConnInfo, upgrade: bool) {
+    let from_h2 = parts.version == Version::HTTP_2;
+    let host = match parts.headers.get(header::HOST) {
+        Some(h) => Some(h.clone()),
+        None => parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+    };
+    strip_hop_by_hop(&mut parts.headers, upgrade);
+    add_forwarded(
+        &mut parts.headers,
+        &conn.peer_value,
+        conn.proto,
+        host.clone(),
+    );
+    if !parts.headers.contains_key(header::HOST)
+        && let Some(host) = host
+    {
+        // HTTP/2 carries the host in `:authority`.
+        parts.headers.insert(header::HOST, host);
+    }
+    if from_h2 {
+        join_cookies(&mut parts.headers);
+    }
+
+    // Origin-form (`/path?query`), as a backend expects from a client.
+    let pq = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    parts.uri = Uri::from(pq);
+    parts.version = Version::HTTP_11;
+}
+
+/// HTTP/2 may split `cookie` into many fields; HTTP/1.1 servers expect one (RFC 9113 8.2.3).
+fn join_cookies(h: &mut http::HeaderMap) {
+    if h.get_all(header::COOKIE).iter().nth(1).is_none() {
+        return;
+    }
+    let mut joined = Vec::new();
+    for v in h.get_all(header::COOKIE) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(v.as_bytes());
+    }
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        h.insert(header::COOKIE, v);
+    }
+}
+
+/// A copy of a prepared request head, for another try (extensions are not copied).
+pub(crate) fn clone_head(head: &Parts) -> Parts {
+    let mut req = Request::new(());
+    *req.method_mut() = head.method.clone();
+    *req.uri_mut() = head.uri.clone();
+    *req.version_mut() = head.version;
+    *req.headers_mut() = head.headers.clone();
+    req.into_parts().0
 }
 
 #[cfg(test)]

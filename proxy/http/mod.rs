@@ -1,18 +1,19 @@
-//! The request path: handler -> route -> attempt (choose: split -> pick; forward; retry). Decisions are pure functions
-//! over tables the snapshot compiled; side effects stay in `handler` and `forward`.
+//! The request path: handler (loads the snapshot once) -> route -> split -> pick -> Attempt
+//! (tries, retries, one classified verdict per try) -> forward (+ shadow) -> exchange (the
+//! request's record, finished once when its response ends). Decisions are pure functions over
+//! the routing tables and the classification; side effects stay at the edges.
 
-pub mod attempt;
-pub mod body_guard;
-pub mod choose;
-pub mod compare;
-pub mod fault;
-pub mod forward;
-pub mod handler;
+pub(crate) mod attempt;
+pub(crate) mod classify;
+pub(crate) mod compare;
+pub(crate) mod exchange;
+pub(crate) mod fault;
+pub(crate) mod forward;
+pub(crate) mod handler;
 pub mod headers;
-pub mod pick;
-pub mod ratelimit;
-pub mod retry;
-pub mod route;
-pub mod shadow;
-pub mod split;
+pub(crate) mod local;
+pub(crate) mod record;
+pub(crate) mod shadow;
 pub mod validate;
+
+pub(crate) use handler::Proxy;

@@ -7,7 +7,7 @@ use http::header::{self, HeaderMap, HeaderName};
 use http::{StatusCode, Uri, Version};
 
 use crate::config::limits::{Limits, Underscores};
-use crate::server::limits::Limit;
+use crate::stats::limits::Limit;
 
 /// Why a request is refused: the answer's status, the limit counted, and a reason for the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,13 +49,28 @@ pub fn check(
     limits: &Limits,
 ) -> Result<Accepted, Rejection> {
     let h2 = version == Version::HTTP_2;
-    let mut te = headers.get_all(header::TRANSFER_ENCODING).iter();
-    let mut cl = headers.get_all(header::CONTENT_LENGTH).iter();
-    let (first_te, first_cl) = (te.next(), cl.next());
-    if te.next().is_some() {
+    // One pass over the fields instead of a lookup per name: a request carries a handful.
+    let (mut first_te, mut first_cl, mut host) = (None, None, None);
+    let (mut tes, mut cls, mut hosts, mut underscored) = (0u32, 0u32, 0u32, false);
+    let check_underscores = limits.headers_with_underscores != Underscores::Allow;
+    for (name, value) in headers {
+        if *name == header::TRANSFER_ENCODING {
+            tes += 1;
+            first_te.get_or_insert(value);
+        } else if *name == header::CONTENT_LENGTH {
+            cls += 1;
+            first_cl.get_or_insert(value);
+        } else if *name == header::HOST {
+            hosts += 1;
+            host.get_or_insert(value);
+        } else if check_underscores && name.as_str().as_bytes().contains(&b'_') {
+            underscored = true;
+        }
+    }
+    if tes > 1 {
         return Err(bad("more than one Transfer-Encoding header"));
     }
-    if cl.next().is_some() {
+    if cls > 1 {
         return Err(bad("more than one Content-Length header"));
     }
     if let Some(te) = first_te {
@@ -85,9 +100,7 @@ pub fn check(
         });
     }
 
-    let mut hosts = headers.get_all(header::HOST).iter();
-    let host = hosts.next();
-    if hosts.next().is_some() {
+    if hosts > 1 {
         return Err(bad("more than one Host header"));
     }
     if host.is_some_and(|h| !valid_host(h.as_bytes())) {
@@ -116,11 +129,7 @@ pub fn check(
     }
 
     let mut accepted = Accepted::default();
-    if limits.headers_with_underscores != Underscores::Allow
-        && headers
-            .keys()
-            .any(|k| k.as_str().as_bytes().contains(&b'_'))
-    {
+    if underscored {
         if limits.headers_with_underscores == Underscores::Reject {
             return Err(Rejection {
                 status: StatusCode::BAD_REQUEST,

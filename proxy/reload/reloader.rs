@@ -14,11 +14,11 @@ use crate::backend::health::HealthCheckers;
 use crate::backend::{Backend, Registry};
 use crate::config::model::{AdminToken, ListenerTls};
 use crate::config::{self, Config, ConfigError, ConfigErrors};
+use crate::routing::keeper::Keeper;
 use crate::server::listener::{ListenerSet, Prepared};
 use crate::server::shutdown::Stop;
 use crate::server::tls::FreshCerts;
 use crate::shared::Shared;
-use crate::stats::StatsRegistry;
 
 /// Where the config comes from.
 #[derive(Debug, Clone)]
@@ -172,7 +172,7 @@ pub struct Reloader {
     health: HealthCheckers,
     /// DNS discovery's tasks and the sets they found.
     discovery: Discovery,
-    stats: StatsRegistry,
+    stats: Keeper,
     /// Weights set at run time (rollouts), by route; they win over the config's.
     weights: HashMap<Arc<str>, Vec<u32>>,
     shared: Arc<Shared>,
@@ -221,7 +221,7 @@ impl Reloader {
             None => Arc::new(config::parse_str(&text)?),
         };
         let mut registry = Registry::new(workers);
-        let mut stats = StatsRegistry::new(workers);
+        let mut stats = Keeper::new(workers);
         let (pools, _) = registry.reconcile(&config, &HashMap::new());
         let mut health = HealthCheckers::default();
         health.reconcile(&config, &pools);
@@ -372,7 +372,7 @@ impl Reloader {
         }
         let current = self.shared.snapshot();
         let pools = current
-            .pools
+            .upstreams
             .iter()
             .map(|p| (Arc::clone(&p.spec.name), p.backends.clone()))
             .collect();

@@ -4,7 +4,6 @@
 //! (the one writer of the snapshot). Every transition goes to the journal and the state file.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -19,7 +18,7 @@ use super::machine::State;
 use crate::config::Config;
 use crate::config::model::Route;
 use crate::reload::ReloadHandle;
-use crate::reload::snapshot::{RouteRuntime, Target};
+use crate::routing::{RouteRuntime, Target};
 use crate::server::shutdown::Stop;
 use crate::shared::Shared;
 use crate::stats::TargetStats;
@@ -385,7 +384,7 @@ pub(crate) fn arms<'a>(
     canary: &str,
     stable: &str,
 ) -> Option<(&'a Target, &'a Target)> {
-    let find = |name: &str| rt.targets.iter().find(|t| &*t.pool.spec.name == name);
+    let find = |name: &str| rt.targets.iter().find(|t| &*t.upstream.spec.name == name);
     Some((find(canary)?, find(stable)?))
 }
 
@@ -402,22 +401,23 @@ pub(crate) fn sample(rt: &RouteRuntime, canary: &Target, stable: &Target) -> Sam
         canary: counts(&canary.stats),
         stable: counts(&stable.stats),
         breaker_opens: canary
-            .pool
+            .upstream
             .backends
             .iter()
-            .map(|b| b.state.stats.breaker_opens.load(Relaxed))
+            .map(|b| b.state.stats.breaker_opens())
             .sum(),
-        shadow: rt.shadow_stats.read(),
+        shadow: rt
+            .shadow
+            .as_ref()
+            .map(|s| s.stats.read())
+            .unwrap_or_default(),
     }
 }
 
 /// The cumulative latency histograms of (canary, stable): costlier, read only when needed.
 pub(crate) fn latency(canary: &Target, stable: &Target) -> Latency {
     let now = Instant::now();
-    (
-        canary.stats.latency.snapshot(now),
-        stable.stats.latency.snapshot(now),
-    )
+    (canary.stats.latency(now), stable.stats.latency(now))
 }
 
 #[cfg(test)]

@@ -27,11 +27,19 @@ fn record(shared: &Shared, upstream: &str, n: u64, outcome: Outcome) {
     let snap = shared.snapshot();
     let t = snap
         .route("r")
-        .and_then(|r| r.targets.iter().find(|t| &*t.pool.spec.name == upstream))
+        .and_then(|r| {
+            r.targets
+                .iter()
+                .find(|t| &*t.upstream.spec.name == upstream)
+        })
         .unwrap();
     for _ in 0..n {
-        t.stats
-            .record(outcome, Some(Duration::from_millis(5)), Instant::now());
+        t.stats.answered(
+            Some(outcome),
+            Some(Duration::from_millis(5)),
+            Duration::ZERO,
+            Instant::now(),
+        );
     }
 }
 

@@ -75,7 +75,7 @@ pub(crate) fn weights_json(rt: Option<&RouteRuntime>) -> Vec<Value> {
         rt.targets
             .iter()
             .zip(rt.split.weights())
-            .map(|(t, w)| json!({ "upstream": &*t.pool.spec.name, "weight": w }))
+            .map(|(t, w)| json!({ "upstream": &*t.upstream.spec.name, "weight": w }))
             .collect()
     })
     .unwrap_or_default()

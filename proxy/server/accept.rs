@@ -15,18 +15,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
+
+pub use crate::stats::limits::AcceptStats;
 
 /// The first pause after a failed accept.
 pub const FIRST_BACKOFF: Duration = Duration::from_millis(5);
 /// The longest pause: how late a listener may notice that descriptors are free again.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(1);
-/// At most one "accept failed" line per listener per this long.
-pub const LOG_EVERY: Duration = Duration::from_secs(1);
 
 /// Consecutive failures -> pauses: 5 ms, 10 ms, ... 1 s, 1 s, ...
 #[derive(Debug, Default)]
@@ -44,56 +41,6 @@ impl Backoff {
 
     pub fn succeeded(&mut self) {
         self.next = None;
-    }
-}
-
-/// Whether to log a failure now: one line per [`LOG_EVERY`], carrying the count of those not
-/// logged since the previous line. Shared by the accept loops of one listener.
-#[derive(Debug, Default)]
-pub struct LogGate {
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl LogGate {
-    /// `Some(n)`: log now, saying `n` failures went unlogged before this one.
-    pub fn admit(&mut self, now: Instant) -> Option<u64> {
-        match self.last {
-            Some(last) if now.duration_since(last) < LOG_EVERY => {
-                self.suppressed += 1;
-                None
-            }
-            _ => {
-                self.last = Some(now);
-                Some(std::mem::take(&mut self.suppressed))
-            }
-        }
-    }
-}
-
-/// One listener's accept failures: the count (`switchyard_accept_errors_total`) and the gate
-/// that keeps its log lines sparse, shared by the listener's accept loops (one per worker).
-#[derive(Debug, Default)]
-pub struct AcceptStats {
-    errors: AtomicU64,
-    /// Taken only when accept fails.
-    log: Mutex<LogGate>,
-}
-
-impl AcceptStats {
-    pub fn errors(&self) -> u64 {
-        self.errors.load(Ordering::Relaxed)
-    }
-
-    fn failed(&self) {
-        self.errors.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn admit_log(&self, now: Instant) -> Option<u64> {
-        self.log
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .admit(now)
     }
 }
 
@@ -135,7 +82,7 @@ impl Acceptor {
                     return accepted;
                 }
                 Err(e) => {
-                    self.stats.failed();
+                    self.stats.failed(&e);
                     if is_connection_error(&e) {
                         tracing::debug!(listener = %self.listener, error = %e, "a client left before its connection was accepted");
                         continue;
@@ -168,19 +115,6 @@ mod tests {
         assert_eq!(pauses, [5, 10, 20, 40, 80, 160, 320, 640, 1000, 1000]);
         b.succeeded();
         assert_eq!(b.failed(), FIRST_BACKOFF);
-    }
-
-    #[test]
-    fn one_line_a_second_with_the_count_of_those_left_out() {
-        let mut gate = LogGate::default();
-        let t0 = Instant::now();
-        assert_eq!(gate.admit(t0), Some(0));
-        for ms in [1, 200, 999] {
-            assert_eq!(gate.admit(t0 + Duration::from_millis(ms)), None);
-        }
-        assert_eq!(gate.admit(t0 + Duration::from_millis(1000)), Some(3));
-        assert_eq!(gate.admit(t0 + Duration::from_millis(1500)), None);
-        assert_eq!(gate.admit(t0 + Duration::from_millis(2100)), Some(1));
     }
 
     #[test]

@@ -2,109 +2,14 @@
 //! and the counters that say how often each limit triggered
 //! (`switchyard_limit_rejections_total{listener,limit}`).
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 
-use super::accept::AcceptStats;
 use crate::config::limits::Limits;
-
-/// Each way a limit can turn a client away, with its `limit` label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Limit {
-    /// Request head too large or too many headers (431).
-    RequestHeaders,
-    /// No whole request head in time, first or next on a kept-alive connection (closed).
-    HeaderReadTimeout,
-    /// An HTTP/2 connection without streams for too long (closed).
-    IdleTimeout,
-    /// The body came slower than the minimum rate (408, closed).
-    MinRequestBodyRate,
-    /// The body was larger than allowed (413).
-    MaxRequestBodyBytes,
-    /// The listener had its maximum of connections (accepted and closed at once).
-    MaxConnections,
-    /// A request hyper could not parse, or one the smuggling checks refused (400).
-    MalformedRequest,
-    /// A header name with an underscore, refused or dropped.
-    HeaderWithUnderscore,
-    /// An HTTP/2 client flooding resets or CONTINUATION frames (GOAWAY `ENHANCE_YOUR_CALM`).
-    Http2Flood,
-}
-
-impl Limit {
-    pub const ALL: [Limit; 9] = [
-        Limit::RequestHeaders,
-        Limit::HeaderReadTimeout,
-        Limit::IdleTimeout,
-        Limit::MinRequestBodyRate,
-        Limit::MaxRequestBodyBytes,
-        Limit::MaxConnections,
-        Limit::MalformedRequest,
-        Limit::HeaderWithUnderscore,
-        Limit::Http2Flood,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Limit::RequestHeaders => "request_headers",
-            Limit::HeaderReadTimeout => "header_read_timeout",
-            Limit::IdleTimeout => "idle_timeout",
-            Limit::MinRequestBodyRate => "min_request_body_rate",
-            Limit::MaxRequestBodyBytes => "max_request_body_bytes",
-            Limit::MaxConnections => "max_connections",
-            Limit::MalformedRequest => "malformed_request",
-            Limit::HeaderWithUnderscore => "headers_with_underscores",
-            Limit::Http2Flood => "http2_flood",
-        }
-    }
-}
-
-/// How often each [`Limit`] triggered on one listener, and how often accepting failed; kept
-/// across reloads.
-#[derive(Debug, Default)]
-pub struct LimitCounters {
-    by_limit: [AtomicU64; Limit::ALL.len()],
-    /// The listener's accept failures (see [`super::accept`]).
-    pub accept: Arc<AcceptStats>,
-}
-
-impl LimitCounters {
-    pub fn hit(&self, limit: Limit) {
-        self.by_limit[limit as usize].fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn get(&self, limit: Limit) -> u64 {
-        self.by_limit[limit as usize].load(Ordering::Relaxed)
-    }
-}
-
-/// Every listener's counters by name (read by `/metrics`; looked up only when a listener
-/// starts or is renamed).
-#[derive(Debug, Default)]
-pub struct LimitStats {
-    by_listener: Mutex<Vec<(String, Arc<LimitCounters>)>>,
-}
-
-impl LimitStats {
-    pub fn counters(&self, listener: &str) -> Arc<LimitCounters> {
-        let mut all = self.by_listener.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, c)) = all.iter().find(|(n, _)| n == listener) {
-            return Arc::clone(c);
-        }
-        let c = Arc::new(LimitCounters::default());
-        all.push((listener.to_owned(), Arc::clone(&c)));
-        c
-    }
-
-    /// Every listener's counters, in the order the listeners first started.
-    pub fn all(&self) -> Vec<(String, Arc<LimitCounters>)> {
-        let all = self.by_listener.lock().unwrap_or_else(|p| p.into_inner());
-        all.clone()
-    }
-}
+pub use crate::stats::limits::{Limit, LimitCounters, LimitStats};
 
 /// One listener's limits, ready to serve with.
 pub struct ListenerLimits {
@@ -211,20 +116,5 @@ mod tests {
         assert!(open.try_open(2).is_none());
         drop(a);
         assert!(open.try_open(2).is_some());
-    }
-
-    #[test]
-    fn counters_are_kept_by_listener_name() {
-        let stats = LimitStats::default();
-        stats.counters("public").hit(Limit::MaxConnections);
-        stats.counters("public").hit(Limit::MaxConnections);
-        assert_eq!(stats.counters("public").get(Limit::MaxConnections), 2);
-        assert_eq!(stats.counters("other").get(Limit::MaxConnections), 0);
-        let all = stats.all();
-        assert_eq!(
-            all.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
-            ["public", "other"]
-        );
-        assert_eq!(all[0].1.get(Limit::MaxConnections), 2);
     }
 }

@@ -19,8 +19,8 @@ use super::conn::{self, ServeCtx};
 use super::limits::{ListenerLimits, OpenSlot};
 use super::shutdown::Stop;
 use crate::config::tls::{self, ListenerTls, NamePattern};
-use crate::reload::watcher::{self, WatchGuard};
 use crate::shared::Shared;
+use crate::watch::{self, WatchGuard};
 
 /// TLS 1.2 sessions kept per listener for resumption by session id.
 const SESSION_CACHE: usize = 4096;
@@ -279,7 +279,7 @@ impl TlsListener {
         });
         let watch = if watch {
             let r = Arc::clone(&reload);
-            match watcher::watch_with(&spec.files(), "certificates", move || r.run()) {
+            match watch::watch_with(&spec.files(), "certificates", move || r.run()) {
                 Ok(w) => Some(w),
                 Err(e) => {
                     // Serving matters more than reloading: say so and go on.

@@ -112,10 +112,6 @@ impl RequestCounters {
             .sum()
     }
 
-    pub fn total(&self) -> u64 {
-        self.by_slot.iter().map(|n| n.load(Ordering::Relaxed)).sum()
-    }
-
     /// Every code with its count, zeros included.
     pub fn by_code(&self) -> impl Iterator<Item = (Code, u64)> + '_ {
         self.by_slot
@@ -131,10 +127,104 @@ pub struct GlobalCounters {
     pub reloads_applied: AtomicU64,
     pub reloads_rejected: AtomicU64,
     pub reloads_unchanged: AtomicU64,
-    pub no_route: AtomicU64,
-    pub bad_requests: AtomicU64,
+    no_route: AtomicU64,
     pub tls: super::tls::TlsCounters,
     pub last_reload: LastReload,
+    /// The proxy's own shortages connecting to backends (accept's are the listeners').
+    pub(crate) local: LocalErrors,
+}
+
+impl GlobalCounters {
+    /// A request no route matched.
+    pub(crate) fn unrouted(&self) {
+        self.no_route.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn unrouted_total(&self) -> u64 {
+        self.no_route.load(Ordering::Relaxed)
+    }
+}
+
+/// What the proxy was doing when it ran short.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LocalOp {
+    /// Opening a connection to a backend.
+    Connect,
+    /// Accepting a client's connection.
+    Accept,
+}
+
+impl LocalOp {
+    pub(crate) const ALL: [LocalOp; 2] = [LocalOp::Connect, LocalOp::Accept];
+
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            LocalOp::Connect => "connect",
+            LocalOp::Accept => "accept",
+        }
+    }
+}
+
+/// A shortage of the proxy's own: descriptors, buffers or memory. It says nothing about any
+/// backend, so it never counts against one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Shortage {
+    /// `EMFILE`: the process is at its open-file limit.
+    ProcessFiles,
+    /// `ENFILE`: the system is at its open-file limit.
+    SystemFiles,
+    /// `ENOBUFS`: no buffer space for a socket.
+    Buffers,
+    /// `ENOMEM`: no memory for a socket.
+    Memory,
+}
+
+impl Shortage {
+    pub(crate) const ALL: [Shortage; 4] = [
+        Shortage::ProcessFiles,
+        Shortage::SystemFiles,
+        Shortage::Buffers,
+        Shortage::Memory,
+    ];
+
+    /// The shortage an I/O error reports, if it is one.
+    pub(crate) fn of(e: &std::io::Error) -> Option<Shortage> {
+        // Linux's numbers, the platform switchyard ships for.
+        match e.raw_os_error()? {
+            24 => Some(Shortage::ProcessFiles),
+            23 => Some(Shortage::SystemFiles),
+            105 => Some(Shortage::Buffers),
+            12 => Some(Shortage::Memory),
+            _ => None,
+        }
+    }
+
+    /// The `error` label: the errno's name.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Shortage::ProcessFiles => "EMFILE",
+            Shortage::SystemFiles => "ENFILE",
+            Shortage::Buffers => "ENOBUFS",
+            Shortage::Memory => "ENOMEM",
+        }
+    }
+}
+
+/// The shortages met connecting to backends, by kind (accept's are counted by listener, in
+/// `stats::limits::AcceptStats`).
+#[derive(Debug, Default)]
+pub(crate) struct LocalErrors {
+    by: [AtomicU64; Shortage::ALL.len()],
+}
+
+impl LocalErrors {
+    pub(crate) fn count(&self, s: Shortage) {
+        self.by[s as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn get(&self, s: Shortage) -> u64 {
+        self.by[s as usize].load(Ordering::Relaxed)
+    }
 }
 
 /// When the config was last loaded, and whether the latest attempt loaded it.
@@ -186,6 +276,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn shortages_are_known_by_their_errno() {
+        let e = std::io::Error::from_raw_os_error(24);
+        assert_eq!(Shortage::of(&e), Some(Shortage::ProcessFiles));
+        let refused = std::io::Error::from_raw_os_error(111);
+        assert_eq!(Shortage::of(&refused), None);
+    }
+
+    #[test]
     fn classes() {
         assert_eq!(CODE_CLASSES[code_class(200)], "2xx");
         assert_eq!(CODE_CLASSES[code_class(101)], "1xx");
@@ -219,7 +317,7 @@ mod tests {
         );
         assert_eq!(c.get(code_class(500)), 3);
         assert_eq!(c.get(code_class(200)), 3);
-        assert_eq!(c.total(), 8);
+        assert_eq!(c.by_code().map(|(_, n)| n).sum::<u64>(), 8);
     }
 
     #[test]

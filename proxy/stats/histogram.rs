@@ -11,16 +11,17 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use super::clock::Tick;
 use crate::shard::Padded;
 use hdrhistogram::Histogram;
 use tokio::time::Instant;
 
-pub const LOWEST_MICROS: u64 = 1;
-pub const HIGHEST_MICROS: u64 = 60_000_000;
-pub const SIGNIFICANT_DIGITS: u8 = 3;
+pub(crate) const LOWEST_MICROS: u64 = 1;
+pub(crate) const HIGHEST_MICROS: u64 = 60_000_000;
+pub(crate) const SIGNIFICANT_DIGITS: u8 = 3;
 
 /// A fresh histogram with the project's bounds.
-pub fn new_histogram() -> Histogram<u64> {
+pub(crate) fn new_histogram() -> Histogram<u64> {
     // Constant, valid bounds: construction cannot fail, and nothing outside can influence it.
     Histogram::new_with_bounds(LOWEST_MICROS, HIGHEST_MICROS, SIGNIFICANT_DIGITS)
         .expect("constant histogram bounds are valid")
@@ -28,13 +29,6 @@ pub fn new_histogram() -> Histogram<u64> {
 
 fn new_shard_histogram() -> Option<Histogram<u32>> {
     Histogram::new_with_bounds(LOWEST_MICROS, HIGHEST_MICROS, SIGNIFICANT_DIGITS).ok()
-}
-
-/// Time since a fixed start, for slotting samples into periods.
-fn epoch_nanos(now: Instant) -> u64 {
-    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    let start = *START.get_or_init(|| Instant::now() - Duration::from_secs(1));
-    now.saturating_duration_since(start).as_nanos() as u64
 }
 
 #[derive(Default)]
@@ -83,23 +77,25 @@ impl Recorder {
     }
 
     /// Keeps everything since creation.
-    pub fn cumulative(shards: usize) -> Self {
+    pub(crate) fn cumulative(shards: usize) -> Self {
         Recorder {
             shards: (0..shards.max(1)).map(|_| Padded::default()).collect(),
             period_nanos: None,
         }
     }
 
-    fn period(&self, now: Instant) -> u64 {
-        self.period_nanos.map_or(0, |p| epoch_nanos(now) / p)
+    fn period(&self, at: Tick) -> u64 {
+        self.period_nanos.map_or(0, |p| at.0 / p)
     }
 
     /// Records one latency on this worker's shard.
-    pub fn record(&self, latency: Duration, now: Instant) {
+    pub fn record(&self, latency: Duration, at: impl Into<Tick>) {
         let micros = (latency.as_micros() as u64).clamp(LOWEST_MICROS, HIGHEST_MICROS);
         let shard = &self.shards[crate::shard::current() % self.shards.len()];
         let Ok(mut s) = shard.0.lock() else { return };
-        s.rotate_to(self.period(now));
+        if self.period_nanos.is_some() {
+            s.rotate_to(self.period(at.into()));
+        }
         if s.current.is_none() {
             s.current = new_shard_histogram();
         }
@@ -109,9 +105,9 @@ impl Recorder {
     }
 
     /// Everything recorded in the window (or ever), over all shards.
-    pub fn snapshot(&self, now: Instant) -> Histogram<u64> {
+    pub(crate) fn snapshot(&self, now: Instant) -> Histogram<u64> {
         let mut merged = new_histogram();
-        let period = self.period(now);
+        let period = self.period(now.into());
         for shard in self.shards.iter() {
             let Ok(mut s) = shard.0.lock() else { continue };
             s.rotate_to(period);
@@ -128,16 +124,16 @@ impl Recorder {
 
 /// Latency percentiles in microseconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Percentiles {
-    pub count: u64,
-    pub p50: u64,
-    pub p90: u64,
-    pub p99: u64,
-    pub p999: u64,
+pub(crate) struct Percentiles {
+    pub(crate) count: u64,
+    pub(crate) p50: u64,
+    pub(crate) p90: u64,
+    pub(crate) p99: u64,
+    pub(crate) p999: u64,
 }
 
 impl Percentiles {
-    pub fn of(h: &Histogram<u64>) -> Self {
+    pub(crate) fn of(h: &Histogram<u64>) -> Self {
         if h.is_empty() {
             return Percentiles::default();
         }
@@ -152,12 +148,12 @@ impl Percentiles {
 }
 
 /// Upper bounds (seconds) of the Prometheus buckets; `+Inf` follows.
-pub const BUCKET_BOUNDS: [f64; 15] = [
+pub(crate) const BUCKET_BOUNDS: [f64; 15] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
 /// A Prometheus histogram: cumulative, lock-free.
-pub struct Buckets {
+pub(crate) struct Buckets {
     counts: [AtomicU64; BUCKET_BOUNDS.len() + 1],
     sum_micros: AtomicU64,
 }
@@ -181,7 +177,7 @@ impl Buckets {
     }
 
     /// (upper bound, cumulative count) for each bucket, `+Inf` last; then the sum in seconds.
-    pub fn cumulative(&self) -> (Vec<(f64, u64)>, f64) {
+    pub(crate) fn cumulative(&self) -> (Vec<(f64, u64)>, f64) {
         let mut running = 0;
         let mut out = Vec::with_capacity(self.counts.len());
         for (i, c) in self.counts.iter().enumerate() {

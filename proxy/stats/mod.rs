@@ -1,24 +1,23 @@
-//! What switchyard counts and measures, and how it is exposed.
+//! What switchyard counts and measures: counters and histograms behind methods (the request
+//! path says what happened; it never stores into an atomic), and their Prometheus exposition.
 
-pub mod budget;
-pub mod counters;
+pub mod clock;
+pub(crate) mod counters;
 pub mod histogram;
-pub mod mirror;
-pub mod outcome;
-pub mod prometheus;
-pub mod registry;
+pub mod limits;
+pub(crate) mod outcome;
+pub(crate) mod prometheus;
 pub mod shadow;
-pub mod target;
-pub mod tls;
-pub mod traffic;
+pub(crate) mod target;
+pub(crate) mod tls;
+pub(crate) mod traffic;
 pub mod window;
 
-pub use budget::RetryBudget;
-pub use counters::{GlobalCounters, RequestCounters};
-pub use histogram::{Buckets, Percentiles, Recorder};
-pub use mirror::{MirrorStats, ShadowResult};
-pub use outcome::Outcome;
-pub use registry::StatsRegistry;
-pub use shadow::{ShadowCounts, ShadowStats};
-pub use target::TargetStats;
-pub use window::{Counts, WindowCounts};
+pub use clock::Tick;
+pub(crate) use counters::{GlobalCounters, RequestCounters};
+pub use histogram::Recorder;
+pub(crate) use histogram::{Buckets, Percentiles};
+pub(crate) use outcome::Outcome;
+pub(crate) use shadow::{MismatchKind, ShadowCounts, ShadowResult, ShadowStats};
+pub(crate) use target::TargetStats;
+pub(crate) use window::{Totals, WindowCounts};

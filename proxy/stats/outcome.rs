@@ -2,7 +2,7 @@
 
 /// The result of one exchange with a backend, as breakers and statistics see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// A response below 500 (a 4xx is the client's business, not the backend's failure).
     Success,
     /// A 5xx response.
@@ -16,7 +16,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 5] = [
+    pub(crate) const ALL: [Outcome; 5] = [
         Outcome::Success,
         Outcome::ServerError,
         Outcome::Timeout,
@@ -24,7 +24,7 @@ impl Outcome {
         Outcome::Reset,
     ];
 
-    pub fn from_status(status: u16) -> Outcome {
+    pub(crate) fn from_status(status: u16) -> Outcome {
         if status >= 500 {
             Outcome::ServerError
         } else {
@@ -33,15 +33,15 @@ impl Outcome {
     }
 
     /// Only upstream failures count against a backend.
-    pub fn is_failure(self) -> bool {
+    pub(crate) fn is_failure(self) -> bool {
         self != Outcome::Success
     }
 
-    pub fn index(self) -> usize {
+    pub(crate) fn index(self) -> usize {
         self as usize
     }
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Outcome::Success => "success",
             Outcome::ServerError => "5xx",

@@ -7,24 +7,33 @@ use tokio::time::Instant;
 
 use super::{Buckets, Outcome, Recorder};
 
-pub struct TargetStats {
+pub(crate) struct TargetStats {
     /// Whole request, first byte in to last byte out: `switchyard_request_duration_seconds`.
-    pub duration: Buckets,
+    duration: Buckets,
     /// Time to the response head, cumulative: a rollout diffs two snapshots to get a step.
-    pub latency: Recorder,
+    latency: Recorder,
     /// Final outcome of each request this target answered, by [`Outcome::index`].
-    pub outcomes: [AtomicU64; 5],
+    outcomes: [AtomicU64; Outcome::ALL.len()],
     /// Requests picked for this target but sent elsewhere: every backend was out.
-    pub rerouted_away: AtomicU64,
+    rerouted_away: AtomicU64,
     /// Requests this target took for another target of the route.
-    pub rerouted_in: AtomicU64,
-    pub retries: AtomicU64,
+    rerouted_in: AtomicU64,
+    retries: AtomicU64,
     /// Retries the budget refused.
-    pub retries_denied: AtomicU64,
+    retries_denied: AtomicU64,
+}
+
+/// A reading of a target's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct TargetCounts {
+    pub(crate) rerouted_away: u64,
+    pub(crate) rerouted_in: u64,
+    pub(crate) retries: u64,
+    pub(crate) retries_denied: u64,
 }
 
 impl TargetStats {
-    pub fn new(workers: usize) -> Self {
+    pub(crate) fn new(workers: usize) -> Self {
         TargetStats {
             duration: Buckets::default(),
             latency: Recorder::cumulative(workers),
@@ -36,22 +45,72 @@ impl TargetStats {
         }
     }
 
-    pub fn record(&self, outcome: Outcome, ttfb: Option<Duration>, now: Instant) {
-        self.outcomes[outcome.index()].fetch_add(1, Ordering::Relaxed);
+    /// One request this target answered: its outcome as rollouts count it (`None` when it
+    /// says nothing about the upstream: the client's doing or the proxy's own shortage), its
+    /// time to the response head, and its whole duration.
+    pub(crate) fn answered(
+        &self,
+        outcome: Option<Outcome>,
+        ttfb: Option<Duration>,
+        duration: Duration,
+        now: Instant,
+    ) {
+        if let Some(o) = outcome {
+            self.outcomes[o.index()].fetch_add(1, Ordering::Relaxed);
+        }
         if let Some(t) = ttfb {
             self.latency.record(t, now);
         }
+        self.duration.record(duration);
     }
 
-    pub fn outcome(&self, o: Outcome) -> u64 {
+    /// A request the split picked this target for went to another one.
+    pub(crate) fn rerouted_away(&self) {
+        self.rerouted_away.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// This target took a request the split picked another one for.
+    pub(crate) fn rerouted_in(&self) {
+        self.rerouted_in.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A failed try at this target was tried again.
+    pub(crate) fn retried(&self) {
+        self.retries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A failed try at this target could have been retried but the budget said no.
+    pub(crate) fn retry_denied(&self) {
+        self.retries_denied.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn read(&self) -> TargetCounts {
+        TargetCounts {
+            rerouted_away: self.rerouted_away.load(Ordering::Relaxed),
+            rerouted_in: self.rerouted_in.load(Ordering::Relaxed),
+            retries: self.retries.load(Ordering::Relaxed),
+            retries_denied: self.retries_denied.load(Ordering::Relaxed),
+        }
+    }
+
+    pub(crate) fn duration(&self) -> &Buckets {
+        &self.duration
+    }
+
+    /// Every time to a response head so far.
+    pub(crate) fn latency(&self, now: Instant) -> hdrhistogram::Histogram<u64> {
+        self.latency.snapshot(now)
+    }
+
+    pub(crate) fn outcome(&self, o: Outcome) -> u64 {
         self.outcomes[o.index()].load(Ordering::Relaxed)
     }
 
-    pub fn requests(&self) -> u64 {
+    pub(crate) fn requests(&self) -> u64 {
         Outcome::ALL.iter().map(|&o| self.outcome(o)).sum()
     }
 
-    pub fn failures(&self) -> u64 {
+    pub(crate) fn failures(&self) -> u64 {
         Outcome::ALL
             .iter()
             .filter(|o| o.is_failure())

@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::time::Instant;
+use super::clock::Tick;
 
 const SLOTS: usize = 10;
 
@@ -16,20 +16,20 @@ struct Slot {
 }
 
 /// Requests and failures over the last `window`.
-pub struct WindowCounts {
+pub(crate) struct WindowCounts {
     slots: [Slot; SLOTS],
     slot_nanos: u64,
 }
 
-/// A window's totals.
+/// What a window holds: requests and how many of them failed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Counts {
+pub struct Totals {
     pub total: u64,
     pub failed: u64,
 }
 
-impl Counts {
-    pub fn failure_rate(&self) -> f64 {
+impl Totals {
+    pub(crate) fn failure_rate(&self) -> f64 {
         if self.total == 0 {
             0.0
         } else {
@@ -38,27 +38,21 @@ impl Counts {
     }
 }
 
-fn nanos(now: Instant) -> u64 {
-    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    let start = *START.get_or_init(|| Instant::now() - Duration::from_secs(1));
-    now.saturating_duration_since(start).as_nanos() as u64
-}
-
 impl WindowCounts {
-    pub fn new(window: Duration) -> Self {
+    pub(crate) fn new(window: Duration) -> Self {
         WindowCounts {
             slots: Default::default(),
             slot_nanos: (window.as_nanos() as u64 / SLOTS as u64).max(1),
         }
     }
 
-    pub fn record(&self, now: Instant, failed: bool) {
-        self.add(now, 1, u64::from(failed));
+    pub(crate) fn record(&self, at: impl Into<Tick>, failed: bool) {
+        self.add(at, 1, u64::from(failed));
     }
 
-    pub fn add(&self, now: Instant, total: u64, failed: u64) {
+    pub(crate) fn add(&self, at: impl Into<Tick>, total: u64, failed: u64) {
         // Period 0 marks a never-used slot; real periods start at 1.
-        let period = nanos(now) / self.slot_nanos + 1;
+        let period = at.into().0 / self.slot_nanos + 1;
         let slot = &self.slots[period as usize % SLOTS];
         let seen = slot.period.load(Ordering::Acquire);
         if seen != period
@@ -79,7 +73,7 @@ impl WindowCounts {
     }
 
     /// Forgets everything counted so far.
-    pub fn clear(&self) {
+    pub(crate) fn clear(&self) {
         for slot in &self.slots {
             slot.period.store(0, Ordering::Release);
             slot.total.store(0, Ordering::Release);
@@ -88,10 +82,10 @@ impl WindowCounts {
     }
 
     /// Totals of the slots within the window ending now.
-    pub fn sum(&self, now: Instant) -> Counts {
-        let current = nanos(now) / self.slot_nanos + 1;
+    pub(crate) fn sum(&self, at: impl Into<Tick>) -> Totals {
+        let current = at.into().0 / self.slot_nanos + 1;
         let oldest = current.saturating_sub(SLOTS as u64 - 1);
-        let mut c = Counts::default();
+        let mut c = Totals::default();
         for slot in &self.slots {
             let p = slot.period.load(Ordering::Acquire);
             if p >= oldest && p <= current {
@@ -106,6 +100,7 @@ impl WindowCounts {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::time::Instant;
 
     #[tokio::test(start_paused = true)]
     async fn counts_slide_out_of_the_window() {
@@ -115,7 +110,7 @@ mod tests {
         }
         assert_eq!(
             w.sum(Instant::now()),
-            Counts {
+            Totals {
                 total: 10,
                 failed: 5
             }
@@ -124,7 +119,7 @@ mod tests {
         w.record(Instant::now(), true);
         assert_eq!(
             w.sum(Instant::now()),
-            Counts {
+            Totals {
                 total: 11,
                 failed: 6
             }
@@ -132,15 +127,15 @@ mod tests {
         tokio::time::advance(Duration::from_secs(6)).await;
         assert_eq!(
             w.sum(Instant::now()),
-            Counts {
+            Totals {
                 total: 1,
                 failed: 1
             }
         );
         tokio::time::advance(Duration::from_secs(60)).await;
-        assert_eq!(w.sum(Instant::now()), Counts::default());
+        assert_eq!(w.sum(Instant::now()), Totals::default());
         assert_eq!(
-            Counts {
+            Totals {
                 total: 4,
                 failed: 1
             }

@@ -25,3 +25,4 @@ mod split;
 mod tls;
 mod tls_reload;
 mod tls_upstream;
+mod upstream_conns;

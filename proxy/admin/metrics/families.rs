@@ -63,6 +63,8 @@ families! {
         "Retries by route and the upstream of the failed try: made, or refused by the retry budget.";
     BACKEND_IN_FLIGHT = "switchyard_backend_in_flight" Gauge ["upstream", "backend"]
         "Requests sent to a backend whose response has not finished.";
+    UPSTREAM_RESENDS = "switchyard_upstream_resends_total" Counter ["upstream", "backend", "reason"]
+        "Requests sent again on a fresh connection after a kept-alive one turned out closed by the backend; never counted against it.";
     RATE_LIMITED = "switchyard_rate_limited_total" Counter ["route"]
         "Requests a route's rate_limit answered with 429.";
     FAULTS_INJECTED = "switchyard_faults_injected_total" Counter ["route", "upstream", "kind"]
@@ -101,6 +103,8 @@ families! {
         "Requests or connections turned away by a listener limit, by listener and limit.";
     ACCEPT_ERRORS = "switchyard_accept_errors_total" Counter ["listener"]
         "Failed accepts by listener (admin and ops included): out of file descriptors or buffers, or a client gone before it was accepted.";
+    LOCAL_RESOURCE_ERRORS = "switchyard_local_resource_errors_total" Counter ["op", "error"]
+        "The proxy's own shortages (file descriptors, socket buffers, memory) connecting to a backend or accepting a client; never counted against a backend.";
     DRAINING = "switchyard_draining" Gauge []
         "1 while shutting down.";
     BUILD_INFO = "switchyard_build_info" Gauge ["version", "commit"]

@@ -10,78 +10,32 @@
 //! is copied the same way on its way to the client and the two are compared
 //! ([`super::compare`]) once both are complete.
 //!
-//! [`sample`] decides which requests are copied (pure); this module copies them on the request
-//! path; `task` sends a copy and compares the answers.
+//! `routing::shadow` decides which requests are copied (pure); this module copies them on the
+//! request path; `task` sends a copy and compares the answers.
 
-pub mod sample;
 mod task;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use tokio::sync::oneshot;
 
-use super::choose::Aim;
+use super::attempt::aim::Aim;
 use super::compare::{Answer, Capture};
-use super::forward::clone_head;
+use super::headers::clone_head;
 use crate::body::{BodyTap, ReqBody};
-use crate::config::model::{Sample, Shadow};
-use crate::reload::snapshot::Pool;
-use crate::stats::{MirrorStats, ShadowResult, ShadowStats, StatsRegistry};
-pub use sample::{spread_sampled, sticky_sampled};
-pub use task::redacted;
+use crate::routing::shadow::ShadowRuntime;
+use crate::stats::ShadowResult;
 
-pub static X_SWITCHYARD_SHADOW: HeaderName = HeaderName::from_static("x-switchyard-shadow");
-
-/// A route's shadow, as one snapshot serves it.
-pub struct ShadowRuntime {
-    pub route: Arc<str>,
-    pub spec: Shadow,
-    pub pool: Arc<Pool>,
-    /// The mismatch rate rollouts gate on.
-    pub stats: Arc<ShadowStats>,
-    pub mirror: Arc<MirrorStats>,
-    seq: AtomicU64,
-}
-
-impl ShadowRuntime {
-    pub fn new(
-        route: &Arc<str>,
-        spec: &Shadow,
-        pool: &Arc<Pool>,
-        shadow_stats: &Arc<ShadowStats>,
-        registry: &mut StatsRegistry,
-    ) -> Arc<ShadowRuntime> {
-        Arc::new(ShadowRuntime {
-            route: Arc::clone(route),
-            spec: spec.clone(),
-            pool: Arc::clone(pool),
-            stats: Arc::clone(shadow_stats),
-            mirror: registry.mirror(route, &spec.upstream),
-            // From a random point: every snapshot (each rollout step is one) builds this anew,
-            // and a sequence restarting at 0 would shadow the first request after each.
-            seq: AtomicU64::new(crate::http::pick::fast_random()),
-        })
-    }
-}
-
-impl std::fmt::Debug for ShadowRuntime {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ShadowRuntime")
-            .field("route", &self.route)
-            .field("upstream", &self.spec.upstream)
-            .finish()
-    }
-}
+pub(crate) static X_SWITCHYARD_SHADOW: HeaderName = HeaderName::from_static("x-switchyard-shadow");
 
 // ----- the request path -----
 
 /// A request chosen for shadowing, until its body is whole.
 #[derive(Debug)]
-pub struct Mirror {
+pub(crate) struct Mirror {
     rt: Arc<ShadowRuntime>,
     head: Parts,
     /// Resolves when the primary's response head is in, or the primary failed.
@@ -94,14 +48,14 @@ pub struct Mirror {
 impl Drop for Mirror {
     fn drop(&mut self) {
         if self.open {
-            self.rt.mirror.count(ShadowResult::Abandoned);
+            self.rt.stats.count(ShadowResult::Abandoned);
         }
     }
 }
 
 /// The primary's response, on its way to the client, copied for the comparison.
 #[derive(Debug)]
-pub struct PrimaryTap {
+pub(crate) struct PrimaryTap {
     /// Fired when the primary's response head is in (dropped unfired when the primary failed):
     /// the copy goes out then, so its work never delays the client's own request.
     go: Option<oneshot::Sender<()>>,
@@ -114,33 +68,29 @@ pub struct PrimaryTap {
 }
 
 /// Decides whether this request is shadowed; if so, the copy of its head and the tap for the
-/// primary's response. Costs one atomic add for a request of a route that shadows.
-pub fn start(
+/// primary's response (boxed: only shadowed requests pay for their room). Costs one atomic add
+/// for a request of a route that shadows.
+pub(crate) fn start(
     rt: &Arc<ShadowRuntime>,
     aim: &Aim,
     head: &Parts,
     upgrade: bool,
-) -> Option<(Mirror, Option<PrimaryTap>)> {
+) -> Option<(Box<Mirror>, Box<PrimaryTap>)> {
     let spec = &rt.spec;
     if spec.basis_points == 0 || upgrade {
         return None;
     }
-    let sampled = match (spec.sample, &aim.sticky) {
-        (Sample::Sticky, Some(key)) => sticky_sampled(key, spec.basis_points),
-        // Without a key (the client sent none), requests are spread like `random`.
-        _ => spread_sampled(rt.seq.fetch_add(1, Ordering::Relaxed), spec.basis_points),
-    };
-    if !sampled {
+    if !rt.sampled(aim.sticky.as_deref()) {
         return None;
     }
     if !spec.methods.contains(&head.method) {
-        rt.mirror.count(ShadowResult::SkippedMethod);
+        rt.stats.count(ShadowResult::SkippedMethod);
         return None;
     }
-    // A slow or dead shadow pool keeps every place taken: skip before copying anything, so that
-    // it costs the client's request next to nothing. (The place itself is taken at send time.)
-    if rt.mirror.in_flight() >= spec.max_in_flight {
-        rt.mirror.count(ShadowResult::SkippedInFlight);
+    // A slow or dead shadow upstream keeps every place taken: skip before copying anything, so
+    // that it costs the client's request next to nothing. (The place is taken at send time.)
+    if rt.in_flight.get() >= spec.max_in_flight {
+        rt.stats.count(ShadowResult::SkippedInFlight);
         return None;
     }
     let mut copy = clone_head(head);
@@ -170,13 +120,13 @@ pub fn start(
         primary,
         open: true,
     };
-    Some((mirror, Some(tap)))
+    Some((Box::new(mirror), Box::new(tap)))
 }
 
 impl Mirror {
     /// Sends the copy now if the body is already whole (`kept`, or empty); otherwise returns
     /// the body with a tap that sends it when the body ends.
-    pub fn attach(self, body: ReqBody, kept: Option<&Bytes>) -> ReqBody {
+    pub(crate) fn attach(self, body: ReqBody, kept: Option<&Bytes>) -> ReqBody {
         let max = self.rt.spec.max_body_bytes;
         let whole = match (&body, kept) {
             (_, Some(bytes)) => Some(bytes.clone()),
@@ -219,33 +169,23 @@ impl Mirror {
 
     /// Counts the request in `result`: no copy goes out.
     fn close(mut self, result: ShadowResult) {
-        self.rt.mirror.count(result);
+        self.rt.stats.count(result);
         self.open = false;
     }
 
     /// Spawns the shadow exchange, if an in-flight place is free.
     fn send(mut self, body: Bytes) {
-        let rt = &self.rt;
-        if !rt.mirror.try_start(rt.spec.max_in_flight) {
+        let Some(place) = self.rt.in_flight.try_start(self.rt.spec.max_in_flight) else {
             self.close(ShadowResult::SkippedInFlight);
             return;
-        }
+        };
         // From here the task counts the result, however the exchange goes.
         self.open = false;
-        let place = Place(Arc::clone(&rt.mirror));
         tokio::spawn(async move {
+            // Given back however the copy ends.
             let _place = place;
             task::run(self, body).await;
         });
-    }
-}
-
-/// An in-flight place, given back however the shadow task ends.
-struct Place(Arc<MirrorStats>);
-
-impl Drop for Place {
-    fn drop(&mut self) {
-        self.0.end();
     }
 }
 
@@ -279,7 +219,7 @@ impl BodyTap for Tap {
 
 impl PrimaryTap {
     /// The primary's response head arrived.
-    pub fn begin(&mut self, status: u16, headers: &HeaderMap) {
+    pub(crate) fn begin(&mut self, status: u16, headers: &HeaderMap) {
         if let Some(go) = self.go.take() {
             let _ = go.send(());
         }
@@ -294,7 +234,7 @@ impl PrimaryTap {
         });
     }
 
-    pub fn data(&mut self, chunk: &[u8]) {
+    pub(crate) fn data(&mut self, chunk: &[u8]) {
         // Not comparing, or no copy went out after all (skipped, or already over).
         if self.tx.as_ref().is_some_and(|tx| !tx.is_closed()) {
             self.capture.push(chunk);
@@ -302,7 +242,7 @@ impl PrimaryTap {
     }
 
     /// The primary's body reached the client whole: hand it to the comparison.
-    pub fn finish(self) {
+    pub(crate) fn finish(self) {
         if let (Some(tx), Some(mut answer)) = (self.tx, self.answer) {
             answer.body = self.capture.finish();
             let _ = tx.send(answer);

@@ -14,11 +14,12 @@ use tokio::time::Instant;
 
 use super::{Mirror, compared_headers, is_json};
 use crate::backend::InFlight;
+use crate::backend::pool::SendError;
 use crate::body::ReqBody;
-use crate::http::choose;
+use crate::http::classify::{self, Class, Rules, SendFailure};
 use crate::http::compare::{self, Answer, Capture, Difference};
-use crate::stats::mirror::MismatchRecord;
-use crate::stats::{Outcome, ShadowResult};
+use crate::stats::ShadowResult;
+use crate::stats::shadow::MismatchRecord;
 
 /// One copy, start to end; the caller holds its in-flight place until this returns. Every way
 /// out counts exactly one result.
@@ -36,23 +37,27 @@ pub(super) async fn run(mut m: Mirror, body: Bytes) {
     let _ = tokio::time::timeout(spec.timeout, go).await;
     let record_of = spec.compare.then(|| request_record(&head));
     let now = Instant::now();
-    let Some((index, ticket)) = choose::pick_in(&rt.pool, &|_| false, now) else {
-        rt.mirror.count(ShadowResult::NoBackend);
+    let Some((index, ticket)) = rt.upstream.pick(&|_| false, now) else {
+        rt.stats.count(ShadowResult::NoBackend);
         return;
     };
-    let backend = &rt.pool.backends[index];
+    let backend = &rt.upstream.backends[index];
     let req = Request::from_parts(head, ReqBody::full(body));
     let in_flight = InFlight::start(&backend.state);
     let sent_at = Instant::now();
     let max_body = spec.max_body_bytes;
     let exchange = async {
-        let (resp, conn) = backend.pool.send(req).await.map_err(|f| f.error)?;
+        let sent = backend
+            .pool
+            .send(req, false, sent_at)
+            .await
+            .map_err(|f| (f.error, f.reused))?;
         let ttfb = sent_at.elapsed();
-        let (parts, mut incoming) = resp.into_parts();
+        let (parts, mut incoming) = sent.resp.into_parts();
         // Without a comparison the body is only drained (the connection is reused after it).
         let mut capture = spec.compare.then(|| Capture::new(max_body));
         while let Some(frame) = incoming.frame().await {
-            let frame = frame.map_err(crate::backend::pool::SendError::Exchange)?;
+            let frame = frame.map_err(|e| (SendError::Exchange(e), false))?;
             if let (Some(c), Some(d)) = (capture.as_mut(), frame.data_ref()) {
                 c.push(d);
             }
@@ -63,26 +68,44 @@ pub(super) async fn run(mut m: Mirror, body: Bytes) {
             json: is_json(&parts.headers),
             body: c.finish(),
         });
-        Ok::<_, crate::backend::pool::SendError>((parts.status.as_u16(), answer, conn, ttfb))
+        Ok::<_, (SendError, bool)>((parts.status.as_u16(), answer, sent.conn, ttfb))
     };
-    let (outcome, ttfb, answer) = match tokio::time::timeout(spec.timeout, exchange).await {
+    // A copy is never retried: the classification's retry verdict is not asked for.
+    let never = Rules {
+        policy: None,
+        idempotent: false,
+        replayable: false,
+        retries: u32::MAX,
+    };
+    let (class, ttfb, answer) = match tokio::time::timeout(spec.timeout, exchange).await {
         Ok(Ok((status, answer, conn, ttfb))) => {
-            backend.pool.checkin(conn);
-            (Outcome::from_status(status), Some(ttfb), answer)
+            backend.pool.checkin(conn, Instant::now());
+            (classify::answered(status, &never).class, Some(ttfb), answer)
         }
-        Ok(Err(e)) if e.is_connect() => (Outcome::ConnectFailure, None, None),
-        Ok(Err(_)) => (Outcome::Reset, None, None),
-        Err(_) => (Outcome::Timeout, None, None),
+        Ok(Err((error, reused))) => {
+            let f = SendFailure {
+                error: &error,
+                reused,
+                unsent: false,
+            };
+            (classify::failed(&f, &never).class, None, None)
+        }
+        Err(_) => (classify::timed_out(&never).class, None, None),
     };
-    if let Some(t) = backend.state.record(outcome, ticket, ttfb, Instant::now()) {
-        choose::log_transition(&backend.state, &t);
+    match class.backend_outcome() {
+        Some(o) => backend.state.record(o, ticket, ttfb, Instant::now()),
+        None => drop(ticket),
     }
     drop(in_flight);
-    rt.mirror.count(match outcome {
-        Outcome::Success => ShadowResult::Success,
-        Outcome::ServerError => ShadowResult::ServerError,
-        Outcome::Timeout => ShadowResult::Timeout,
-        Outcome::ConnectFailure | Outcome::Reset => ShadowResult::Failed,
+    rt.stats.count(match class {
+        Class::Success => ShadowResult::Success,
+        Class::ServerError => ShadowResult::ServerError,
+        Class::Timeout => ShadowResult::Timeout,
+        Class::ConnectFailure
+        | Class::Reset
+        | Class::Stale
+        | Class::Shortage(_)
+        | Class::Client => ShadowResult::Failed,
     });
 
     // The primary may still be streaming to its client: wait for it, as long again at most.
@@ -95,9 +118,10 @@ pub(super) async fn run(mut m: Mirror, body: Bytes) {
         // The primary failed, or its client left before the end: nothing to compare.
         return;
     };
-    let diff = compare::compare(&primary, &shadow, &spec.ignore_fields);
-    rt.stats.record(diff.is_some());
-    let Some(diff) = diff else { return };
+    let Some(diff) = compare::compare(&primary, &shadow, &spec.ignore_fields) else {
+        rt.stats.matched();
+        return;
+    };
     let (difference, header_values) = match &diff {
         Difference::Status => ("status".to_owned(), None),
         Difference::Header(i) => {
@@ -118,8 +142,8 @@ pub(super) async fn run(mut m: Mirror, body: Bytes) {
         Difference::Byte(at) => (format!("byte {at}"), None),
         Difference::Digest { after } => (format!("after byte {after} (digest)"), None),
     };
-    rt.mirror.mismatch(
-        diff.kind().index(),
+    rt.stats.mismatched(
+        diff.kind(),
         MismatchRecord {
             at_ms: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -150,7 +174,7 @@ fn request_record(head: &Parts) -> (String, Vec<(String, String)>) {
 }
 
 /// Credentials never leave in a mismatch record.
-pub fn redacted(name: &str, value: &str) -> String {
+pub(crate) fn redacted(name: &str, value: &str) -> String {
     const SENSITIVE: [&str; 4] = [
         "authorization",
         "proxy-authorization",

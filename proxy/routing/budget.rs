@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::WindowCounts;
+use crate::stats::WindowCounts;
 
 const WINDOW: Duration = Duration::from_secs(10);
 
-pub struct RetryBudget {
+pub(crate) struct RetryBudget {
     percent: f64,
     min_per_second: u32,
     /// `total` counts first tries, `failed` counts retries.
@@ -19,7 +19,7 @@ pub struct RetryBudget {
 
 /// Whether one more retry fits: retries so far stay within `percent` of the requests plus the
 /// floor, over the same window.
-pub fn allows(
+fn allows(
     requests: u64,
     retries: u64,
     percent: f64,
@@ -31,7 +31,7 @@ pub fn allows(
 }
 
 impl RetryBudget {
-    pub fn new(percent: f64, min_per_second: u32) -> Self {
+    pub(crate) fn new(percent: f64, min_per_second: u32) -> Self {
         RetryBudget {
             percent,
             min_per_second,
@@ -39,17 +39,17 @@ impl RetryBudget {
         }
     }
 
-    pub fn same_spec(&self, percent: f64, min_per_second: u32) -> bool {
+    pub(crate) fn same_spec(&self, percent: f64, min_per_second: u32) -> bool {
         self.percent == percent && self.min_per_second == min_per_second
     }
 
     /// Every first try deposits into the budget.
-    pub fn deposit(&self, now: Instant) {
+    pub(crate) fn deposit(&self, now: Instant) {
         self.window.add(now, 1, 0);
     }
 
     /// Takes one retry from the budget if there is room.
-    pub fn try_withdraw(&self, now: Instant) -> bool {
+    pub(crate) fn try_withdraw(&self, now: Instant) -> bool {
         let c = self.window.sum(now);
         if allows(c.total, c.failed, self.percent, self.min_per_second, WINDOW) {
             self.window.add(now, 0, 1);

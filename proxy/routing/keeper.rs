@@ -1,13 +1,18 @@
-//! Owns every per-route statistic so it survives reloads: Prometheus counters must never go
-//! backwards while their series exist. Only the reloader touches it; each snapshot holds `Arc`s.
+//! Keeps what must outlive a snapshot, by route: statistics (Prometheus counters must never go
+//! backwards while their series exist) and control state (retry budgets, token buckets, shadow
+//! copies in flight: a rebuilt snapshot must not hand out a fresh budget or burst). Only the
+//! reloader touches it; each snapshot holds `Arc`s.
 
 use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
 use std::sync::Arc;
 
-use super::traffic::{FaultCounts, RateLimitCounts, RateState};
-use super::{MirrorStats, RequestCounters, RetryBudget, ShadowStats, TargetStats};
+use super::budget::RetryBudget;
+use super::ratelimit::RateState;
+use super::shadow::InFlightCopies;
 use crate::config::model::{RateKey, RateLimit};
+use crate::stats::traffic::{FaultCounts, RateLimitCounts};
+use crate::stats::{RequestCounters, ShadowStats, TargetStats};
 
 /// A map that forgets entries not asked for since the last [`Kept::retain_seen`].
 struct Kept<K, V> {
@@ -52,35 +57,35 @@ impl<K: Eq + Hash + Clone, V> Kept<K, V> {
 
 type Name = Arc<str>;
 
-pub struct StatsRegistry {
+pub(crate) struct Keeper {
     workers: usize,
     counters: Kept<(Name, Name, Name), RequestCounters>,
     targets: Kept<(Name, Name), TargetStats>,
     budgets: Kept<Name, RetryBudget>,
-    shadows: Kept<Name, ShadowStats>,
     rate_states: Kept<Name, RateState>,
     rate_counts: Kept<Name, RateLimitCounts>,
     fault_counts: Kept<(Name, Name), FaultCounts>,
-    mirrors: Kept<(Name, Name), MirrorStats>,
+    shadows: Kept<(Name, Name), ShadowStats>,
+    copies: Kept<(Name, Name), InFlightCopies>,
 }
 
-impl StatsRegistry {
-    pub fn new(workers: usize) -> Self {
-        StatsRegistry {
+impl Keeper {
+    pub(crate) fn new(workers: usize) -> Self {
+        Keeper {
             workers,
             counters: Kept::default(),
             targets: Kept::default(),
             budgets: Kept::default(),
-            shadows: Kept::default(),
             rate_states: Kept::default(),
             rate_counts: Kept::default(),
             fault_counts: Kept::default(),
-            mirrors: Kept::default(),
+            shadows: Kept::default(),
+            copies: Kept::default(),
         }
     }
 
     /// Responses by class for (route, upstream, backend); backend "" when none was picked.
-    pub fn counters(
+    pub(crate) fn counters(
         &mut self,
         route: &Name,
         upstream: &Name,
@@ -90,7 +95,7 @@ impl StatsRegistry {
         self.counters.get_or(key, RequestCounters::default)
     }
 
-    pub fn target(&mut self, route: &Name, upstream: &Name) -> Arc<TargetStats> {
+    pub(crate) fn target(&mut self, route: &Name, upstream: &Name) -> Arc<TargetStats> {
         let workers = self.workers;
         self.targets
             .get_or((Arc::clone(route), Arc::clone(upstream)), || {
@@ -99,7 +104,12 @@ impl StatsRegistry {
     }
 
     /// The route's retry budget; a changed spec starts a fresh one.
-    pub fn budget(&mut self, route: &Name, percent: f64, min_per_second: u32) -> Arc<RetryBudget> {
+    pub(crate) fn budget(
+        &mut self,
+        route: &Name,
+        percent: f64,
+        min_per_second: u32,
+    ) -> Arc<RetryBudget> {
         let key = Arc::clone(route);
         match self
             .budgets
@@ -112,13 +122,8 @@ impl StatsRegistry {
         }
     }
 
-    /// What the route's shadow traffic found (written by the mirror, read by rollouts).
-    pub fn shadow(&mut self, route: &Name) -> Arc<ShadowStats> {
-        self.shadows.get_or(Arc::clone(route), ShadowStats::default)
-    }
-
     /// The route's token buckets; a changed `rate_limit` starts them over.
-    pub fn rate_state(&mut self, route: &Name, spec: &RateLimit) -> Arc<RateState> {
+    pub(crate) fn rate_state(&mut self, route: &Name, spec: &RateLimit) -> Arc<RateState> {
         let key = Arc::clone(route);
         match self.rate_states.get_if(&key, |s| s.same_spec(spec)) {
             Some(s) => s,
@@ -129,36 +134,45 @@ impl StatsRegistry {
         }
     }
 
-    pub fn rate_counts(&mut self, route: &Name) -> Arc<RateLimitCounts> {
+    pub(crate) fn rate_counts(&mut self, route: &Name) -> Arc<RateLimitCounts> {
         self.rate_counts
             .get_or(Arc::clone(route), RateLimitCounts::default)
     }
 
-    pub fn fault_counts(&mut self, route: &Name, upstream: &str) -> Arc<FaultCounts> {
+    pub(crate) fn fault_counts(&mut self, route: &Name, upstream: &str) -> Arc<FaultCounts> {
         self.fault_counts.get_or(
             (Arc::clone(route), Arc::from(upstream)),
             FaultCounts::default,
         )
     }
 
-    /// What a route's shadow copies to `upstream` came to, and how many are in flight.
-    pub fn mirror(&mut self, route: &Name, upstream: &Name) -> Arc<MirrorStats> {
-        self.mirrors.get_or(
+    /// What a route's shadow copies to `upstream` came to (results, comparisons, mismatches):
+    /// read by `/metrics`, `/shadow/{route}` and the rollout gate alike.
+    pub(crate) fn shadow(&mut self, route: &Name, upstream: &Name) -> Arc<ShadowStats> {
+        self.shadows.get_or(
             (Arc::clone(route), Arc::clone(upstream)),
-            MirrorStats::default,
+            ShadowStats::default,
+        )
+    }
+
+    /// The copies of a route's shadow to `upstream` in flight.
+    pub(crate) fn copies(&mut self, route: &Name, upstream: &Name) -> Arc<InFlightCopies> {
+        self.copies.get_or(
+            (Arc::clone(route), Arc::clone(upstream)),
+            InFlightCopies::default,
         )
     }
 
     /// Forgets every statistic not asked for since the last call (after a snapshot build).
-    pub fn retain_seen(&mut self) {
+    pub(crate) fn retain_seen(&mut self) {
         self.counters.retain_seen();
         self.targets.retain_seen();
         self.budgets.retain_seen();
-        self.shadows.retain_seen();
         self.rate_states.retain_seen();
         self.rate_counts.retain_seen();
         self.fault_counts.retain_seen();
-        self.mirrors.retain_seen();
+        self.shadows.retain_seen();
+        self.copies.retain_seen();
     }
 }
 
@@ -168,7 +182,7 @@ mod tests {
 
     #[test]
     fn statistics_survive_rebuilds_and_unused_ones_are_dropped() {
-        let mut reg = StatsRegistry::new(1);
+        let mut reg = Keeper::new(1);
         let (r, u) = (Arc::from("r"), Arc::from("u"));
         reg.counters(&r, &u, "b:1").record(200);
         let t = reg.target(&r, &u);
@@ -186,7 +200,7 @@ mod tests {
 
     #[test]
     fn a_changed_budget_spec_starts_over() {
-        let mut reg = StatsRegistry::new(1);
+        let mut reg = Keeper::new(1);
         let r = Arc::from("r");
         let a = reg.budget(&r, 20.0, 3);
         assert!(Arc::ptr_eq(&a, &reg.budget(&r, 20.0, 3)));

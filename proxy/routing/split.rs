@@ -12,7 +12,7 @@
 //!   *to* it: a canary growing from 5 to 20 to 50 keeps every user it already had.
 
 /// The fixed space sticky keys hash into.
-pub const STICKY_BUCKETS: u32 = 10_000;
+pub(crate) const STICKY_BUCKETS: u32 = 10_000;
 
 /// The longest round-robin cycle precomputed (after dividing the weights by their GCD).
 const MAX_CYCLE: u64 = 10_000;
@@ -58,7 +58,7 @@ impl Split {
         }
     }
 
-    pub fn weights(&self) -> &[u32] {
+    pub(crate) fn weights(&self) -> &[u32] {
         &self.weights
     }
 
@@ -88,7 +88,7 @@ impl Split {
 
     /// Like [`Split::pick`] or [`Split::pick_sticky`], among the targets `usable` allows,
     /// in their relative weights; `None` if no usable target has weight.
-    pub fn pick_among(
+    pub(crate) fn pick_among(
         &self,
         seq: u64,
         sticky_key: Option<&[u8]>,
@@ -176,7 +176,7 @@ fn rendezvous(
 
 /// The bucket of a sticky key. Stable across processes and versions: users keep their upstream
 /// across restarts and across replicas.
-pub fn sticky_bucket(key: &[u8]) -> u32 {
+pub(crate) fn sticky_bucket(key: &[u8]) -> u32 {
     (hash_bytes(key) % u64::from(STICKY_BUCKETS)) as u32
 }
 

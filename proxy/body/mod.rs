@@ -13,14 +13,16 @@ use hyper::body::Incoming;
 
 use crate::error::BoxError;
 
+pub(crate) mod limits;
+
 /// The client's body failed while it was being forwarded: the client's fault, not the
 /// backend's. The forwarder finds it in an upstream error's source chain.
 #[derive(Debug, thiserror::Error)]
 #[error("reading the client's request body failed")]
-pub struct ClientBodyError(#[source] pub hyper::Error);
+pub(crate) struct ClientBodyError(#[source] pub(crate) hyper::Error);
 
 /// Sees a request body's bytes as they go to the backend (the shadow mirror's copy).
-pub trait BodyTap: Send + std::fmt::Debug + 'static {
+pub(crate) trait BodyTap: Send + std::fmt::Debug + 'static {
     fn data(&mut self, chunk: &Bytes);
     /// The body arrived whole. A tap dropped without this call saw an incomplete body.
     fn end(self: Box<Self>);
@@ -28,11 +30,11 @@ pub trait BodyTap: Send + std::fmt::Debug + 'static {
 
 /// A request body on its way to a backend.
 #[derive(Debug)]
-pub enum ReqBody {
+pub(crate) enum ReqBody {
     Streaming(Incoming),
     Full(Option<Bytes>),
     /// Streaming under the listener's body limits.
-    Guarded(Box<crate::http::body_guard::Guarded>),
+    Guarded(Box<limits::Guarded>),
     /// Streaming (guarded or not), with a tap that sees every chunk.
     Tapped {
         body: Box<ReqBody>,
@@ -41,11 +43,11 @@ pub enum ReqBody {
 }
 
 impl ReqBody {
-    pub fn empty() -> Self {
+    pub(crate) fn empty() -> Self {
         ReqBody::Full(None)
     }
 
-    pub fn full(bytes: Bytes) -> Self {
+    pub(crate) fn full(bytes: Bytes) -> Self {
         ReqBody::Full((!bytes.is_empty()).then_some(bytes))
     }
 }
@@ -110,7 +112,7 @@ impl Body for ReqBody {
 
 /// How a response stream ended, as far as the proxy could see.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BodyEnd {
+pub(crate) enum BodyEnd {
     /// Every byte (and trailers) reached the client's connection.
     Complete,
     /// The backend's stream broke off mid-body.
@@ -119,22 +121,29 @@ pub enum BodyEnd {
     Dropped,
 }
 
-/// Told once, when a streamed response ends, however it ends.
-pub trait BodyGuard: Send + Unpin + 'static {
+/// Told once, when a response ends, however it ends.
+pub(crate) trait BodyGuard: Send + Unpin + 'static {
     fn finish(self, end: BodyEnd);
 
     /// Sees each chunk of the body on its way to the client.
     fn data(&mut self, _chunk: &Bytes) {}
 }
 
-/// A response body on its way to the client.
-pub enum RespBody<G: BodyGuard> {
-    Upstream { body: Incoming, guard: Option<G> },
-    Full(Option<Bytes>),
+/// A response body on its way to the client: a backend's, or a short local answer. Either way
+/// its guard hears how it ended.
+pub(crate) enum RespBody<G: BodyGuard> {
+    Upstream {
+        body: Incoming,
+        guard: Option<G>,
+    },
+    Full {
+        bytes: Option<Bytes>,
+        guard: Option<G>,
+    },
 }
 
 impl<G: BodyGuard> RespBody<G> {
-    pub fn upstream(body: Incoming, guard: G) -> Self {
+    pub(crate) fn upstream(body: Incoming, guard: G) -> Self {
         let mut b = RespBody::Upstream {
             body,
             guard: Some(guard),
@@ -149,13 +158,13 @@ impl<G: BodyGuard> RespBody<G> {
         b
     }
 
-    pub fn full(bytes: impl Into<Bytes>) -> Self {
+    /// A local answer; `guard` hears when it is sent (or the client left first).
+    pub(crate) fn full(bytes: impl Into<Bytes>, guard: Option<G>) -> Self {
         let bytes = bytes.into();
-        RespBody::Full((!bytes.is_empty()).then_some(bytes))
-    }
-
-    pub fn empty() -> Self {
-        RespBody::Full(None)
+        RespBody::Full {
+            bytes: (!bytes.is_empty()).then_some(bytes),
+            guard,
+        }
     }
 }
 
@@ -189,31 +198,57 @@ impl<G: BodyGuard> Body for RespBody<G> {
                 }
                 polled
             }
-            RespBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
+            RespBody::Full { bytes, guard } => match bytes.take() {
+                Some(d) => {
+                    if let Some(g) = guard.as_mut() {
+                        g.data(&d);
+                    }
+                    Poll::Ready(Some(Ok(Frame::data(d))))
+                }
+                None => {
+                    if let Some(g) = guard.take() {
+                        g.finish(BodyEnd::Complete);
+                    }
+                    Poll::Ready(None)
+                }
+            },
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             RespBody::Upstream { body, .. } => body.is_end_stream(),
-            RespBody::Full(b) => b.is_none(),
+            RespBody::Full { bytes, .. } => bytes.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             RespBody::Upstream { body, .. } => body.size_hint(),
-            RespBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            RespBody::Full { bytes, .. } => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
         }
     }
 }
 
 impl<G: BodyGuard> Drop for RespBody<G> {
     fn drop(&mut self) {
-        if let RespBody::Upstream { guard, .. } = self
-            && let Some(g) = guard.take()
-        {
-            g.finish(BodyEnd::Dropped);
+        let (guard, end) = match self {
+            RespBody::Upstream { guard, .. } => (guard, BodyEnd::Dropped),
+            // A local answer hyper never polled (HEAD, or its size said it all) was sent whole;
+            // one still holding its bytes was not.
+            RespBody::Full { bytes, guard } => (
+                guard,
+                if bytes.is_none() {
+                    BodyEnd::Complete
+                } else {
+                    BodyEnd::Dropped
+                },
+            ),
+        };
+        if let Some(g) = guard.take() {
+            g.finish(end);
         }
     }
 }

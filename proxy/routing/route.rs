@@ -86,7 +86,7 @@ fn matches_rest(m: &RouteMatch, path: &str, headers: &HeaderMap) -> bool {
 }
 
 /// Lowercase, without port or trailing dot; borrowed when already in that form.
-pub fn normalize_host(host: &str) -> Cow<'_, str> {
+fn normalize_host(host: &str) -> Cow<'_, str> {
     let without_port = if host.starts_with('[') {
         // An IPv6 literal: the port, if any, follows the closing bracket.
         host.find(']').map_or(host, |end| &host[..=end])

@@ -8,7 +8,7 @@
 use std::cell::Cell;
 
 /// The two candidates: the round-robin one and a random other one (the same when `n` is 1).
-pub fn two_choices(n: usize, rr: usize, random: u64) -> (usize, usize) {
+pub(crate) fn two_choices(n: usize, rr: usize, random: u64) -> (usize, usize) {
     let first = rr % n;
     let mut second = (random % n as u64) as usize;
     if second == first && n > 1 {
@@ -18,7 +18,7 @@ pub fn two_choices(n: usize, rr: usize, random: u64) -> (usize, usize) {
 }
 
 /// The candidate with fewer requests in flight; the first (round-robin) one on a tie.
-pub fn less_loaded(first: usize, second: usize, in_flight: impl Fn(usize) -> u64) -> usize {
+pub(crate) fn less_loaded(first: usize, second: usize, in_flight: impl Fn(usize) -> u64) -> usize {
     if in_flight(second) < in_flight(first) {
         second
     } else {
@@ -27,7 +27,7 @@ pub fn less_loaded(first: usize, second: usize, in_flight: impl Fn(usize) -> u64
 }
 
 /// Picks among `n` backends. `usable(i)` says whether backend `i` may take traffic.
-pub fn pick(
+pub(crate) fn pick(
     n: usize,
     rr: usize,
     random: u64,
@@ -63,7 +63,7 @@ fn seed() -> u64 {
 }
 
 /// A fast thread-local xorshift64* draw; no lock, no syscall.
-pub fn fast_random() -> u64 {
+pub(crate) fn fast_random() -> u64 {
     RNG.with(|s| {
         let mut x = s.get();
         x ^= x >> 12;

@@ -15,15 +15,14 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
-use super::handler::ConnInfo;
-use crate::body::{ClientBodyError, ReqBody};
-use crate::config::limits::BodyRate;
+use super::ClientBodyError;
+use crate::config::limits::{BodyRate, Limits};
 use crate::error::{BoxError, ErrorKind, ProxyError};
-use crate::server::limits::{Limit, LimitCounters};
+use crate::stats::limits::{Limit, LimitCounters};
 
 /// A body limit the client broke; the forwarder finds it in an upstream error's source chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum BodyLimitError {
+pub(crate) enum BodyLimitError {
     #[error("the request body is larger than this listener allows")]
     TooLarge,
     #[error("the request body arrived slower than this listener's minimum rate")]
@@ -31,7 +30,7 @@ pub enum BodyLimitError {
 }
 
 impl BodyLimitError {
-    pub fn to_proxy_error(self) -> ProxyError {
+    pub(crate) fn to_proxy_error(self) -> ProxyError {
         let kind = match self {
             BodyLimitError::TooLarge => ErrorKind::BodyTooLarge,
             BodyLimitError::TooSlow => ErrorKind::BodyTooSlow,
@@ -89,7 +88,7 @@ impl std::fmt::Debug for Guarded {
     }
 }
 
-pub struct Guarded {
+pub(crate) struct Guarded {
     inner: Incoming,
     /// The first frame, read before the backend was contacted.
     stash: Option<Frame<Bytes>>,
@@ -171,60 +170,55 @@ impl Body for Guarded {
     }
 }
 
-/// Puts a streaming body under the listener's limits and, for a chunked or HTTP/2 body, reads
-/// its first frame (within `left`). Bodies already read, and bodies no limit applies to, pass
-/// as they are.
-pub async fn guard(
-    body: ReqBody,
-    conn: &ConnInfo,
-    h2: bool,
-    left: Duration,
-) -> Result<ReqBody, ProxyError> {
-    let ReqBody::Streaming(inner) = body else {
-        return Ok(body);
-    };
-    let spec = &conn.limits.spec;
-    let prime = h2 || inner.size_hint().exact().is_none();
-    if inner.is_end_stream()
-        || (!prime && spec.max_request_body_bytes.is_none() && spec.min_request_body_rate.is_none())
-    {
-        return Ok(ReqBody::Streaming(inner));
+impl Guarded {
+    /// Puts a streaming body under a listener's limits; `None` when no limit applies and the
+    /// body needs no first look (a body of known length, read as it streams).
+    pub(crate) fn new(
+        inner: Incoming,
+        spec: &Limits,
+        counters: &Arc<LimitCounters>,
+        prime: bool,
+    ) -> Result<Guarded, Incoming> {
+        if inner.is_end_stream()
+            || (!prime
+                && spec.max_request_body_bytes.is_none()
+                && spec.min_request_body_rate.is_none())
+        {
+            return Err(inner);
+        }
+        Ok(Guarded {
+            inner,
+            stash: None,
+            read: 0,
+            max: spec.max_request_body_bytes,
+            rate: spec.min_request_body_rate.map(|rate| RateClock {
+                rate,
+                waited: Duration::ZERO,
+                waiting_since: None,
+                sleep: None,
+            }),
+            counters: Arc::clone(counters),
+        })
     }
-    let mut g = Guarded {
-        inner,
-        stash: None,
-        read: 0,
-        max: spec.max_request_body_bytes,
-        rate: spec.min_request_body_rate.map(|rate| RateClock {
-            rate,
-            waited: Duration::ZERO,
-            waiting_since: None,
-            sleep: None,
-        }),
-        counters: Arc::clone(&conn.limits.counters),
-    };
-    if prime {
-        let first = super::forward::within(
-            left,
-            h2,
-            conn,
-            std::future::poll_fn(|cx| Pin::new(&mut g).poll_frame(cx)),
-        )
-        .await;
-        match first {
-            Some(Some(Ok(frame))) => g.stash = Some(frame),
-            Some(None) => {}
-            Some(Some(Err(e))) => {
+
+    /// Reads the first frame (kept for the backend), so that a body broken from the start is
+    /// refused before any backend is contacted.
+    pub(crate) async fn prime(&mut self) -> Result<(), ProxyError> {
+        match std::future::poll_fn(|cx| Pin::new(&mut *self).poll_frame(cx)).await {
+            Some(Ok(frame)) => {
+                self.stash = Some(frame);
+                Ok(())
+            }
+            None => Ok(()),
+            Some(Err(e)) => {
                 let e = body_error(e);
                 if e.kind() == ErrorKind::BadRequest {
-                    conn.limits.counters.hit(Limit::MalformedRequest);
+                    self.counters.hit(Limit::MalformedRequest);
                 }
-                return Err(e);
+                Err(e)
             }
-            None => return Err(BodyLimitError::TooSlow.to_proxy_error()),
         }
     }
-    Ok(ReqBody::Guarded(Box::new(g)))
 }
 
 pub(crate) fn body_error(e: BoxError) -> ProxyError {

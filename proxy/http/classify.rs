@@ -1,0 +1,474 @@
+//! The one classification of a try. However a try ends (a response head, an error before one,
+//! time running out, then the end of the response body), it is classified here, once, into a
+//! [`Class`] (what it came to, and whether that counts against the backend) and a [`Retry`]
+//! (whether and why it may go again). The breaker and the backend's statistics, the route's
+//! numbers that rollouts gate on, retries, shadow copies and the per-request record all read
+//! that one verdict; nothing else looks at raw statuses or errors.
+//!
+//! Pure functions: no clock, no I/O.
+
+use std::error::Error as StdError;
+
+use http::Method;
+
+use crate::backend::pool::SendError;
+use crate::body::limits::BodyLimitError;
+use crate::body::{BodyEnd, ClientBodyError};
+use crate::config::model::RetryPolicy;
+use crate::error::{ErrorKind, ProxyError};
+use crate::stats::Outcome;
+use crate::stats::counters::Shortage;
+
+/// Other backends tried after a connect failure when the route has no retry policy: a dead
+/// backend must not cost requests it never saw (as NGINX's `proxy_next_upstream` by default).
+pub(crate) const IMPLICIT_CONNECT_RETRIES: u32 = 2;
+
+/// What one try came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Class {
+    /// The backend answered below 500 (a 4xx is the client's business, not a failure).
+    Success,
+    /// The backend answered 5xx.
+    ServerError,
+    /// No response head within the try's time.
+    Timeout,
+    /// No connection: refused, unreachable, timed out, or its TLS handshake failed.
+    ConnectFailure,
+    /// The connection broke before the response head, or in the middle of the body.
+    Reset,
+    /// A kept-alive connection the backend had already closed (as servers do when they reach
+    /// their own idle timeout or request limit): the backend did nothing wrong.
+    Stale,
+    /// The proxy's own shortage of descriptors, buffers or memory: says nothing about the
+    /// backend.
+    Shortage(Shortage),
+    /// The client's doing: its body was malformed, too large or too slow, or it went away.
+    Client,
+}
+
+impl Class {
+    /// What the backend's breaker and statistics record; `None`: nothing (the ticket is
+    /// handed back unused).
+    pub(crate) fn backend_outcome(self) -> Option<Outcome> {
+        match self {
+            Class::Success => Some(Outcome::Success),
+            Class::ServerError => Some(Outcome::ServerError),
+            Class::Timeout => Some(Outcome::Timeout),
+            Class::ConnectFailure => Some(Outcome::ConnectFailure),
+            Class::Reset => Some(Outcome::Reset),
+            Class::Stale | Class::Shortage(_) | Class::Client => None,
+        }
+    }
+}
+
+/// Why a failed try may go again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Retry {
+    /// It may not.
+    No,
+    /// To another backend (or the same one if no other is left), as the route's `retries`
+    /// allow (their budget and the deadline permitting), or, for a request that never reached
+    /// a backend, as switchyard does without a policy.
+    Another(Failure),
+    /// The same request to the same backend on a fresh connection: the kept-alive one was
+    /// closed under it. Safe because the backend cannot have acted on it (it came back
+    /// unsent) or because the method is idempotent and the request can be built again.
+    Fresh,
+}
+
+/// What went wrong, as a retry policy names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Failure {
+    /// Nothing reached the backend: safe to send again whatever the method.
+    Connect,
+    Reset,
+    Timeout,
+    Status(u16),
+}
+
+/// A classified try.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Verdict {
+    pub(crate) class: Class,
+    pub(crate) retry: Retry,
+}
+
+/// What the retry rules need to know about the request and its tries so far.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Rules<'a> {
+    pub(crate) policy: Option<&'a RetryPolicy>,
+    /// The method may be received twice (RFC 9110 9.2.2).
+    pub(crate) idempotent: bool,
+    /// The request can be built again: its body is empty or was kept whole.
+    pub(crate) replayable: bool,
+    /// Retries made so far (fresh-connection resends are not retries).
+    pub(crate) retries: u32,
+}
+
+impl Rules<'_> {
+    /// Whether the route's policy retries `f`, before its budget and the deadline are asked.
+    /// `unsent`: the request came back untouched.
+    fn policy_retries(&self, f: Failure, unsent: bool) -> bool {
+        let Some(p) = self.policy else {
+            // Without a policy, only a request that never reached any backend goes elsewhere.
+            return f == Failure::Connect && unsent && self.retries < IMPLICIT_CONNECT_RETRIES;
+        };
+        if self.retries >= p.attempts {
+            return false;
+        }
+        match f {
+            Failure::Connect => p.on.connect_failure && (unsent || self.replayable),
+            _ if !self.replayable || !self.idempotent => false,
+            Failure::Reset => p.on.reset,
+            Failure::Timeout => p.on.timeout,
+            Failure::Status(code) => p.on.statuses.contains(&code),
+        }
+    }
+
+    fn verdict(&self, class: Class, f: Failure, unsent: bool) -> Verdict {
+        let retry = if self.policy_retries(f, unsent) {
+            Retry::Another(f)
+        } else {
+            Retry::No
+        };
+        Verdict { class, retry }
+    }
+}
+
+/// Methods a server must be able to receive twice (RFC 9110 9.2.2).
+pub(crate) fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+/// A response head arrived with `status`.
+pub(crate) fn answered(status: u16, rules: &Rules<'_>) -> Verdict {
+    if status < 500 {
+        return Verdict {
+            class: Class::Success,
+            retry: Retry::No,
+        };
+    }
+    rules.verdict(Class::ServerError, Failure::Status(status), false)
+}
+
+/// No response head within the try's time.
+pub(crate) fn timed_out(rules: &Rules<'_>) -> Verdict {
+    rules.verdict(Class::Timeout, Failure::Timeout, false)
+}
+
+/// How an exchange that produced no response head failed.
+#[derive(Debug)]
+pub(crate) struct SendFailure<'e> {
+    pub(crate) error: &'e SendError,
+    /// The connection had carried earlier requests.
+    pub(crate) reused: bool,
+    /// The request came back untouched: nothing of it reached the backend.
+    pub(crate) unsent: bool,
+}
+
+/// An exchange failed before a response head.
+pub(crate) fn failed(f: &SendFailure<'_>, rules: &Rules<'_>) -> Verdict {
+    let no = |class| Verdict {
+        class,
+        retry: Retry::No,
+    };
+    match cause(f.error) {
+        Cause::Client => no(Class::Client),
+        Cause::Shortage(s) => no(Class::Shortage(s)),
+        Cause::Connect => rules.verdict(Class::ConnectFailure, Failure::Connect, f.unsent),
+        Cause::Closed if f.reused => {
+            let safe = f.unsent || (rules.idempotent && rules.replayable);
+            Verdict {
+                class: Class::Stale,
+                retry: if safe { Retry::Fresh } else { Retry::No },
+            }
+        }
+        Cause::Closed | Cause::Broken => rules.verdict(Class::Reset, Failure::Reset, f.unsent),
+    }
+}
+
+/// How a response body ended, for a try whose head said `status`: the try's final class.
+pub(crate) fn body_ended(status: u16, end: BodyEnd) -> Class {
+    match end {
+        BodyEnd::UpstreamError => Class::Reset,
+        // A client that leaves says nothing about the backend: its status still does.
+        BodyEnd::Complete | BodyEnd::Dropped if status >= 500 => Class::ServerError,
+        BodyEnd::Complete | BodyEnd::Dropped => Class::Success,
+    }
+}
+
+/// What a request switchyard answered itself counts as in its route's numbers (what rollouts
+/// gate on): an upstream's failure, a 5xx no backend could avoid, or nothing (the client's
+/// doing, or the proxy's own shortage). `error` is `None` for an injected fault's answer,
+/// which counts as the upstream's own `status` would.
+pub(crate) fn local_answer(error: Option<ErrorKind>, status: u16) -> Option<Outcome> {
+    let Some(kind) = error else {
+        return Some(Outcome::from_status(status));
+    };
+    match kind {
+        ErrorKind::Connect => Some(Outcome::ConnectFailure),
+        ErrorKind::Timeout => Some(Outcome::Timeout),
+        ErrorKind::Reset => Some(Outcome::Reset),
+        ErrorKind::NoBackend | ErrorKind::Internal => Some(Outcome::ServerError),
+        ErrorKind::LocalResource
+        | ErrorKind::BadRequest
+        | ErrorKind::ClientGone
+        | ErrorKind::NoRoute
+        | ErrorKind::BodyTooLarge
+        | ErrorKind::BodyTooSlow => None,
+    }
+}
+
+/// The error a client is answered with when a try's failure is final.
+pub(crate) fn error(f: &SendFailure<'_>, class: Class, upstream: &str, addr: &str) -> ProxyError {
+    let (kind, why) = match class {
+        Class::Client => return client_error(f.error),
+        Class::Shortage(s) => (
+            ErrorKind::LocalResource,
+            format!(
+                "switchyard is out of {} and cannot reach upstream `{upstream}` now",
+                match s {
+                    Shortage::ProcessFiles | Shortage::SystemFiles => "file descriptors",
+                    Shortage::Buffers => "socket buffers",
+                    Shortage::Memory => "memory",
+                }
+            ),
+        ),
+        Class::ConnectFailure => (
+            ErrorKind::Connect,
+            format!("cannot connect to upstream `{upstream}`"),
+        ),
+        _ => (
+            ErrorKind::Reset,
+            format!("upstream `{upstream}` closed the connection without a valid response"),
+        ),
+    };
+    ProxyError::new(kind, why).with_detail(addr)
+}
+
+/// Why an exchange failed, read off the error's chain.
+enum Cause {
+    /// The client's body broke or broke a limit on its way through.
+    Client,
+    /// The proxy could not get a descriptor, buffer or memory for the connection.
+    Shortage(Shortage),
+    /// No connection could be made.
+    Connect,
+    /// The connection was closed or reset before any of a response arrived.
+    Closed,
+    /// Anything else: a broken or invalid response.
+    Broken,
+}
+
+fn cause(e: &SendError) -> Cause {
+    if let Some(h) = e.hyper()
+        && (find_in_chain::<BodyLimitError>(h).is_some()
+            || find_in_chain::<ClientBodyError>(h).is_some())
+    {
+        return Cause::Client;
+    }
+    if let SendError::Connect(io) = e {
+        if let Some(s) = Shortage::of(io) {
+            return Cause::Shortage(s);
+        }
+        return Cause::Connect;
+    }
+    if e.is_connect() {
+        return Cause::Connect;
+    }
+    let Some(h) = e.hyper() else {
+        return Cause::Broken;
+    };
+    let closed = h.is_incomplete_message()
+        || h.is_canceled()
+        || find_in_chain::<std::io::Error>(h).is_some_and(|io| {
+            matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::UnexpectedEof
+            )
+        });
+    if closed { Cause::Closed } else { Cause::Broken }
+}
+
+/// The client's own failure, as its answer says it (the backend is not named).
+fn client_error(e: &SendError) -> ProxyError {
+    let Some(h) = e.hyper() else {
+        return ProxyError::new(ErrorKind::Internal, "the request failed");
+    };
+    if let Some(limit) = find_in_chain::<BodyLimitError>(h) {
+        return limit.to_proxy_error();
+    }
+    let framing = find_in_chain::<ClientBodyError>(h).is_some_and(|client| {
+        !client.0.is_incomplete_message()
+            && find_in_chain::<std::io::Error>(&client.0).is_none_or(|io| {
+                matches!(
+                    io.kind(),
+                    std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput
+                )
+            })
+    });
+    if framing {
+        ProxyError::new(ErrorKind::BadRequest, "the request body is malformed")
+    } else {
+        ProxyError::new(
+            ErrorKind::ClientGone,
+            "the client stopped sending the request body",
+        )
+    }
+}
+
+fn find_in_chain<'a, T: StdError + 'static>(e: &'a (dyn StdError + 'static)) -> Option<&'a T> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(found) = err.downcast_ref::<T>() {
+            return Some(found);
+        }
+        cur = err.source();
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::model::RetryOn;
+
+    fn policy() -> RetryPolicy {
+        RetryPolicy {
+            attempts: 2,
+            on: RetryOn {
+                connect_failure: true,
+                reset: true,
+                timeout: false,
+                statuses: vec![502, 503],
+            },
+            budget_percent: 20.0,
+            min_per_second: 3,
+            per_try_timeout: None,
+        }
+    }
+
+    fn rules(
+        p: Option<&RetryPolicy>,
+        idempotent: bool,
+        replayable: bool,
+        retries: u32,
+    ) -> Rules<'_> {
+        Rules {
+            policy: p,
+            idempotent,
+            replayable,
+            retries,
+        }
+    }
+
+    fn io(kind: std::io::ErrorKind) -> SendError {
+        SendError::Connect(std::io::Error::from(kind))
+    }
+
+    #[test]
+    fn only_safe_requests_are_replayed() {
+        let p = policy();
+        let get = rules(Some(&p), true, true, 0);
+        assert_eq!(
+            answered(503, &get).retry,
+            Retry::Another(Failure::Status(503))
+        );
+        assert_eq!(answered(503, &get).class, Class::ServerError);
+        let post = rules(Some(&p), false, true, 0);
+        assert_eq!(answered(503, &post).retry, Retry::No, "not idempotent");
+        let streamed = rules(Some(&p), true, false, 0);
+        assert_eq!(answered(503, &streamed).retry, Retry::No, "body not kept");
+        assert_eq!(answered(500, &get).retry, Retry::No, "not listed");
+        assert_eq!(timed_out(&get).retry, Retry::No, "not listed");
+        let spent = rules(Some(&p), true, true, 2);
+        assert_eq!(answered(503, &spent).retry, Retry::No, "attempts used up");
+        assert_eq!(
+            answered(404, &get),
+            Verdict {
+                class: Class::Success,
+                retry: Retry::No
+            }
+        );
+    }
+
+    #[test]
+    fn a_request_that_never_left_goes_elsewhere_with_or_without_a_policy() {
+        let refused = io(std::io::ErrorKind::ConnectionRefused);
+        let unsent = SendFailure {
+            error: &refused,
+            reused: false,
+            unsent: true,
+        };
+        let p = policy();
+        let post = rules(Some(&p), false, false, 0);
+        assert_eq!(
+            failed(&unsent, &post).retry,
+            Retry::Another(Failure::Connect)
+        );
+        let none = rules(None, false, false, 0);
+        let v = failed(&unsent, &none);
+        assert_eq!(
+            v,
+            Verdict {
+                class: Class::ConnectFailure,
+                retry: Retry::Another(Failure::Connect)
+            }
+        );
+        let tried_twice = rules(None, false, false, IMPLICIT_CONNECT_RETRIES);
+        assert_eq!(failed(&unsent, &tried_twice).retry, Retry::No);
+        assert_eq!(v.class.backend_outcome(), Some(Outcome::ConnectFailure));
+    }
+
+    #[test]
+    fn the_proxys_own_shortage_never_counts_against_the_backend() {
+        for errno in [24, 23, 105, 12] {
+            let e = SendError::Connect(std::io::Error::from_raw_os_error(errno));
+            let f = SendFailure {
+                error: &e,
+                reused: false,
+                unsent: true,
+            };
+            let v = failed(&f, &rules(Some(&policy()), true, true, 0));
+            assert!(matches!(v.class, Class::Shortage(_)), "errno {errno}");
+            assert_eq!(v.retry, Retry::No, "another backend would not help");
+            assert_eq!(v.class.backend_outcome(), None);
+            assert_eq!(error(&f, v.class, "u", "a").status(), 503);
+        }
+    }
+
+    #[test]
+    fn body_ends_finish_the_class() {
+        assert_eq!(body_ended(200, BodyEnd::Complete), Class::Success);
+        assert_eq!(body_ended(200, BodyEnd::Dropped), Class::Success);
+        assert_eq!(body_ended(503, BodyEnd::Complete), Class::ServerError);
+        assert_eq!(body_ended(200, BodyEnd::UpstreamError), Class::Reset);
+        assert_eq!(Class::Client.backend_outcome(), None);
+        assert_eq!(Class::Stale.backend_outcome(), None);
+    }
+
+    #[test]
+    fn local_answers_count_for_the_upstream_only_when_it_failed() {
+        assert_eq!(
+            local_answer(Some(ErrorKind::Connect), 502),
+            Some(Outcome::ConnectFailure)
+        );
+        assert_eq!(
+            local_answer(Some(ErrorKind::NoBackend), 503),
+            Some(Outcome::ServerError)
+        );
+        assert_eq!(local_answer(Some(ErrorKind::LocalResource), 503), None);
+        assert_eq!(local_answer(Some(ErrorKind::ClientGone), 499), None);
+        assert_eq!(
+            local_answer(None, 503),
+            Some(Outcome::ServerError),
+            "an injected abort"
+        );
+    }
+}
