@@ -26,7 +26,7 @@ CONNS=${CONNS:-12}
 BUILD=${BUILD:-release}
 LEASE=${LEASE:-5s}
 SCALE_HEALTHY=${SCALE_HEALTHY:-15}   # scale: seconds of healthy reports before the canary fails
-GATES=${GATES:-"{ min_requests: 100, max_error_rate: 0.01 }"}   # abort: 5x the gate over the last 100
+GATES=${GATES:-"{ min_requests: 100, max_error_rate: 0.01 }"}   # abort: shown past 1 % at 99.9 %, fastest at 5 %
 W=$(mktemp -d /tmp/switchyard-fleet.XXXX)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }

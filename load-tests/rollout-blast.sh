@@ -16,7 +16,7 @@ WARMUP=${WARMUP:-5}
 FAIL_PERCENT=${FAIL_PERCENT:-10}
 CONNS=${CONNS:-32}
 BUILD=${BUILD:-release}
-GATES=${GATES:-"{ min_requests: 100, max_error_rate: 0.01 }"}   # abort: 5x the gate over the last 100
+GATES=${GATES:-"{ min_requests: 100, max_error_rate: 0.01 }"}   # abort: shown past 1 % at 99.9 %, fastest at 5 %
 W=$(mktemp -d /tmp/switchyard-blast.XXXX)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
@@ -33,6 +33,12 @@ FAIL_AT=$(python3 -c "import time; print(time.time() + 2 + $WARMUP)")
 python3 load-tests/rollout_blast.py backend stable 18291 & PIDS+=($!)
 python3 load-tests/rollout_blast.py backend canary 18292 --fail-at "$FAIL_AT" \
   --fail-percent "$FAIL_PERCENT" --first-failure "$W/first-failure" & PIDS+=($!)
+
+# Both backends listening before switchyard starts: a canary failing only because it is not up
+# yet is not the canary this run is about.
+for port in 18291 18292; do
+  for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
+done
 
 cat > "$W/switchyard.yaml" <<CONF
 listeners: [{ name: public, bind: "127.0.0.1:18290" }]

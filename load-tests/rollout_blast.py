@@ -2,28 +2,38 @@
 """Helpers for rollout-blast.sh (standard library only, loopback only, bounded in time).
 
   rollout_blast.py backend NAME PORT [--fail-at EPOCH --fail-percent N --first-failure FILE]
+                                     [--fail-random P --seed S] [--lifetime SECONDS]
       A keep-alive HTTP/1.1 backend answering 200 "NAME"; from wall-clock time EPOCH on it
       answers exactly N percent of requests (evenly spread) with 500, and writes the time of
-      its first 500 to FILE.
-  rollout_blast.py load URL RATE SECONDS CONNS OUT
+      its first 500 to FILE. With --fail-random it answers each request with 500 with
+      probability P percent (P may be fractional, e.g. 0.5), independently, from seed S. It
+      exits by itself after SECONDS (default 300).
+  rollout_blast.py load URL RATE SECONDS CONNS OUT [--until ADMIN_URL]
       Sends RATE requests a second for SECONDS over CONNS keep-alive connections, paced on a
       fixed schedule (a slow answer does not lower the rate of the other connections); writes
       one line per request to OUT: "<scheduled epoch> <status> <lag s>" (status 0: no answer).
+      With --until, it also polls ADMIN_URL (a GET /rollouts/ROUTE) twice a second and stops
+      early once the rollout is no longer progressing; the last answer is written to OUT.json.
   rollout_blast.py report FIRST_FAILURE_FILE JOURNAL LOAD_OUT
       Prints the time from the canary's first failure to its weight 0 and the failed requests.
 """
 import asyncio
 import json
+import random
 import sys
 import time
 
 
-def backend(name, port, fail_at=None, fail_percent=0, first_failure=None):
+def backend(name, port, fail_at=None, fail_percent=0, first_failure=None, fail_random=None,
+            seed=0, lifetime=300):
     state = {"n": 0, "first": None}
+    rng = random.Random(seed)
     ok = f"HTTP/1.1 200 OK\r\ncontent-length: {len(name) + 1}\r\nx-backend: {name}\r\n\r\n{name}\n".encode()
     bad = b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 7\r\n\r\nfailed\n"
 
     def answer():
+        if fail_random is not None:
+            return bad if rng.random() * 100 < fail_random else ok
         if fail_at is None or time.time() < fail_at:
             return ok
         n = state["n"]
@@ -58,27 +68,42 @@ def backend(name, port, fail_at=None, fail_percent=0, first_failure=None):
         async with server:
             # Bounded even if the script driving it dies.
             try:
-                await asyncio.wait_for(server.serve_forever(), 300)
+                await asyncio.wait_for(server.serve_forever(), lifetime)
             except asyncio.TimeoutError:
                 pass
 
     asyncio.run(main())
 
 
-def load(url, rate, seconds, conns, out):
+async def get_json(url):
+    """GET a loopback admin URL; the parsed JSON body, or None."""
+    host_port, path = url.split("//", 1)[1].split("/", 1)
+    host, port = host_port.rsplit(":", 1)
+    try:
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(f"GET /{path} HTTP/1.1\r\nhost: {host_port}\r\nconnection: close\r\n\r\n".encode())
+        data = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        return json.loads(data.split(b"\r\n\r\n", 1)[1])
+    except Exception:
+        return None
+
+
+def load(url, rate, seconds, conns, out, until=None):
     host_port = url.split("//", 1)[1].split("/", 1)[0]
     host, port = host_port.rsplit(":", 1)
     request = f"GET / HTTP/1.1\r\nhost: {host_port}\r\n\r\n".encode()
     results = []
     start = time.time() + 0.2
     interval = conns / rate
+    stop = {"at": start + seconds, "last": None}
 
     async def one(i):
         reader = writer = None
         k = 0
         while True:
             at = start + (i / conns) * interval + k * interval
-            if at >= start + seconds:
+            if at >= stop["at"]:
                 break
             k += 1
             delay = at - time.time()
@@ -103,13 +128,25 @@ def load(url, rate, seconds, conns, out):
                 reader = writer = None
             results.append((at, status, lag))
 
+    async def watch():
+        while until and time.time() < stop["at"]:
+            await asyncio.sleep(0.5)
+            v = await get_json(until)
+            if v is not None:
+                stop["last"] = v
+                if v.get("state") not in ("pending", "progressing"):
+                    stop["at"] = time.time()
+
     async def main():
-        await asyncio.gather(*(one(i) for i in range(conns)))
+        await asyncio.gather(watch(), *(one(i) for i in range(conns)))
 
     asyncio.run(main())
     with open(out, "w") as f:
         for at, status, lag in sorted(results):
             f.write(f"{at:.6f} {status} {lag:.6f}\n")
+    if until:
+        with open(out + ".json", "w") as f:
+            json.dump(stop["last"], f)
 
 
 def report(first_failure_file, journal, load_out):
@@ -153,9 +190,13 @@ if __name__ == "__main__":
             float(opts["--fail-at"]) if "--fail-at" in opts else None,
             int(opts.get("--fail-percent", 0)),
             opts.get("--first-failure"),
+            float(opts["--fail-random"]) if "--fail-random" in opts else None,
+            int(opts.get("--seed", 0)),
+            float(opts.get("--lifetime", 300)),
         )
     elif cmd == "load":
-        load(args[0], float(args[1]), float(args[2]), int(args[3]), args[4])
+        opts = dict(zip(args[5::2], args[6::2]))
+        load(args[0], float(args[1]), float(args[2]), int(args[3]), args[4], opts.get("--until"))
     elif cmd == "report":
         sys.exit(report(*args))
     else:

@@ -19,10 +19,12 @@ use tokio::net::TcpListener;
 pub const DEMO_FAIL_HEADER: &str = "x-demo-fail";
 
 /// The demo's canary rollout of green (appended to [`config_text`] by `switchyard demo
-/// --rollout`): steps every 10 s once green has 20 requests at the step; state in `state_dir`.
+/// --rollout`): a step every 10 s once the tests show green not worse, or after 30 s anyway
+/// (a demo gets too few requests for the tests to decide: `on_inconclusive: promote`); failing
+/// requests are still caught by the abort rule. State in `state_dir`.
 pub fn rollout_text(state_dir: &std::path::Path) -> String {
     format!(
-        "    rollout:\n      strategy: canary\n      stable: blue\n      canary: green\n      steps: [10, 25, 50, 100]\n      step_interval: 10s\n      gates: {{ min_requests: 20, max_error_rate: 0.02 }}\nstate_dir: \"{}\"\n",
+        "    rollout:\n      strategy: canary\n      stable: blue\n      canary: green\n      steps: [10, 25, 50, 100]\n      step_interval: 10s\n      max_step_duration: 30s\n      on_inconclusive: promote\n      gates: {{ min_requests: 20, max_error_rate: 0.02 }}\nstate_dir: \"{}\"\n",
         state_dir.display()
     )
 }

@@ -58,8 +58,9 @@
 //!   [`reload::loader`] (file reads off the workers, with a deadline),
 //!   [`reload::reloader`] (the one writer of the snapshot), [`reload::snapshot`] (builds one
 //!   from a config).
-//! - [`rollout`]: canary and blue-green rollouts: a pure policy, a state machine, a controller
-//!   that sends weights to the reloader, and a journal.
+//! - [`rollout`]: canary and blue-green rollouts: a pure policy of sequential tests with stated
+//!   error rates, a state machine, a controller that sends weights to the reloader, and a
+//!   journal.
 //! - [`fleet`]: with `cluster:`, the replicas of a fleet act as one through etcd: one rollout
 //!   state, a leader that decides on everyone's numbers, aborts and commands from anywhere.
 //! - [`admin`]: the admin HTTP API, the ops listener (probes and metrics only), and the admin

@@ -176,9 +176,10 @@ fn process_id() -> String {
 }
 
 /// The guard's spec: the route's own, with steps that never end and a request count never
-/// reached, so the engine only ever aborts.
-fn guard_spec(spec: &RolloutSpec) -> RolloutSpec {
-    let mut g = spec.clone();
+/// reached, so the engine only ever aborts; its abort test gets this replica's share of the
+/// fleet's error rate ([`decide::abort_share`]) among `replicas`.
+fn guard_spec(spec: &RolloutSpec, replicas: usize) -> RolloutSpec {
+    let mut g = decide::abort_share(spec, 2 * replicas.max(1));
     g.step_interval = NEVER;
     if !g.post_promotion.is_zero() {
         g.post_promotion = NEVER;
@@ -648,6 +649,7 @@ impl FleetController {
 
     /// This replica's own abort rules, on its own numbers.
     fn guard(&mut self, snap: &Snapshot, name: &Arc<str>, now: Instant, now_ms: u64) {
+        let replicas = self.nodes.len();
         let Some(r) = self.routes.get_mut(name) else {
             return;
         };
@@ -664,7 +666,7 @@ impl FleetController {
             return;
         };
         if r.guard.as_ref().is_none_or(|g| g.0 != st.epoch) {
-            let g = Arc::new(guard_spec(&spec));
+            let g = Arc::new(guard_spec(&spec, replicas));
             let saved = saved_of(&st, g.fingerprint());
             r.guard = Some((st.epoch, Rollout::restore(Arc::clone(name), g, &saved, now)));
         }
@@ -989,10 +991,13 @@ impl FleetController {
             // and on the counts replicas published for it.
             let elapsed = Duration::from_millis(decide::elapsed_ms(st.step_started_ms, now_ms));
             let started = now.checked_sub(elapsed).unwrap_or(now);
-            let saved = saved_of(&st, st.fingerprint.clone());
+            // The step's tests are functions of its summed counts, so they resume exactly
+            // where the last leader left them; the abort rule's later windows start afresh.
+            let spec = Arc::new(decide::abort_share(&spec, 2));
+            let saved = saved_of(&st, spec.fingerprint());
             let mut j = Rollout::restore(Arc::clone(name), spec, &saved, started);
             let carried = r.sum.carried();
-            change = j.observe(now, now_ms, carried.sample, || carried.latency.clone());
+            j.prime(carried.sample, carried.latency);
             r.judge = Some((st.epoch, j));
         }
         let Some((_, j)) = r.judge.as_mut() else {

@@ -97,6 +97,19 @@ pub(crate) fn plan(fleet: Option<&str>, agreed: Option<Option<&str>>) -> Plan {
     }
 }
 
+/// `spec` with its abort test at a `1 / parts` share of the error rate `1 - abort_confidence`.
+/// A fleet runs several abort tests on one canary, the leader's on the fleet's sums and each
+/// replica's on its own numbers, and any of them aborts, so their error rates add up (a union
+/// bound): the leader's gets half and each replica's an equal share of the other half, and a
+/// canary equal to stable is then aborted by the fleet with probability at most
+/// `1 - abort_confidence`, as by one replica alone.
+pub(crate) fn abort_share(spec: &RolloutSpec, parts: usize) -> RolloutSpec {
+    let mut s = spec.clone();
+    let alpha = 1.0 - s.gates.abort_confidence;
+    s.gates.abort_confidence = 1.0 - alpha / parts.max(1) as f64;
+    s
+}
+
 /// Milliseconds since `started_ms` (0 when the clocks disagree the other way).
 pub(crate) fn elapsed_ms(started_ms: u64, now_ms: u64) -> u64 {
     now_ms.saturating_sub(started_ms)
@@ -187,6 +200,18 @@ mod tests {
         assert_eq!(plan(Some("a"), None), Plan::Hold);
         assert_eq!(plan(None, None), Plan::Hold);
         assert_eq!(plan(None, Some(None)), Plan::Nothing);
+    }
+
+    #[test]
+    fn the_fleets_abort_tests_share_one_error_rate() {
+        let s = spec("blue", "green");
+        let alpha = |parts| 1.0 - abort_share(&s, parts).gates.abort_confidence;
+        let whole = 1.0 - s.gates.abort_confidence;
+        // The leader's half and three replicas' sixths add up to the configured rate.
+        let sum = alpha(2) + 3.0 * alpha(6);
+        assert!((sum - whole).abs() < 1e-12, "{sum} vs {whole}");
+        assert_eq!(abort_share(&s, 1).gates, s.gates);
+        assert_eq!(abort_share(&s, 2).gates.confidence, s.gates.confidence);
     }
 
     #[test]

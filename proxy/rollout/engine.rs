@@ -1,6 +1,10 @@
 //! One route's rollout: its state, the window of the step it is at, the decisions it made. It
 //! is fed readings and the time by the controller and answers with state changes; it reads no
 //! clock and does no I/O itself (so its timing is unit-tested on tokio's paused clock).
+//!
+//! Everything it keeps is made of the cumulative readings it was fed (the step's base, the
+//! starts of the abort rule's windows), so a fleet's summed counters drive it as well as one
+//! replica's, and a new leader that starts feeding it starts a fresh, valid window.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -12,15 +16,22 @@ use tokio::time::Instant;
 
 use super::journal::{Entry, Saved};
 use super::machine::{self, IllegalTransition, State};
-use super::policy::{self, Arm, Decision, Inputs, Verdict};
+use super::policy::{self, Arm, Decision, GateResult, GateStatus, Inputs, Verdict, Window};
 use crate::config::rollout::RolloutSpec;
 use crate::stats::ShadowCounts;
 
 /// Decisions and transitions kept for `GET /rollouts/{route}`.
 const KEEP_DECISIONS: usize = 10;
 const KEEP_HISTORY: usize = 50;
-/// Ticks of recent canary counts kept at most for the abort rule.
-const KEEP_RECENT: usize = 3000;
+/// Windows the abort rule looks at besides the whole step: the latest ones. Dropping older
+/// windows only lowers the evidence, so the rule's error rate still holds.
+const KEEP_WINDOWS: usize = 12;
+/// How often a step's tests run once the step may decide (the abort rule runs on every tick):
+/// a step verdict a second late costs nothing.
+const EVALUATE_EVERY: Duration = Duration::from_secs(1);
+/// How often the latency gates are read from the histograms meanwhile (reading them merges
+/// every worker's histograms); at once, though, when every other gate has passed.
+const LATENCY_EVERY: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counts {
@@ -55,7 +66,8 @@ pub struct Sample {
     pub shadow: ShadowCounts,
 }
 
-/// Cumulative latency histograms of (canary, stable); read only when a step is evaluated.
+/// Cumulative latency histograms of (canary, stable); read at the start of a step and then
+/// every few seconds while it may decide, never on every tick.
 pub type Latency = (Histogram<u64>, Histogram<u64>);
 
 #[derive(Debug, Clone, Serialize)]
@@ -81,6 +93,14 @@ pub enum Op {
     Abort,
 }
 
+/// When the latency gates were read, their results and the two arms' p99s (ms).
+struct LatencyRead {
+    at: Instant,
+    gates: Vec<GateResult>,
+    canary_p99: Option<f64>,
+    stable_p99: Option<f64>,
+}
+
 pub struct Rollout {
     pub route: Arc<str>,
     pub spec: Arc<RolloutSpec>,
@@ -88,7 +108,14 @@ pub struct Rollout {
     pub state: State,
     step_started: Instant,
     base: Option<(Sample, Latency)>,
-    recent: VecDeque<Counts>,
+    /// The abort rule's windows after the whole step: their index and the reading they began at.
+    windows: VecDeque<(u32, Sample)>,
+    /// Canary failures at the last abort check: its evidence grows only with a new one.
+    checked_failures: Option<u64>,
+    /// The latency gates as last read.
+    latency_gates: Option<LatencyRead>,
+    /// When the step's tests last ran.
+    evaluated: Option<Instant>,
     pub decisions: VecDeque<Stamped>,
     pub history: VecDeque<Entry>,
     last_hold: Option<Instant>,
@@ -103,7 +130,10 @@ impl Rollout {
             state: State::Pending,
             step_started: now,
             base: None,
-            recent: VecDeque::new(),
+            windows: VecDeque::new(),
+            checked_failures: None,
+            latency_gates: None,
+            evaluated: None,
             decisions: VecDeque::new(),
             history: VecDeque::new(),
             last_hold: None,
@@ -174,14 +204,26 @@ impl Rollout {
         if !matches!(to, State::Paused { .. }) {
             self.step_started = now;
             self.base = None;
-            self.recent.clear();
+            self.windows.clear();
+            self.checked_failures = None;
+            self.latency_gates = None;
+            self.evaluated = None;
             self.last_hold = None;
         }
         Ok(Change { from, to, reason })
     }
 
+    /// Starts judging a step that began before this engine did (a new fleet leader): `base` is
+    /// what was counted before the step began, so the step's tests run on all of its counts,
+    /// exactly as the engine that judged it before would have. Nothing is evaluated until the
+    /// next [`Rollout::observe`] brings the counts so far.
+    pub fn prime(&mut self, base: Sample, latency: Latency) {
+        self.base = Some((base, latency));
+    }
+
     /// One tick: starts a pending rollout, checks the abort rules, and evaluates the step once
-    /// its time and requests are in. `latency` is called only when percentiles are needed.
+    /// its time is in, then at most every [`EVALUATE_EVERY`]. `latency` is called at the start
+    /// of a step, then every [`LATENCY_EVERY`] (every evaluation once the other gates pass).
     pub fn observe(
         &mut self,
         now: Instant,
@@ -203,16 +245,21 @@ impl Rollout {
             _ => return None,
         };
         let elapsed = self.step_elapsed(now);
-        let (base, base_latency) = self.base.get_or_insert_with(|| (sample, latency()));
-        let base = *base;
-        self.recent.push_back(sample.canary);
-        let min = self.spec.gates.abort_min_requests;
-        while self.recent.len() > KEEP_RECENT
-            || (self.recent.len() >= 2 && sample.canary.since(self.recent[1]).requests >= min)
+        let base = self.base.get_or_insert_with(|| (sample, latency())).0;
+        let block = self.spec.gates.abort_min_requests;
+        let last_start = self.windows.back().map_or(base, |w| w.1);
+        if sample
+            .canary
+            .requests
+            .saturating_sub(last_start.canary.requests)
+            >= block
         {
-            self.recent.pop_front();
+            let j = self.windows.back().map_or(1, |w| w.0 + 1);
+            self.windows.push_back((j, sample));
+            if self.windows.len() > KEEP_WINDOWS {
+                self.windows.pop_front();
+            }
         }
-        let recent = self.recent.front().map_or(Counts::default(), |&c| c);
         let mut inputs = Inputs {
             step,
             elapsed,
@@ -220,29 +267,82 @@ impl Rollout {
             stable: sample.stable.since(base.stable).arm(None),
             breaker_opens: sample.breaker_opens.saturating_sub(base.breaker_opens),
             shadow: sample.shadow.since(base.shadow),
-            recent: sample.canary.since(recent).arm(None),
+            recent: Arm::default(),
         };
-        let paused = matches!(self.state, State::Paused { .. });
-        let ready = inputs.elapsed >= self.spec.min_duration(step)
-            && inputs.canary.requests >= self.spec.gates.min_requests;
-        if ready && !paused {
-            let (canary, stable) = latency();
-            inputs.canary.p99_ms = p99_ms(&canary, &base_latency.0);
-            inputs.stable.p99_ms = p99_ms(&stable, &base_latency.1);
+        let fresh_failure = self
+            .checked_failures
+            .is_none_or(|f| sample.canary.failures > f);
+        if inputs.breaker_opens > 0 || fresh_failure {
+            self.checked_failures = Some(sample.canary.failures);
+            let windows: Vec<Window> = std::iter::once((0, base))
+                .chain(self.windows.iter().copied())
+                .map(|(index, start)| Window {
+                    index,
+                    canary: sample.canary.since(start.canary).arm(None),
+                    stable: sample.stable.since(start.stable).arm(None),
+                })
+                .collect();
+            if let Some(d) = policy::abort_check(&self.spec, &inputs, &windows) {
+                let reason = d.reason.clone();
+                self.remember(time_ms, d);
+                return self.transition(State::RolledBack, reason, now).ok();
+            }
         }
-        let decision = if paused {
-            policy::abort_check(&self.spec, &inputs)?
-        } else {
-            policy::evaluate(&self.spec, &inputs)
-        };
-        let to = match decision.verdict {
+        if matches!(self.state, State::Paused { .. }) || elapsed < self.spec.min_duration(step) {
+            return None;
+        }
+        if self
+            .evaluated
+            .is_some_and(|t| now.saturating_duration_since(t) < EVALUATE_EVERY)
+        {
+            return None;
+        }
+        self.evaluated = Some(now);
+        let mut gates = policy::count_gates(&self.spec, &inputs);
+        let others_passed = gates
+            .iter()
+            .all(|g| matches!(g.status, GateStatus::Pass | GateStatus::NotApplicable));
+        let stale = self.latency_gates.as_ref().is_none_or(|l| {
+            let age = now.saturating_duration_since(l.at);
+            age >= LATENCY_EVERY || (others_passed && age >= EVALUATE_EVERY)
+        });
+        if stale {
+            let (canary, stable) = latency();
+            let base_latency = self.base.as_ref().map(|b| &b.1);
+            let window = |now: Histogram<u64>, base: Option<&Histogram<u64>>| {
+                let mut w = now;
+                if let Some(b) = base
+                    && w.subtract(b).is_err()
+                {
+                    w.reset();
+                }
+                w
+            };
+            let canary = window(canary, base_latency.map(|b| &b.0));
+            let stable = window(stable, base_latency.map(|b| &b.1));
+            let (gates, c99, s99) = policy::latency_gates(&self.spec, &canary, &stable);
+            self.latency_gates = Some(LatencyRead {
+                at: now,
+                gates,
+                canary_p99: c99,
+                stable_p99: s99,
+            });
+        }
+        if let Some(l) = &self.latency_gates {
+            gates.extend_from_slice(&l.gates);
+            inputs.canary.p99_ms = l.canary_p99;
+            inputs.stable.p99_ms = l.stable_p99;
+        }
+        let (verdict, inconclusive) = policy::verdict(&self.spec, &inputs, &gates);
+        let to = match verdict {
             Verdict::Hold => {
-                // Only a hold on too few requests is news, and not on every tick.
+                // Holds are news about once per interval, not on every tick.
                 let quiet = self.spec.min_duration(step).max(Duration::from_secs(1));
-                let due = self
+                if self
                     .last_hold
-                    .is_none_or(|t| now.duration_since(t) >= quiet);
-                if inputs.elapsed >= self.spec.min_duration(step) && due {
+                    .is_none_or(|t| now.duration_since(t) >= quiet)
+                {
+                    let decision = policy::decide(&self.spec, &inputs, gates, verdict, false);
                     tracing::info!(route = %self.route, step, "{}", decision.reason);
                     self.last_hold = Some(now);
                     self.remember(time_ms, decision);
@@ -254,6 +354,7 @@ impl Rollout {
             Verdict::Rollback => State::RolledBack,
             Verdict::Pause => State::Paused { step },
         };
+        let decision = policy::decide(&self.spec, &inputs, gates, verdict, inconclusive);
         let reason = decision.reason.clone();
         self.remember(time_ms, decision);
         self.transition(to, reason, now).ok()
@@ -300,13 +401,6 @@ impl Rollout {
         };
         self.transition(to, format!("operator: {what}"), now)
     }
-}
-
-/// p99 of what `now` recorded after `base`, in ms.
-fn p99_ms(now: &Histogram<u64>, base: &Histogram<u64>) -> Option<f64> {
-    let mut window = now.clone();
-    window.subtract(base).ok()?;
-    (!window.is_empty()).then(|| window.value_at_quantile(0.99) as f64 / 1000.0)
 }
 
 #[cfg(test)]

@@ -11,7 +11,8 @@ pub enum State {
     Pending,
     /// At step `step` of the spec's steps.
     Progressing { step: usize },
-    /// Held at `step` by an operator or a failed gate (`on_failure: pause`).
+    /// Held at `step` by an operator, a failed gate (`on_failure: pause`) or a step its tests
+    /// could not decide in `max_step_duration` (`on_inconclusive: pause`).
     Paused { step: usize },
     /// The canary takes all the traffic.
     Promoted,

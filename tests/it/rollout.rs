@@ -187,7 +187,9 @@ async fn a_healthy_canary_walks_5_20_50_100_and_is_promoted() {
     let p = Proxy::start(&config(
         &stable,
         &canary,
-        "{ strategy: canary, stable: stable, canary: canary, steps: [5, 20, 50, 100], step_interval: 200ms, gates: { min_requests: 20, max_p99_ms: 5000 } }",
+        // A 5 % limit (and so a 1.25 % floor for the ratio to stable): a clean canary is shown
+        // not worse within a few hundred requests a step.
+        "{ strategy: canary, stable: stable, canary: canary, steps: [5, 20, 50, 100], step_interval: 200ms, gates: { min_requests: 20, max_p99_ms: 5000, max_error_rate: 0.05 } }",
         "",
     ))
     .await;
@@ -259,15 +261,19 @@ async fn a_canary_failing_5_percent_is_rolled_back_at_its_first_step() {
         d["abort"], false,
         "the step gate decided, not the abort rule"
     );
-    assert_eq!(gate(d, "error_rate")["status"], "fail", "{d:#}");
+    // Either error-rate test may be the first to show it: against the limit, or against a
+    // stable that fails nothing.
+    assert!(
+        ["error_rate", "error_ratio"]
+            .iter()
+            .any(|g| gate(d, g)["status"] == "fail"),
+        "{d:#}"
+    );
     assert!(d["inputs"]["canary"]["requests"].as_u64().unwrap() >= 40);
     let rate = d["inputs"]["canary"]["error_rate"].as_f64().unwrap();
     assert!(rate > 0.01 && rate < 0.1, "{d:#}");
     assert_eq!(d["thresholds"]["max_error_rate"], 0.01);
-    assert!(
-        d["reason"].as_str().unwrap().contains("error_rate"),
-        "{d:#}"
-    );
+    assert!(d["reason"].as_str().unwrap().contains("error_rat"), "{d:#}");
     assert_eq!(weights(&v), [100, 0]);
     all_to_stable(&p, &stable, &canary).await;
 }
@@ -301,25 +307,36 @@ async fn a_canary_whose_shadow_answers_differ_fails_the_mismatch_gate() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_canary_3x_slower_fails_the_p99_ratio_gate() {
+async fn a_canary_10x_slower_fails_the_p99_ratio_gate() {
+    // Ten times: the test bounds stable's p99 from above (on a loaded machine its tail is
+    // long), so the canary must be clearly past the ratio, not just past a point estimate.
     let (stable, canary) = backends().await;
-    stable.set_delay(30);
-    canary.set_delay(90);
+    stable.set_delay(20);
+    canary.set_delay(200);
     let p = Proxy::start(&config(
         &stable,
         &canary,
-        "{ strategy: canary, stable: stable, canary: canary, steps: [50, 100], step_interval: 300ms, gates: { min_requests: 20, max_p99_ratio: 1.2, max_p99_ms: 10000 } }",
+        "{ strategy: canary, stable: stable, canary: canary, steps: [50, 100], step_interval: 300ms, gates: { min_requests: 20, max_p99_ratio: 1.5, max_p99_ms: 10000 } }",
         "",
     ))
     .await;
-    let traffic = load(p.url("/"), 8, &[]);
+    // Bounding stable's p99 takes about 480 of its samples: 16 clients (mostly waiting on the
+    // backends' delays) bring them in seconds even on a loaded machine. No assertion here is
+    // on time: only on what the test showed.
+    let traffic = load(p.url("/"), 16, &[]);
     let v = wait_rollout(&p, "rolled back", |v| v["state"] == "rolled-back").await;
     traffic.finish().await;
     let d = &v["last_decision"];
     assert!(d["reason"].as_str().unwrap().contains("p99_ratio"), "{d:#}");
     let c = d["inputs"]["canary"]["p99_ms"].as_f64().unwrap();
     let s = d["inputs"]["stable"]["p99_ms"].as_f64().unwrap();
-    assert!(c >= 90.0 && c > s, "canary p99 {c} ms, stable {s} ms");
+    assert!(
+        c >= 200.0 && c > 1.5 * s,
+        "canary p99 {c} ms, stable {s} ms"
+    );
+    let g = gate(d, "p99_ratio");
+    assert_eq!(g["status"], "fail", "{d:#}");
+    assert!(g["confidence_worse"].as_f64().unwrap() >= 0.95, "{g:#}");
     assert_eq!(weights(&v), [100, 0]);
 }
 
@@ -382,6 +399,56 @@ async fn two_requests_a_second_hold_instead_of_deciding() {
     assert!(reason.contains("too few canary requests"), "{reason}");
     assert!(canary.traffic() > 0, "the canary took some of the trickle");
     assert_eq!(weights(&v), [50, 50]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_without_enough_evidence_pauses_after_max_step_duration_and_says_what_is_missing() {
+    let (stable, canary) = backends().await;
+    let p = Proxy::start(&config(
+        &stable,
+        &canary,
+        "{ strategy: canary, stable: stable, canary: canary, steps: [50, 100], step_interval: 200ms, max_step_duration: 2s, gates: { min_requests: 5 } }",
+        "",
+    ))
+    .await;
+    let c = client();
+    // A healthy canary, but only a trickle of requests (the pacing is the scenario, not a
+    // synchronisation): the step's tests cannot show it not worse than a 1 % limit.
+    let mut held = None;
+    let v = loop {
+        get(&c, &p.url("/")).await;
+        let (_, v) = rollout(&p, "r").await;
+        if v["last_decision"]["verdict"] == "hold" {
+            held = Some(v["last_decision"].clone());
+        }
+        if v["state"] != "progressing" {
+            break v;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(state(&v), ("paused", Some(0)), "{v:#}");
+    assert_eq!(weights(&v), [50, 50], "the weights stay for an operator");
+    let d = &v["last_decision"];
+    assert_eq!(
+        (d["verdict"].as_str(), d["inconclusive"].as_bool()),
+        (Some("pause"), Some(true))
+    );
+    let reason = d["reason"].as_str().unwrap();
+    assert!(reason.starts_with("inconclusive: step 0"), "{reason}");
+    assert!(reason.contains("on_inconclusive: pause"), "{reason}");
+    // Every hold recorded on the way named each undecided gate's test, its confidence and
+    // the evidence it still missed.
+    let held = held.expect("a hold decision was recorded");
+    let g = gate(&held, "error_rate");
+    assert_eq!(g["status"], "inconclusive", "{held:#}");
+    assert!(g["test"].as_str().unwrap().contains("SPRT"), "{g:#}");
+    assert!(g["confidence_not_worse"].as_f64().is_some(), "{g:#}");
+    let missing = g["missing"].as_str().unwrap();
+    assert!(
+        missing.starts_with("need about ") && missing.contains("more canary requests"),
+        "{missing}"
+    );
+    assert_eq!(held["thresholds"]["confidence"], 0.95);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
