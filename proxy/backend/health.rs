@@ -11,14 +11,13 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::Request;
 use http_body_util::Empty;
-use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use tokio::task::JoinHandle;
 
 use super::registry::{Backend, BackendKey};
 use super::state::BackendState;
 use crate::config::Config;
-use crate::config::model::{HealthCheck, UpstreamTls};
+use crate::config::model::{BackendAddr, HealthCheck, Protocol, Transport};
 
 /// Rise and fall: the pure part of a health check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,38 +71,38 @@ impl Tracker {
     }
 }
 
-/// One check: a 2xx or 3xx within the timeout passes.
-pub async fn probe(
+/// One check: a 2xx or 3xx within the timeout passes. Spoken in the upstream's protocol
+/// (HTTP/2 backends may not speak HTTP/1.1 at all).
+pub(crate) async fn probe(
     state: &BackendState,
     check: &HealthCheck,
-    tls: Option<&UpstreamTls>,
+    transport: &Transport,
 ) -> Result<u16, String> {
     let attempt = async {
         let addr = state.addr.as_str();
         let stream = tokio::net::TcpStream::connect(addr)
             .await
             .map_err(|e| format!("connect: {e}"))?;
-        let mut sender = match tls {
-            None => checker(stream).await?,
-            Some(tls) => {
-                checker(
-                    super::tls::connect(tls, &state.addr, stream)
-                        .await
-                        .map_err(|e| format!("TLS: {e}"))?,
-                )
-                .await?
-            }
-        };
+        let _ = stream.set_nodelay(true);
         let req = Request::get(check.path.as_str())
             .header(http::header::HOST, addr)
             .header(http::header::USER_AGENT, "switchyard-health-check")
             .body(Empty::<Bytes>::new())
             .map_err(|e| e.to_string())?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| format!("request: {e}"))?;
-        Ok::<u16, String>(resp.status().as_u16())
+        match &transport.tls {
+            None => {
+                let h2 = transport.protocol == Protocol::Http2;
+                ask(stream, h2, req, &state.addr, false).await
+            }
+            Some(tls) => {
+                let client = super::tls::with_alpn(&tls.client, transport.protocol);
+                let stream = super::tls::connect(&client, tls, &state.addr, stream)
+                    .await
+                    .map_err(|e| format!("TLS: {e}"))?;
+                let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                ask(stream, h2, req, &state.addr, true).await
+            }
+        }
     };
     let status = tokio::time::timeout(check.timeout, attempt)
         .await
@@ -115,18 +114,43 @@ pub async fn probe(
     }
 }
 
-async fn checker<S>(stream: S) -> Result<SendRequest<Empty<Bytes>>, String>
+/// Sends the check's request over a connected stream, in HTTP/2 when `h2`.
+async fn ask<S>(
+    stream: S,
+    h2: bool,
+    mut req: Request<Empty<Bytes>>,
+    addr: &BackendAddr,
+    tls: bool,
+) -> Result<u16, String>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| format!("handshake: {e}"))?;
-    tokio::spawn(conn);
-    Ok(sender)
+    let io = TokioIo::new(stream);
+    let resp = if h2 {
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                .await
+                .map_err(|e| format!("handshake: {e}"))?;
+        tokio::spawn(conn);
+        let scheme = if tls {
+            http::uri::Scheme::HTTPS
+        } else {
+            http::uri::Scheme::HTTP
+        };
+        super::h2req::to_h2(&mut req, scheme, addr);
+        sender.send_request(req).await
+    } else {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+        tokio::spawn(conn);
+        sender.send_request(req).await
+    };
+    resp.map(|r| r.status().as_u16())
+        .map_err(|e| format!("request: {e}"))
 }
 
-async fn run(state: Arc<BackendState>, check: HealthCheck, tls: Option<UpstreamTls>) {
+async fn run(state: Arc<BackendState>, check: HealthCheck, transport: Transport) {
     let mut tracker = if state.is_pending() {
         Tracker::pending()
     } else {
@@ -136,7 +160,7 @@ async fn run(state: Arc<BackendState>, check: HealthCheck, tls: Option<UpstreamT
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        let result = probe(&state, &check, tls.as_ref()).await;
+        let result = probe(&state, &check, &transport).await;
         if let Err(why) = &result {
             tracing::debug!(upstream = %state.upstream, backend = state.addr.as_str(), %why, "health check failed");
         }
@@ -156,7 +180,7 @@ async fn run(state: Arc<BackendState>, check: HealthCheck, tls: Option<UpstreamT
 /// The running checks, one per checked backend.
 #[derive(Default)]
 pub struct HealthCheckers {
-    running: HashMap<BackendKey, (HealthCheck, Option<UpstreamTls>, JoinHandle<()>)>,
+    running: HashMap<BackendKey, (HealthCheck, Transport, JoinHandle<()>)>,
 }
 
 impl HealthCheckers {
@@ -172,18 +196,20 @@ impl HealthCheckers {
                     upstream: Arc::clone(&up.name),
                     addr: backend.state.addr.clone(),
                 };
-                let tls = &up.transport.tls;
+                let transport = &up.transport;
                 let entry = match self.running.remove(&key) {
-                    Some((old, old_tls, task)) if old == *check && old_tls == *tls => {
-                        (old, old_tls, task)
+                    Some((old, old_transport, task))
+                        if old == *check && old_transport == *transport =>
+                    {
+                        (old, old_transport, task)
                     }
                     previous => {
                         if let Some((_, _, task)) = previous {
                             task.abort();
                         }
                         let state = Arc::clone(&backend.state);
-                        let task = tokio::spawn(run(state, check.clone(), tls.clone()));
-                        (check.clone(), tls.clone(), task)
+                        let task = tokio::spawn(run(state, check.clone(), transport.clone()));
+                        (check.clone(), transport.clone(), task)
                     }
                 };
                 next.insert(key, entry);

@@ -39,6 +39,9 @@ pub(crate) enum Class {
     /// A kept-alive connection the backend had already closed (as servers do when they reach
     /// their own idle timeout or request limit): the backend did nothing wrong.
     Stale,
+    /// An HTTP/2 backend refused the request before processing it (GOAWAY, REFUSED_STREAM):
+    /// the backend did nothing wrong and nothing of the request was acted on.
+    Refused,
     /// The proxy's own shortage of descriptors, buffers or memory: says nothing about the
     /// backend.
     Shortage(Shortage),
@@ -56,7 +59,7 @@ impl Class {
             Class::Timeout => Some(Outcome::Timeout),
             Class::ConnectFailure => Some(Outcome::ConnectFailure),
             Class::Reset => Some(Outcome::Reset),
-            Class::Stale | Class::Shortage(_) | Class::Client => None,
+            Class::Stale | Class::Refused | Class::Shortage(_) | Class::Client => None,
         }
     }
 }
@@ -179,6 +182,23 @@ pub(crate) fn failed(f: &SendFailure<'_>, rules: &Rules<'_>) -> Verdict {
         Cause::Client => no(Class::Client),
         Cause::Shortage(s) => no(Class::Shortage(s)),
         Cause::Connect => rules.verdict(Class::ConnectFailure, Failure::Connect, f.unsent),
+        // Unprocessed (RFC 9113 8.7): safe to send again whatever the method, if it can be.
+        Cause::Refused => {
+            let again = f.unsent || rules.replayable;
+            if f.reused {
+                Verdict {
+                    class: Class::Refused,
+                    retry: if again { Retry::Fresh } else { Retry::No },
+                }
+            } else {
+                // A fresh connection refused it too: elsewhere, as a request never sent.
+                let mut v = rules.verdict(Class::Refused, Failure::Connect, again);
+                if !again {
+                    v.retry = Retry::No;
+                }
+                v
+            }
+        }
         Cause::Closed if f.reused => {
             let safe = f.unsent || (rules.idempotent && rules.replayable);
             Verdict {
@@ -241,6 +261,10 @@ pub(crate) fn error(f: &SendFailure<'_>, class: Class, upstream: &str, addr: &st
             ErrorKind::Connect,
             format!("cannot connect to upstream `{upstream}`"),
         ),
+        Class::Refused => (
+            ErrorKind::Connect,
+            format!("upstream `{upstream}` refused the request unprocessed (HTTP/2 GOAWAY or REFUSED_STREAM)"),
+        ),
         _ => (
             ErrorKind::Reset,
             format!("upstream `{upstream}` closed the connection without a valid response"),
@@ -257,6 +281,8 @@ enum Cause {
     Shortage(Shortage),
     /// No connection could be made.
     Connect,
+    /// An HTTP/2 backend refused the stream unprocessed.
+    Refused,
     /// The connection was closed or reset before any of a response arrived.
     Closed,
     /// Anything else: a broken or invalid response.
@@ -282,6 +308,9 @@ fn cause(e: &SendError) -> Cause {
     let Some(h) = e.hyper() else {
         return Cause::Broken;
     };
+    if crate::backend::h2req::refused(h) {
+        return Cause::Refused;
+    }
     let closed = h.is_incomplete_message()
         || h.is_canceled()
         || find_in_chain::<std::io::Error>(h).is_some_and(|io| {

@@ -85,7 +85,7 @@ impl Flags {
             Class::Success | Class::ServerError | Class::Client => Flags::default(),
             Class::Timeout => Flags::UPSTREAM_TIMEOUT,
             Class::ConnectFailure => Flags::UPSTREAM_CONNECT_FAILURE,
-            Class::Reset | Class::Stale => Flags::UPSTREAM_RESET,
+            Class::Reset | Class::Stale | Class::Refused => Flags::UPSTREAM_RESET,
             Class::Shortage(_) => Flags::LOCAL_RESOURCES,
         }
     }

@@ -406,7 +406,15 @@ pub(crate) async fn prepare_body(
     if upgrade {
         return Ok((body, None));
     }
-    let kept = if attempt.policy.is_some() {
+    // An HTTP/2 backend may refuse a request unprocessed (GOAWAY) whatever its method: a small
+    // body is kept so that it can go again.
+    let multiplexed = attempt.route.targets[attempt.aim.target]
+        .upstream
+        .spec
+        .transport
+        .protocol
+        != crate::config::model::Protocol::Http1;
+    let kept = if attempt.policy.is_some() || multiplexed {
         keep_small(body, attempt.deadline, attempt.timer).await?
     } else if attempt.idempotent && http_body::Body::is_end_stream(&body) {
         (body, Some(Bytes::new()))

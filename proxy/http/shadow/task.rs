@@ -104,6 +104,7 @@ pub(super) async fn run(mut m: Mirror, body: Bytes) {
         Class::ConnectFailure
         | Class::Reset
         | Class::Stale
+        | Class::Refused
         | Class::Shortage(_)
         | Class::Client => ShadowResult::Failed,
     });
