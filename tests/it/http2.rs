@@ -6,6 +6,7 @@ use http::Request;
 use http_body_util::Full;
 
 use crate::support::h2peer::H2Peer;
+use crate::support::proxy::sample;
 use crate::support::*;
 
 fn config(peers: &[&H2Peer], extra: &str) -> String {
@@ -88,6 +89,12 @@ async fn goaway_under_load_fails_no_request() {
     let s = proxy.backend_status("app", peer.addr).await;
     assert_eq!(s["breaker"]["state"], "closed", "{s}");
     assert_eq!(s["outcomes"]["reset"], 0, "a GOAWAY is not the backend failing: {s}");
+    let m = proxy.metrics().await;
+    let series = format!(
+        "switchyard_upstream_resends_total{{upstream=\"app\",backend=\"{}\",reason=\"refused\"}}",
+        peer.addr
+    );
+    eprintln!("{series} = {:?}", sample(&m, &series));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

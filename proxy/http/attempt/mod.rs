@@ -355,8 +355,12 @@ impl<'a> Attempt<'a> {
             if verdict.retry == Retry::Fresh && Instant::now() < self.deadline {
                 tried.resent = true;
                 self.record.tried(tried);
-                backend.state.resent_stale();
-                tracing::debug!(backend = %backend.state.addr.as_str(), error = %error, "kept-alive connection was closed; sending again on a fresh one");
+                if verdict.class == Class::Refused {
+                    backend.state.resent_refused();
+                } else {
+                    backend.state.resent_stale();
+                }
+                tracing::debug!(backend = %backend.state.addr.as_str(), error = %error, "kept-alive connection was closed or refused the request unprocessed; sending again on a fresh one");
                 resend = Some((at, ticket));
                 next = unsent.or_else(|| self.rebuild());
                 continue;
