@@ -104,7 +104,11 @@ mod tests {
         assert!(req.headers().get("host").is_none());
         assert_eq!(req.headers()["te"], "trailers");
         to_h2(&mut req, Scheme::HTTP, &addr());
-        assert_eq!(req.uri(), "http://api.example.com/pkg.Svc/Call?x=1", "idempotent");
+        assert_eq!(
+            req.uri(),
+            "http://api.example.com/pkg.Svc/Call?x=1",
+            "idempotent"
+        );
         to_h1(&mut req);
         assert_eq!(req.uri(), "/pkg.Svc/Call?x=1");
         assert_eq!(req.headers()["host"], "api.example.com");

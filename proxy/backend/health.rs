@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::Request;
-use http_body_util::Empty;
+use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use tokio::task::JoinHandle;
 
@@ -84,11 +84,7 @@ pub(crate) async fn probe(
             .await
             .map_err(|e| format!("connect: {e}"))?;
         let _ = stream.set_nodelay(true);
-        let req = Request::get(check.path.as_str())
-            .header(http::header::HOST, addr)
-            .header(http::header::USER_AGENT, "switchyard-health-check")
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| e.to_string())?;
+        let req = request(check, addr)?;
         match &transport.tls {
             None => {
                 let h2 = transport.protocol == Protocol::Http2;
@@ -104,9 +100,10 @@ pub(crate) async fn probe(
             }
         }
     };
-    let status = tokio::time::timeout(check.timeout, attempt)
+    let (status, verdict) = tokio::time::timeout(check.timeout, attempt)
         .await
         .map_err(|_| format!("no answer within {:?}", check.timeout))??;
+    verdict?;
     if (200..400).contains(&status) {
         Ok(status)
     } else {
@@ -114,18 +111,96 @@ pub(crate) async fn probe(
     }
 }
 
-/// Sends the check's request over a connected stream, in HTTP/2 when `h2`.
+/// The check's request: a GET of its path, or a gRPC `Health/Check` call.
+fn request(check: &HealthCheck, addr: &str) -> Result<Request<Full<Bytes>>, String> {
+    let req = Request::builder()
+        .uri(check.path.as_str())
+        .header(http::header::HOST, addr)
+        .header(http::header::USER_AGENT, "switchyard-health-check");
+    let req = match &check.grpc_service {
+        None => req.method(http::Method::GET).body(Full::default()),
+        Some(service) => req
+            .method(http::Method::POST)
+            .header(http::header::CONTENT_TYPE, "application/grpc")
+            .body(Full::new(grpc_check_request(service))),
+    };
+    req.map_err(|e| e.to_string())
+}
+
+/// A `grpc.health.v1.HealthCheckRequest { service }` in its gRPC frame (uncompressed, length
+/// prefixed): field 1, a string.
+fn grpc_check_request(service: &str) -> Bytes {
+    let mut msg = Vec::with_capacity(service.len() + 8);
+    if !service.is_empty() {
+        msg.push(0x0a);
+        varint(&mut msg, service.len() as u64);
+        msg.extend_from_slice(service.as_bytes());
+    }
+    let mut framed = Vec::with_capacity(msg.len() + 5);
+    framed.push(0);
+    framed.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&msg);
+    Bytes::from(framed)
+}
+
+fn varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// Whether a `Health/Check` answer says SERVING: `grpc-status` 0 and a
+/// `HealthCheckResponse { status = 1 }` (field 1, a varint; 1 is SERVING).
+fn grpc_serving(
+    head: &http::HeaderMap,
+    body: &[u8],
+    trailers: Option<&http::HeaderMap>,
+) -> Result<(), String> {
+    let status = trailers
+        .and_then(|t| t.get("grpc-status"))
+        .or_else(|| head.get("grpc-status"))
+        .map(|v| v.as_bytes().to_vec());
+    match status.as_deref() {
+        Some(b"0") => {}
+        Some(s) => {
+            return Err(format!("grpc-status {}", String::from_utf8_lossy(s)));
+        }
+        None => return Err("no grpc-status".to_owned()),
+    }
+    // A message whose field 1 is 1; an empty message means UNKNOWN (0).
+    let msg = body.get(5..).unwrap_or_default();
+    let mut i = 0;
+    while i + 1 < msg.len() {
+        let (tag, value) = (msg[i], msg[i + 1]);
+        if tag == 0x08 {
+            return if value == 1 {
+                Ok(())
+            } else {
+                Err(format!("health status {value} (1 is SERVING)"))
+            };
+        }
+        // Only field 1 is expected; anything else is not a SERVING answer.
+        i += 2;
+    }
+    Err("health status UNKNOWN (1 is SERVING)".to_owned())
+}
+
+/// Sends the check's request over a connected stream, in HTTP/2 when `h2`: the status, and
+/// for a gRPC check whether it said SERVING.
 async fn ask<S>(
     stream: S,
     h2: bool,
-    mut req: Request<Empty<Bytes>>,
+    mut req: Request<Full<Bytes>>,
     addr: &BackendAddr,
     tls: bool,
-) -> Result<u16, String>
+) -> Result<(u16, Result<(), String>), String>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let io = TokioIo::new(stream);
+    let grpc = req.headers().contains_key(http::header::CONTENT_TYPE);
     let resp = if h2 {
         let (mut sender, conn) =
             hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
@@ -146,8 +221,22 @@ where
         tokio::spawn(conn);
         sender.send_request(req).await
     };
-    resp.map(|r| r.status().as_u16())
-        .map_err(|e| format!("request: {e}"))
+    let resp = resp.map_err(|e| format!("request: {e}"))?;
+    let status = resp.status().as_u16();
+    if !grpc {
+        return Ok((status, Ok(())));
+    }
+    let (head, body) = resp.into_parts();
+    let collected = body
+        .collect()
+        .await
+        .map_err(|e| format!("response body: {e}"))?;
+    let trailers = collected.trailers().cloned();
+    let bytes = collected.to_bytes();
+    Ok((
+        status,
+        grpc_serving(&head.headers, &bytes, trailers.as_ref()),
+    ))
 }
 
 async fn run(state: Arc<BackendState>, check: HealthCheck, transport: Transport) {
@@ -253,6 +342,7 @@ mod tests {
     fn check() -> HealthCheck {
         HealthCheck {
             path: "/healthz".into(),
+            grpc_service: None,
             interval: Duration::from_secs(5),
             timeout: Duration::from_secs(1),
             healthy_threshold: 2,
@@ -272,6 +362,32 @@ mod tests {
         assert_eq!(t.observe(false, &c), Some(false));
         assert_eq!(t.observe(true, &c), None);
         assert_eq!(t.observe(true, &c), Some(true));
+    }
+
+    #[test]
+    fn grpc_health_messages_are_framed_and_read() {
+        assert_eq!(&grpc_check_request("")[..], &[0, 0, 0, 0, 0]);
+        assert_eq!(
+            &grpc_check_request("a.B")[..],
+            &[0, 0, 0, 0, 5, 0x0a, 3, b'a', b'.', b'B']
+        );
+        let mut ok = http::HeaderMap::new();
+        ok.insert("grpc-status", "0".parse().unwrap());
+        let serving = [0, 0, 0, 0, 2, 0x08, 1];
+        let not_serving = [0, 0, 0, 0, 2, 0x08, 2];
+        let empty = http::HeaderMap::new();
+        assert_eq!(grpc_serving(&empty, &serving, Some(&ok)), Ok(()));
+        assert!(grpc_serving(&empty, &not_serving, Some(&ok)).is_err());
+        assert!(
+            grpc_serving(&empty, &[0, 0, 0, 0, 0], Some(&ok)).is_err(),
+            "UNKNOWN"
+        );
+        let mut missing = http::HeaderMap::new();
+        missing.insert("grpc-status", "5".parse().unwrap());
+        assert!(
+            grpc_serving(&missing, &[], None).is_err(),
+            "trailers-only NOT_FOUND"
+        );
     }
 
     #[test]

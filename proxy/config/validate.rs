@@ -336,6 +336,17 @@ fn upstream(name: &str, u: &file::Upstream, errs: &mut Errors) -> Option<Upstrea
     }
     let breaker = resilience::breaker(&path, u.circuit_breaker.as_ref(), errs);
     let health_check = resilience::health_check(&path, u.health_check.as_ref(), errs);
+    if health_check
+        .as_ref()
+        .is_some_and(|h| h.grpc_service.is_some())
+        && (transport.protocol == Protocol::Http1
+            || (transport.protocol == Protocol::Auto && transport.tls.is_none()))
+    {
+        errs.push(
+            format!("{path}.health_check.grpc"),
+            "the gRPC health protocol runs over HTTP/2: set `protocol: http2` on this upstream",
+        );
+    }
     let panic_threshold = resilience::panic_threshold(&path, u.panic_threshold, errs);
     (errs.len() == before).then(|| Upstream {
         name: name.into(),

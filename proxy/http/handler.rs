@@ -13,7 +13,7 @@ use super::attempt::send::Pools;
 use super::attempt::{self, Attempt};
 use super::exchange::ProxyBody;
 use super::record::{Flags, Record};
-use super::{fault, forward, headers, local, shadow, validate};
+use super::{fault, forward, grpc, headers, local, shadow, validate};
 use crate::error::ProxyError;
 use crate::routing::Snapshot;
 use crate::server::conn::{ConnInfo, Handler};
@@ -49,6 +49,7 @@ async fn handle(
     mut req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let mut record = Record::start(Instant::now(), req.method().clone(), req.version());
+    record.grpc = grpc::is_grpc(req.headers());
     if req.version() != http::Version::HTTP_2 && conn.heads.next_is_ambiguous() {
         conn.limits.counters.hit(Limit::MalformedRequest);
         record.flags.set(Flags::LIMIT_REJECTED);
@@ -146,10 +147,15 @@ async fn proxy(
     if mirror.is_some() {
         record.flags.set(Flags::SHADOWED);
     }
+    // A gRPC client's own deadline caps the route's: past it, nobody waits for the answer.
+    let timeout = match grpc::timeout(&head.headers) {
+        Some(t) if record.grpc => rt.spec.timeout.min(t),
+        _ => rt.spec.timeout,
+    };
     let mut attempt = Attempt::new(
         rt,
         aim,
-        sent + rt.spec.timeout,
+        sent + timeout,
         timer,
         &head.method,
         &shared.counters.local,

@@ -170,6 +170,8 @@ pub(crate) struct Record {
     pub(crate) bytes_sent: u64,
     /// Time from arrival to the end of the response, once finished.
     pub(crate) duration: Duration,
+    /// A gRPC request: switchyard's own answers to it are gRPC statuses.
+    pub(crate) grpc: bool,
 }
 
 impl Record {
@@ -189,6 +191,7 @@ impl Record {
             flags: Flags::default(),
             bytes_sent: 0,
             duration: Duration::ZERO,
+            grpc: false,
         }
     }
 

@@ -32,7 +32,11 @@ async fn sixty_four_concurrent_requests_share_one_backend_connection() {
     }
     // All 64 are at the backend at once: they are streams of the same connection.
     peer.wait_holding(64).await;
-    assert_eq!(peer.connections(), 1, "64 concurrent requests, one connection");
+    assert_eq!(
+        peer.connections(),
+        1,
+        "64 concurrent requests, one connection"
+    );
     peer.open_gate();
     for call in calls {
         let r = call.await.unwrap();
@@ -88,7 +92,10 @@ async fn goaway_under_load_fails_no_request() {
     );
     let s = proxy.backend_status("app", peer.addr).await;
     assert_eq!(s["breaker"]["state"], "closed", "{s}");
-    assert_eq!(s["outcomes"]["reset"], 0, "a GOAWAY is not the backend failing: {s}");
+    assert_eq!(
+        s["outcomes"]["reset"], 0,
+        "a GOAWAY is not the backend failing: {s}"
+    );
     let m = proxy.metrics().await;
     let series = format!(
         "switchyard_upstream_resends_total{{upstream=\"app\",backend=\"{}\",reason=\"refused\"}}",

@@ -11,6 +11,7 @@ mod control;
 mod discovery;
 mod edge_traffic;
 mod forward;
+mod grpc;
 mod http2;
 mod lifecycle;
 mod limits;

@@ -105,9 +105,11 @@ async fn serve(st: Arc<State>, stream: tokio::net::TcpStream) {
     let served = Arc::new(AtomicU64::new(0));
     let limit_hit = Arc::new(Notify::new());
     let service = {
-        let (st, served, limit_hit) = (Arc::clone(&st), Arc::clone(&served), Arc::clone(&limit_hit));
+        let (st, served, limit_hit) =
+            (Arc::clone(&st), Arc::clone(&served), Arc::clone(&limit_hit));
         service_fn(move |req| {
-            let (st, served, limit_hit) = (Arc::clone(&st), Arc::clone(&served), Arc::clone(&limit_hit));
+            let (st, served, limit_hit) =
+                (Arc::clone(&st), Arc::clone(&served), Arc::clone(&limit_hit));
             async move {
                 let n = served.fetch_add(1, Ordering::SeqCst) + 1;
                 let limit = st.goaway_after.load(Ordering::SeqCst);

@@ -28,6 +28,7 @@ use self::aim::Aim;
 use self::send::Sender;
 use self::tried::Tried;
 use super::classify::{self, Class, Failure, Retry, Rules, SendFailure};
+use super::grpc::GrpcEnd;
 use super::headers::clone_head;
 use super::record::{Flags, Record, TryRecord};
 use crate::backend::InFlight;
@@ -299,7 +300,8 @@ impl<'a> Attempt<'a> {
                 Some(Ok(crate::backend::pool::Sent { resp, conn })) => {
                     let ttfb = sent_at.elapsed();
                     let status = resp.status().as_u16();
-                    let v = classify::answered(status, &rules);
+                    let grpc = GrpcEnd::of_head(resp.headers());
+                    let v = classify::answered(status, grpc, &rules);
                     tried.ttfb = Some(ttfb);
                     tried.status = Some(status);
                     tried.class = v.class;
@@ -315,12 +317,10 @@ impl<'a> Attempt<'a> {
                         });
                     }
                     // Settled now: the body is never read; its connection closes with it.
-                    backend.state.record(
-                        crate::stats::Outcome::ServerError,
-                        ticket,
-                        Some(ttfb),
-                        Instant::now(),
-                    );
+                    match v.class.backend_outcome() {
+                        Some(o) => backend.state.record(o, ticket, Some(ttfb), Instant::now()),
+                        None => drop(ticket),
+                    }
                     drop((resp, conn, in_flight));
                     self.retried(at, v.class);
                     next = self.rebuild();
