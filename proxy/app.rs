@@ -9,6 +9,7 @@ use tokio::task::JoinHandle;
 
 use crate::admin::{self, AdminCtx, Surface};
 use crate::config::{ConfigError, ConfigErrors};
+use crate::fleet::FleetController;
 use crate::reload::{ConfigSource, ReloadHandle, Reloader, watcher};
 use crate::rollout::Controller;
 use crate::server::conn::ServeCtx;
@@ -38,6 +39,29 @@ impl Options {
             source: ConfigSource::File(path.into()),
             watch: true,
             workers: 1,
+        }
+    }
+}
+
+/// Who runs the rollouts: this process alone, or with its fleet (`cluster:`).
+enum Rollouts {
+    Local(Controller),
+    Fleet(Box<FleetController>),
+}
+
+impl Rollouts {
+    fn initial_weights(&self, config: &crate::config::Config) -> Vec<(Arc<str>, Vec<u32>)> {
+        match self {
+            Rollouts::Local(c) => c.initial_weights(config),
+            Rollouts::Fleet(c) => c.initial_weights(config),
+        }
+    }
+
+    /// `GET /rollouts` as of the first snapshot.
+    fn refresh_views(&self) {
+        match self {
+            Rollouts::Local(c) => c.refresh_views(),
+            Rollouts::Fleet(c) => c.refresh_views(),
         }
     }
 }
@@ -73,11 +97,29 @@ pub async fn start(opts: Options) -> Result<Running, ConfigErrors> {
     let config = Arc::clone(reloader.config());
     let shared = Arc::clone(reloader.shared());
     let tracker = Tracker::default();
-    // Rollouts resumed from the state file set their weights before the first request.
-    let (controller, rollouts) = Controller::new(&config, Arc::clone(&shared), reload.clone());
+    // Rollouts resumed from the state file (or taken from the fleet) set their weights before
+    // the first request.
+    let in_use = |e: crate::rollout::journal::InUse| {
+        ConfigErrors(vec![ConfigError::new("state_dir", e.to_string())])
+    };
+    let (controller, rollouts, fleet) = match &config.cluster {
+        None => {
+            let (c, h) =
+                Controller::new(&config, Arc::clone(&shared), reload.clone()).map_err(in_use)?;
+            (Rollouts::Local(c), h, None)
+        }
+        Some(cluster) => {
+            let (c, h, f) =
+                FleetController::join(&config, cluster, Arc::clone(&shared), reload.clone())
+                    .await
+                    .map_err(in_use)?;
+            (Rollouts::Fleet(Box::new(c)), h, Some(f))
+        }
+    };
     for (route, weights) in controller.initial_weights(&config) {
         reloader.set_weights(route, Some(weights));
     }
+    controller.refresh_views();
     reloader.first_lookups(FIRST_LOOKUPS).await;
 
     let admin_listener = bind_control("admin.bind", config.admin.bind)?;
@@ -115,7 +157,10 @@ pub async fn start(opts: Options) -> Result<Running, ConfigErrors> {
     let reloader_task = tokio::spawn(reloader.run(reloader_signal));
 
     let (stop_rollouts, rollouts_signal) = stop_pair();
-    let rollouts_task = tokio::spawn(controller.run(rollouts_signal));
+    let rollouts_task = match controller {
+        Rollouts::Local(c) => tokio::spawn(c.run(rollouts_signal)),
+        Rollouts::Fleet(c) => tokio::spawn(c.run(rollouts_signal)),
+    };
 
     let (stop_admin, admin_signal) = stop_pair();
     let admin_ctx = Arc::new(AdminCtx {
@@ -124,6 +169,7 @@ pub async fn start(opts: Options) -> Result<Running, ConfigErrors> {
         tracker: tracker.clone(),
         started: Instant::now(),
         rollouts,
+        fleet,
     });
     if let Some(ops) = ops_listener {
         let serve = admin::serve(

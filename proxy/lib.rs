@@ -54,6 +54,8 @@
 //!   from a config).
 //! - [`rollout`]: canary and blue-green rollouts: a pure policy, a state machine, a controller
 //!   that sends weights to the reloader, and a journal.
+//! - [`fleet`]: with `cluster:`, the replicas of a fleet act as one through etcd: one rollout
+//!   state, a leader that decides on everyone's numbers, aborts and commands from anywhere.
 //! - [`admin`]: the admin HTTP API, the ops listener (probes and metrics only), and the admin
 //!   client for the CLI; `/metrics` reads every statistic through its accessors in one module,
 //!   from one table of families.
@@ -68,6 +70,7 @@ pub(crate) mod body;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod fleet;
 pub mod http;
 pub mod reload;
 pub mod rollout;

@@ -32,6 +32,9 @@ TOOLS=(
   "py:grpc_health.v1.health pip:grpcio-health-checking"
   # tests/it/tls.rs: https:// backends without a ca_file trust the system's roots.
   "update-ca-certificates apt:ca-certificates"
+  # tests/it/fleet.rs: replicas of a fleet share their rollouts through a real etcd, which the
+  # tests start on loopback ports and stop by PID.
+  "etcd apt:etcd-server"
   # tests/it/control.rs and tests/it/upstream_conns.rs run switchyard with few file
   # descriptors; tests/it/config_files.rs puts a FIFO at the config path.
   "prlimit apt:util-linux"

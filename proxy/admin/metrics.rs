@@ -16,6 +16,7 @@ use serde_json::Value;
 use self::families as f;
 use super::AdminCtx;
 use crate::backend::discovery::board::{Board, LookupResult};
+use crate::fleet::FleetNumbers;
 use crate::rollout::machine::State;
 use crate::routing::Snapshot;
 use crate::server::limits::{Limit, LimitStats};
@@ -29,6 +30,11 @@ pub fn render(ctx: &AdminCtx) -> String {
     let mut e = Exposition::default();
     routes(&mut e, &snap);
     rollouts(&mut e, &snap, &ctx.rollouts.list());
+    e.family(&f::STATE_DIR_PERSISTENT)
+        .sample(&[], u8::from(ctx.rollouts.persistence().is_persistent()));
+    if let Some(fleet) = &ctx.fleet {
+        self::fleet(&mut e, &fleet.numbers());
+    }
     backends(&mut e, &snap);
     discovery(&mut e, &ctx.shared.discovery);
     traffic(&mut e, &snap);
@@ -133,6 +139,28 @@ fn rollouts(e: &mut Exposition, snap: &Snapshot, views: &[Value]) {
             &[route, text("strategy"), text("stable"), text("canary")],
             1u8,
         );
+    }
+}
+
+/// This replica's part in its fleet (with `cluster:`).
+fn fleet(e: &mut Exposition, n: &FleetNumbers) {
+    e.family(&f::FLEET_LEADER).sample(&[], u8::from(n.leading));
+    e.family(&f::FLEET_NODES).sample(&[], n.nodes as f64);
+    e.family(&f::FLEET_ETCD_UP).sample(&[], u8::from(n.etcd_up));
+    let mut s = e.family(&f::FLEET_PUBLISHES);
+    s.sample(&["ok"], n.publishes_ok as f64);
+    s.sample(&["failed"], n.publishes_failed as f64);
+    let mut s = e.family(&f::FLEET_WRITES);
+    for ((kind, result), count) in &n.writes {
+        s.sample(&[kind, result], *count as f64);
+    }
+    let mut s = e.family(&f::FLEET_ETCD_REQUESTS);
+    for ((call, result), count) in &n.etcd_calls {
+        s.sample(&[call, result], *count as f64);
+    }
+    let mut s = e.family(&f::FLEET_SPEC_MISMATCH);
+    for (route, mismatch) in &n.spec_mismatch {
+        s.sample(&[route], u8::from(*mismatch));
     }
 }
 

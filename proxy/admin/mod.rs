@@ -45,6 +45,8 @@ pub struct AdminCtx {
     pub tracker: Tracker,
     pub started: Instant,
     pub rollouts: crate::rollout::RolloutHandle,
+    /// With `cluster:`: the fleet, for `/status` and `/metrics`.
+    pub fleet: Option<crate::fleet::FleetHandle>,
 }
 
 type AdminResponse = Response<Full<Bytes>>;
@@ -179,7 +181,7 @@ async fn route(ctx: &AdminCtx, surface: Surface, req: Request<Incoming>) -> Admi
             "waiting for the first DNS answer of a discovered upstream\n",
         ),
         (&Method::GET, "/readyz") => text(StatusCode::OK, "ready\n"),
-        (&Method::GET, "/status") => json_response(StatusCode::OK, &status::render(ctx)),
+        (&Method::GET, "/status") => json_response(StatusCode::OK, &status::render(ctx).await),
         (&Method::GET, "/metrics") => {
             let mut resp = Response::new(Full::new(Bytes::from(metrics::render(ctx))));
             resp.headers_mut().insert(

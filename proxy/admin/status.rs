@@ -11,7 +11,15 @@ use crate::stats::counters::CODE_CLASSES;
 use crate::stats::histogram::new_histogram;
 use crate::stats::{Outcome, Percentiles, RequestCounters, Totals};
 
-pub fn render(ctx: &AdminCtx) -> Value {
+pub async fn render(ctx: &AdminCtx) -> Value {
+    let mut v = render_local(ctx);
+    if let Some(fleet) = &ctx.fleet {
+        v["fleet"] = fleet.status().await;
+    }
+    v
+}
+
+fn render_local(ctx: &AdminCtx) -> Value {
     let snap = ctx.shared.snapshot();
     let routes: Vec<Value> = snap
         .routes
@@ -89,6 +97,7 @@ pub fn render(ctx: &AdminCtx) -> Value {
             .collect::<Vec<_>>(),
         "routes": routes,
         "upstreams": upstreams,
+        "state_dir": ctx.rollouts.persistence().json(),
     })
 }
 

@@ -29,6 +29,7 @@ pub struct FileConfig {
     /// In declaration order: `upstreams` is a mapping, and its order is the user's.
     pub upstreams: Vec<(String, Upstream)>,
     pub routes: Vec<Route>,
+    pub cluster: Option<super::cluster::ClusterFile>,
     /// Name servers for DNS discovery (`resolver:`); the system's when absent.
     pub resolver: Option<super::discover::ResolverFile>,
     /// Pieces that did not parse, by path (`upstreams.blue`), and sections with such a piece
@@ -134,6 +135,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "drain_timeout",
     "upstreams",
     "routes",
+    "cluster",
     "resolver",
 ];
 
@@ -180,6 +182,7 @@ pub fn parse(text: &str) -> Result<Parsed, Vec<ConfigError>> {
             "state_dir" => out.state_dir = piece(value, "state_dir", &mut errors, p),
             "drain_timeout" => out.drain_timeout = piece(value, "drain_timeout", &mut errors, p),
             "resolver" => out.resolver = piece(value, "resolver", &mut errors, p),
+            "cluster" => out.cluster = piece(value, "cluster", &mut errors, p),
             other => errors.push(ConfigError::new(
                 other,
                 format!(

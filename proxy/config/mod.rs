@@ -4,11 +4,12 @@
 //! every error found, each with the YAML path where it was found and how to fix it.
 //!
 //! Imports run one way: [`errors`], [`duration`] and [`read`] at the bottom; the feature
-//! modules ([`limits`], [`control`], [`discover`], [`resilience`], [`rollout`], [`shadow`],
+//! modules ([`limits`], [`control`], [`cluster`], [`discover`], [`resilience`], [`rollout`], [`shadow`],
 //! [`tls`], [`traffic`], [`upstream_tls`], [`secret`]) each hold a feature's YAML shape, model
 //! and checks; [`file`](mod@file) and [`model`] gather them; [`validate`] turns one into the other; [`load`] runs the whole.
 //! This file only names and re-exports.
 
+pub mod cluster;
 pub mod control;
 pub mod discover;
 pub mod duration;

@@ -35,6 +35,8 @@ pub struct Config {
     pub drain_timeout: Duration,
     pub upstreams: Vec<Arc<Upstream>>,
     pub routes: Vec<Arc<Route>>,
+    /// The fleet this replica belongs to (`cluster:`); `None`: on its own.
+    pub cluster: Option<super::cluster::Cluster>,
     /// Who answers DNS discovery's lookups.
     pub resolver: Resolver,
 }

@@ -76,6 +76,10 @@ pub fn validate(f: file::FileConfig) -> Result<Config, Vec<ConfigError>> {
         errs.push("routes", "no routes: add at least one route with a `split`");
     }
 
+    let cluster = f
+        .cluster
+        .as_ref()
+        .and_then(|c| super::cluster::cluster(c, &mut errs));
     let resolver = super::discover::resolver(f.resolver.as_ref(), &mut errs);
     if resolver == Resolver::System && f.upstreams.iter().any(|(_, u)| u.discover.is_some()) {
         super::discover::system_resolver_usable(&mut errs);
@@ -95,6 +99,7 @@ pub fn validate(f: file::FileConfig) -> Result<Config, Vec<ConfigError>> {
             drain_timeout,
             upstreams,
             routes,
+            cluster,
             resolver,
         }),
         _ => Err(errs.into_vec()),

@@ -7,13 +7,13 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::engine::{Counts, Latency, Rollout, Sample};
-use super::handle::{Request, RolloutHandle, view};
-use super::journal::{Entry, Journal, Saved};
+use super::handle::{Request, RolloutHandle, view, weights_json};
+use super::journal::{Entry, InUse, Journal, Loaded, Saved};
 use super::machine::State;
 use crate::config::Config;
 use crate::config::model::Route;
@@ -32,19 +32,22 @@ pub struct Controller {
     journal: Journal,
     /// What the state file held at start, until the first reconcile picks it up.
     saved: BTreeMap<String, Saved>,
+    /// Why the state file could not be trusted at start: the first reconcile holds every
+    /// rollout at stable (fail closed) instead of starting it.
+    untrusted: Option<String>,
     rollouts: BTreeMap<Arc<str>, Rollout>,
     views: Arc<Mutex<BTreeMap<String, Value>>>,
     rx: mpsc::Receiver<Request>,
     generation: u64,
 }
 
-fn unix_ms() -> u64 {
+pub(crate) fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-fn split_of(route: &Route) -> Vec<(&str, u32)> {
+pub(crate) fn split_of(route: &Route) -> Vec<(&str, u32)> {
     route
         .split
         .iter()
@@ -53,22 +56,25 @@ fn split_of(route: &Route) -> Vec<(&str, u32)> {
 }
 
 impl Controller {
-    /// Picks up the rollouts of `config`, resuming saved ones of the same spec.
+    /// Picks up the rollouts of `config`, resuming saved ones of the same spec. Fails only when
+    /// another process holds `state_dir`.
     pub fn new(
         config: &Config,
         shared: Arc<Shared>,
         reload: ReloadHandle,
-    ) -> (Self, RolloutHandle) {
-        let journal = Journal::open(config.state_dir.as_deref());
-        if !journal.is_persistent() && config.routes.iter().any(|r| r.rollout.is_some()) {
+    ) -> Result<(Self, RolloutHandle), InUse> {
+        let journal = Journal::open(config.state_dir.as_deref())?;
+        if !journal.has_dir() && config.routes.iter().any(|r| r.rollout.is_some()) {
             tracing::warn!(
                 "no state_dir: rollouts are kept in memory only and start over after a restart"
             );
         }
         let (tx, rx) = mpsc::channel(16);
         let views = Arc::default();
+        let (saved, untrusted) = trusted_state(&journal);
         let mut c = Controller {
-            saved: journal.load(),
+            saved,
+            untrusted,
             journal,
             generation: shared.snapshot().generation,
             shared,
@@ -78,11 +84,25 @@ impl Controller {
             rx,
         };
         c.reconcile(config, Instant::now());
+        c.untrusted = None;
         for route in std::mem::take(&mut c.saved).keys() {
             tracing::warn!(route = %route, "the state file has a rollout for a route that has none in the config; dropped");
         }
         c.publish_views(Instant::now());
-        (c, RolloutHandle { tx, views })
+        let persistence = c.journal.persistence();
+        Ok((
+            c,
+            RolloutHandle {
+                tx,
+                views,
+                persistence,
+            },
+        ))
+    }
+
+    /// Renders `GET /rollouts` again (after the first snapshot took the initial weights).
+    pub fn refresh_views(&self) {
+        self.publish_views(Instant::now());
     }
 
     /// The weights every rolled-out route should start with.
@@ -132,6 +152,13 @@ impl Controller {
                 },
             };
             let mut r = r;
+            if let Some(why) = &self.untrusted
+                && r.state == State::Pending
+                && let Ok(change) = r.transition(State::Held, why.clone(), now)
+            {
+                tracing::error!(route = %name, "{why}");
+                record(&self.journal, &mut r, route, change, generation);
+            }
             if let Some((from, reason)) = replaced {
                 tracing::warn!(route = %name, %from, "{reason}");
                 let entry = Entry {
@@ -142,6 +169,7 @@ impl Controller {
                     reason: reason.to_owned(),
                     weights: r.weights(&split_of(route)),
                     generation,
+                    writer: self.journal.writer().to_owned(),
                 };
                 self.journal.append(&entry);
                 r.record(entry);
@@ -213,26 +241,8 @@ impl Controller {
             let Some((canary, stable)) = arms(rt, &r.spec.canary, &r.spec.stable) else {
                 continue;
             };
-            let sample = Sample {
-                canary: counts(&canary.stats),
-                stable: counts(&stable.stats),
-                breaker_opens: canary
-                    .upstream
-                    .backends
-                    .iter()
-                    .map(|b| b.state.stats.breaker_opens())
-                    .sum(),
-                shadow: rt
-                    .shadow
-                    .as_ref()
-                    .map(|s| s.stats.read())
-                    .unwrap_or_default(),
-            };
-            let latency = || -> Latency {
-                let now = Instant::now();
-                (canary.stats.latency(now), stable.stats.latency(now))
-            };
-            if let Some(change) = r.observe(now, unix_ms(), sample, latency) {
+            let sample = sample(rt, canary, stable);
+            if let Some(change) = r.observe(now, unix_ms(), sample, || latency(canary, stable)) {
                 record(&self.journal, r, &rt.spec, change, self.generation);
                 changed = true;
             }
@@ -301,18 +311,7 @@ impl Controller {
             .rollouts
             .values()
             .map(|r| {
-                let weights: Vec<Value> = snap
-                    .route(&r.route)
-                    .map(|rt| {
-                        rt.targets
-                            .iter()
-                            .zip(rt.split.weights())
-                            .map(
-                                |(t, w)| json!({ "upstream": &*t.upstream.spec.name, "weight": w }),
-                            )
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                let weights = weights_json(snap.route(&r.route));
                 (
                     r.route.to_string(),
                     view(r, weights, now, self.journal.is_persistent()),
@@ -321,6 +320,37 @@ impl Controller {
             .collect();
         if let Ok(mut v) = self.views.lock() {
             *v = views;
+        }
+    }
+}
+
+/// The saved rollouts that can be trusted, or why none can: a state file that cannot be read,
+/// or one in a `state_dir` that cannot be written (it may miss the latest transitions).
+pub(crate) fn trusted_state(journal: &Journal) -> (BTreeMap<String, Saved>, Option<String>) {
+    const HELD: &str =
+        "stable takes all the traffic until an operator resumes (from step 0) or aborts";
+    match journal.load() {
+        Loaded::Saved(saved)
+            if !saved.is_empty() && journal.has_dir() && !journal.is_persistent() =>
+        {
+            let why = format!(
+                "state_dir cannot be written, so its rollout state file may miss the latest transitions and is not trusted; {HELD}"
+            );
+            tracing::error!("{why}");
+            (BTreeMap::new(), Some(why))
+        }
+        Loaded::Saved(saved) => (saved, None),
+        Loaded::Untrusted { why, kept_aside } => {
+            let aside = kept_aside.map_or_else(
+                || "it could not be moved aside".to_owned(),
+                |p| format!("it was kept aside as {}", p.display()),
+            );
+            (
+                BTreeMap::new(),
+                Some(format!(
+                    "the rollout state file could not be read: {why}; {aside}; {HELD}"
+                )),
+            )
         }
     }
 }
@@ -342,12 +372,18 @@ fn record(
         reason: change.reason,
         weights,
         generation,
+        writer: journal.writer().to_owned(),
     };
     journal.append(&entry);
     r.record(entry);
 }
 
-fn arms<'a>(rt: &'a RouteRuntime, canary: &str, stable: &str) -> Option<(&'a Target, &'a Target)> {
+/// A rollout's (canary, stable) targets in the route's snapshot.
+pub(crate) fn arms<'a>(
+    rt: &'a RouteRuntime,
+    canary: &str,
+    stable: &str,
+) -> Option<(&'a Target, &'a Target)> {
     let find = |name: &str| rt.targets.iter().find(|t| &*t.upstream.spec.name == name);
     Some((find(canary)?, find(stable)?))
 }
@@ -357,6 +393,31 @@ fn counts(t: &TargetStats) -> Counts {
         requests: t.requests(),
         failures: t.failures(),
     }
+}
+
+/// The cumulative readings of a rollout's two arms (latency aside: see [`latency`]).
+pub(crate) fn sample(rt: &RouteRuntime, canary: &Target, stable: &Target) -> Sample {
+    Sample {
+        canary: counts(&canary.stats),
+        stable: counts(&stable.stats),
+        breaker_opens: canary
+            .upstream
+            .backends
+            .iter()
+            .map(|b| b.state.stats.breaker_opens())
+            .sum(),
+        shadow: rt
+            .shadow
+            .as_ref()
+            .map(|s| s.stats.read())
+            .unwrap_or_default(),
+    }
+}
+
+/// The cumulative latency histograms of (canary, stable): costlier, read only when needed.
+pub(crate) fn latency(canary: &Target, stable: &Target) -> Latency {
+    let now = Instant::now();
+    (canary.stats.latency(now), stable.stats.latency(now))
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ fn start() -> (Controller, RolloutHandle, Arc<Shared>, StopTrigger) {
     let config = Arc::clone(reloader.config());
     let (stop, signal) = stop_pair();
     tokio::spawn(reloader.run(signal));
-    let (c, handle) = Controller::new(&config, Arc::clone(&shared), reload);
+    let (c, handle) = Controller::new(&config, Arc::clone(&shared), reload).unwrap();
     (c, handle, shared, stop)
 }
 

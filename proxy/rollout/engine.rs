@@ -136,7 +136,7 @@ impl Rollout {
             State::Pending => self.spec.canary_weight(0),
             State::Progressing { step } | State::Paused { step } => self.spec.canary_weight(step),
             State::Promoted => 100,
-            State::RolledBack | State::Aborted => 0,
+            State::RolledBack | State::Aborted | State::Held => 0,
         }
     }
 

@@ -9,11 +9,14 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::engine::{Op, Rollout};
+use super::journal::Persistence;
 use super::machine::State;
+use crate::reload::snapshot::RouteRuntime;
 
-pub(super) type Reply = oneshot::Sender<Result<Value, (u16, String)>>;
+pub(crate) type Reply = oneshot::Sender<Result<Value, (u16, String)>>;
 
-pub(super) struct Request {
+/// An operator's command, for the task that runs the rollouts.
+pub(crate) struct Request {
     pub route: String,
     pub op: Op,
     pub reply: Reply,
@@ -22,8 +25,9 @@ pub(super) struct Request {
 /// What the admin API reads and sends; cheap to clone.
 #[derive(Clone)]
 pub struct RolloutHandle {
-    pub(super) tx: tokio::sync::mpsc::Sender<Request>,
-    pub(super) views: Arc<Mutex<BTreeMap<String, Value>>>,
+    pub(crate) tx: tokio::sync::mpsc::Sender<Request>,
+    pub(crate) views: Arc<Mutex<BTreeMap<String, Value>>>,
+    pub(crate) persistence: Arc<Persistence>,
 }
 
 impl RolloutHandle {
@@ -46,6 +50,11 @@ impl RolloutHandle {
             .collect()
     }
 
+    /// Whether transitions reach `state_dir` (`/status`, `switchyard_state_dir_persistent`).
+    pub fn persistence(&self) -> &Persistence {
+        &self.persistence
+    }
+
     /// Runs an operator command; the error is (HTTP status, message).
     pub async fn command(&self, route: &str, op: Op) -> Result<Value, (u16, String)> {
         let (reply, rx) = oneshot::channel();
@@ -60,15 +69,31 @@ impl RolloutHandle {
     }
 }
 
-/// `GET /rollouts/{route}`.
-pub(super) fn view(r: &Rollout, weights: Vec<Value>, now: Instant, persistent: bool) -> Value {
-    let steps = r.spec.step_count();
-    let step_metric = match r.state {
+/// The `weights` of a view: each upstream of the route's split with its weight in force.
+pub(crate) fn weights_json(rt: Option<&RouteRuntime>) -> Vec<Value> {
+    rt.map(|rt| {
+        rt.targets
+            .iter()
+            .zip(rt.split.weights())
+            .map(|(t, w)| json!({ "upstream": &*t.upstream.spec.name, "weight": w }))
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+/// `switchyard_rollout_step` of a rollout in `state` of `steps` steps.
+pub(crate) fn step_metric(state: State, steps: usize) -> f64 {
+    match state {
         State::Pending => 0.0,
         State::Progressing { step } | State::Paused { step } => step as f64,
         State::Promoted => steps as f64,
-        State::RolledBack | State::Aborted => -1.0,
-    };
+        State::RolledBack | State::Aborted | State::Held => -1.0,
+    }
+}
+
+/// `GET /rollouts/{route}`.
+pub(crate) fn view(r: &Rollout, weights: Vec<Value>, now: Instant, persistent: bool) -> Value {
+    let steps = r.spec.step_count();
     json!({
         "route": &*r.route,
         "strategy": r.spec.strategy,
@@ -77,7 +102,7 @@ pub(super) fn view(r: &Rollout, weights: Vec<Value>, now: Instant, persistent: b
         "state": r.state.name(),
         "step": r.state.step(),
         "steps": &r.spec.steps[..steps],
-        "step_metric": step_metric,
+        "step_metric": step_metric(r.state, steps),
         "canary_weight": r.canary_weight(),
         "weights": weights,
         "step_elapsed_ms": r.step_elapsed(now).as_millis() as u64,

@@ -19,6 +19,9 @@ pub enum State {
     RolledBack,
     /// An operator sent all the traffic back to stable.
     Aborted,
+    /// Stable takes all the traffic until an operator resumes (at step 0) or aborts: where the
+    /// state could not be trusted (an unreadable state file), the rollout fails closed here.
+    Held,
 }
 
 impl State {
@@ -36,13 +39,14 @@ impl State {
 
     /// Every [`State::name`], for the gauge that exports each state
     /// (`switchyard_rollout_state`).
-    pub const NAMES: [&'static str; 6] = [
+    pub const NAMES: [&'static str; 7] = [
         "pending",
         "progressing",
         "paused",
         "promoted",
         "rolled-back",
         "aborted",
+        "held",
     ];
 
     pub fn name(self) -> &'static str {
@@ -53,6 +57,7 @@ impl State {
             State::Promoted => "promoted",
             State::RolledBack => "rolled-back",
             State::Aborted => "aborted",
+            State::Held => "held",
         }
     }
 }
@@ -72,7 +77,8 @@ pub fn legal(from: State, to: State, steps: usize) -> bool {
     use State::*;
     let valid = |s: usize| s < steps;
     match (from, to) {
-        (Pending, Progressing { step: 0 } | Aborted) => true,
+        (Pending, Progressing { step: 0 } | Aborted | Held) => true,
+        (Held, Progressing { step: 0 } | Aborted) => true,
         (Progressing { step: a }, Progressing { step: b }) => valid(b) && b == a + 1,
         (Progressing { step: a }, Paused { step: b }) => a == b,
         (Paused { step: a }, Progressing { step: b }) => valid(b) && (b == a || b == a + 1),
@@ -111,6 +117,7 @@ mod tests {
             Promoted,
             RolledBack,
             Aborted,
+            Held,
         ];
         assert_eq!(all.map(State::name), State::NAMES);
     }
@@ -147,6 +154,11 @@ mod tests {
             (Aborted, Promoted),
             (Promoted, Paused { step: 0 }),
             (Paused { step: 0 }, Pending),
+            (Held, Promoted),
+            (Held, Paused { step: 0 }),
+            (Held, Progressing { step: 1 }),
+            (Progressing { step: 0 }, Held),
+            (Aborted, Held),
         ] {
             assert!(check(from, to, 4).is_err(), "{from} -> {to}");
         }
@@ -160,6 +172,8 @@ mod tests {
             }
         }
         assert!(legal(Pending, Aborted, 4));
+        assert!(legal(Pending, Held, 4) && !Held.is_terminal());
+        assert!(legal(Held, Progressing { step: 0 }, 4) && legal(Held, Aborted, 4));
         assert!(Promoted.is_terminal() && RolledBack.is_terminal() && Aborted.is_terminal());
         assert!(!Paused { step: 0 }.is_terminal());
     }

@@ -351,7 +351,11 @@ async fn every_series_exists_from_the_start_and_leaves_with_what_a_reload_remove
         .filter(|(n, l, _, _)| n == "switchyard_rollout_state" && l["route"] == "shop")
         .map(|(_, l, v, _)| (l["state"].as_str().unwrap_or("").to_owned(), *v))
         .collect();
-    assert_eq!(states.len(), 6, "{states:?}");
+    assert_eq!(
+        states.len(),
+        switchyard::rollout::State::NAMES.len(),
+        "{states:?}"
+    );
     assert_eq!(
         states.iter().map(|(_, v)| v).sum::<f64>(),
         1.0,

@@ -15,7 +15,12 @@ use crate::support::proxy::{TempDir, sample};
 use crate::support::*;
 
 /// A route `r` splitting between `stable` and `canary` with `rollout` (a YAML flow mapping).
-fn config(stable: &TestBackend, canary: &TestBackend, rollout: &str, extra: &str) -> String {
+pub(crate) fn config(
+    stable: &TestBackend,
+    canary: &TestBackend,
+    rollout: &str,
+    extra: &str,
+) -> String {
     format!(
         "{HEAD}{extra}upstreams:\n  stable: {{ backends: {} }}\n  canary: {{ backends: {}, circuit_breaker: {{ consecutive_failures: 3 }} }}\n\
          routes:\n  - name: r\n    override_header: x-switchyard-upstream\n    sticky: {{ header: x-user-id }}\n    \
@@ -25,7 +30,7 @@ fn config(stable: &TestBackend, canary: &TestBackend, rollout: &str, extra: &str
     )
 }
 
-async fn rollout(p: &Proxy, route: &str) -> (u16, Value) {
+pub(crate) async fn rollout(p: &Proxy, route: &str) -> (u16, Value) {
     let r = get(&client(), &p.admin_url(&format!("/rollouts/{route}"))).await;
     (
         r.status.as_u16(),
@@ -34,7 +39,7 @@ async fn rollout(p: &Proxy, route: &str) -> (u16, Value) {
 }
 
 /// Polls the rollout of `r` until `cond` holds (bounded: 30 s).
-async fn wait_rollout(p: &Proxy, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
+pub(crate) async fn wait_rollout(p: &Proxy, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
     for _ in 0..1500 {
         let (_, v) = rollout(p, "r").await;
         if cond(&v) {
@@ -46,7 +51,7 @@ async fn wait_rollout(p: &Proxy, what: &str, cond: impl Fn(&Value) -> bool) -> V
 }
 
 /// Sends requests from 4 tasks until the rollout of `r` reaches `state`; its view then.
-async fn under_load_until(p: &Proxy, state: &str) -> Value {
+pub(crate) async fn under_load_until(p: &Proxy, state: &str) -> Value {
     let traffic = load(p.url("/"), 4, &[]);
     let v = wait_rollout(p, state, |v| v["state"] == state).await;
     traffic.finish().await;
@@ -61,18 +66,18 @@ fn gate<'a>(decision: &'a Value, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {name} gate in {decision:#}"))
 }
 
-fn state(v: &Value) -> (&str, Option<u64>) {
+pub(crate) fn state(v: &Value) -> (&str, Option<u64>) {
     (v["state"].as_str().unwrap_or(""), v["step"].as_u64())
 }
 
-fn weights(v: &Value) -> Vec<u64> {
+pub(crate) fn weights(v: &Value) -> Vec<u64> {
     v["weights"]
         .as_array()
         .map(|a| a.iter().filter_map(|w| w["weight"].as_u64()).collect())
         .unwrap_or_default()
 }
 
-fn transitions(v: &Value) -> Vec<String> {
+pub(crate) fn transitions(v: &Value) -> Vec<String> {
     v["history"]
         .as_array()
         .map(|h| {
@@ -86,7 +91,7 @@ fn transitions(v: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-async fn post(p: &Proxy, path: &str) -> (u16, Value) {
+pub(crate) async fn post(p: &Proxy, path: &str) -> (u16, Value) {
     let c = client();
     let req = Request::post(p.admin_url(path))
         .body(Full::default())
@@ -100,12 +105,12 @@ async fn post(p: &Proxy, path: &str) -> (u16, Value) {
 
 /// Requests sent in a loop by `workers` tasks until stopped (at most 60 s): (status, backend)
 /// of each, status 0 for a request that got no response.
-struct Load {
+pub(crate) struct Load {
     stop: Arc<AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<Vec<(u16, String)>>>,
 }
 
-fn load(url: String, workers: usize, headers: &[(&'static str, &'static str)]) -> Load {
+pub(crate) fn load(url: String, workers: usize, headers: &[(&'static str, &'static str)]) -> Load {
     let stop = Arc::new(AtomicBool::new(false));
     let tasks = (0..workers)
         .map(|_| {
@@ -143,7 +148,7 @@ fn load(url: String, workers: usize, headers: &[(&'static str, &'static str)]) -
 }
 
 impl Load {
-    async fn finish(self) -> Vec<(u16, String)> {
+    pub(crate) async fn finish(self) -> Vec<(u16, String)> {
         self.stop.store(true, Ordering::SeqCst);
         let mut all = Vec::new();
         for t in self.tasks {
@@ -153,7 +158,7 @@ impl Load {
     }
 }
 
-async fn backends() -> (TestBackend, TestBackend) {
+pub(crate) async fn backends() -> (TestBackend, TestBackend) {
     (
         TestBackend::start("stable").await,
         TestBackend::start("canary").await,
@@ -161,7 +166,7 @@ async fn backends() -> (TestBackend, TestBackend) {
 }
 
 /// After a rollback: new requests all go to stable.
-async fn all_to_stable(p: &Proxy, stable: &TestBackend, canary: &TestBackend) {
+pub(crate) async fn all_to_stable(p: &Proxy, stable: &TestBackend, canary: &TestBackend) {
     let before = canary.traffic();
     let c = client();
     for _ in 0..50 {

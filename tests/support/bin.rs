@@ -13,6 +13,25 @@ pub struct Process {
     pub admin: SocketAddr,
     /// Every log line after start-up.
     pub lines: mpsc::Receiver<String>,
+    /// The log lines up to start-up.
+    pub startup: Vec<String>,
+}
+
+/// uid and gid of `nobody`.
+pub const NOBODY: u32 = 65534;
+
+/// Whether the tests run as root (the owner of `/proc/self` is the effective uid).
+pub fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+/// Gives `path` to `nobody` when the tests run as root, so an unprivileged switchyard may write
+/// there.
+pub fn give_to_nobody(path: &Path) {
+    if is_root() {
+        std::os::unix::fs::chown(path, Some(NOBODY), Some(NOBODY)).expect("chown");
+    }
 }
 
 fn addr_after(line: &str, key: &str) -> Option<SocketAddr> {
@@ -23,7 +42,22 @@ fn addr_after(line: &str, key: &str) -> Option<SocketAddr> {
 impl Process {
     /// Runs `switchyard run -c CONFIG ARGS..` and waits for it to report its addresses.
     pub fn run(config: &Path, args: &[&str]) -> Process {
-        Self::spawn(Command::new(env!("CARGO_BIN_EXE_switchyard")), config, args)
+        Self::start(Self::command(
+            Command::new(env!("CARGO_BIN_EXE_switchyard")),
+            config,
+            args,
+        ))
+    }
+
+    /// As [`Process::run`], but as user `nobody` when the tests run as root, so that file
+    /// permissions bind it (root's do not).
+    pub fn run_unprivileged(config: &Path, args: &[&str]) -> Process {
+        let mut cmd = Self::command(Command::new(env!("CARGO_BIN_EXE_switchyard")), config, args);
+        if is_root() {
+            use std::os::unix::process::CommandExt;
+            cmd.uid(NOBODY).gid(NOBODY);
+        }
+        Self::start(cmd)
     }
 
     /// [`Process::run`] with at most `nofile` file descriptors (`prlimit --nofile`).
@@ -32,20 +66,22 @@ impl Process {
         cmd.arg(format!("--nofile={nofile}:{nofile}"))
             .arg("--")
             .arg(env!("CARGO_BIN_EXE_switchyard"));
-        Self::spawn(cmd, config, args)
+        Self::start(Self::command(cmd, config, args))
     }
 
-    fn spawn(mut cmd: Command, config: &Path, args: &[&str]) -> Process {
-        let mut child = cmd
-            .arg("run")
+    fn command(mut cmd: Command, config: &Path, args: &[&str]) -> Command {
+        cmd.arg("run")
             .arg("-c")
             .arg(config)
             .args(args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn switchyard");
+            .stderr(Stdio::piped());
+        cmd
+    }
+
+    fn start(mut cmd: Command) -> Process {
+        let mut child = cmd.spawn().expect("spawn switchyard");
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -63,6 +99,7 @@ impl Process {
             proxy: unset,
             admin: unset,
             lines: rx,
+            startup: Vec::new(),
         };
         while p.proxy == unset || p.admin == unset {
             let line = p
@@ -75,6 +112,7 @@ impl Process {
             if line.contains("switchyard started") {
                 p.admin = addr_after(&line, "admin=").unwrap_or(unset);
             }
+            p.startup.push(line);
         }
         p
     }

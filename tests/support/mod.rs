@@ -5,6 +5,7 @@ pub mod backend;
 pub mod bin;
 pub mod client;
 pub mod dns;
+pub mod etcd;
 pub mod grpc;
 pub mod h2peer;
 pub mod proxy;

@@ -62,29 +62,40 @@ impl Ca {
 
     /// A server certificate for `names` (DNS names or IP addresses).
     pub fn server(&self, names: &[&str]) -> Leaf {
-        self.leaf(names, ExtendedKeyUsagePurpose::ServerAuth)
+        self.leaf(names, &[ExtendedKeyUsagePurpose::ServerAuth])
     }
 
     /// A server certificate for `names` valid until midnight UTC of (year, month, day).
     pub fn server_until(&self, names: &[&str], (y, m, d): (i32, u8, u8)) -> Leaf {
-        self.leaf_with(names, ExtendedKeyUsagePurpose::ServerAuth, |p| {
+        self.leaf_with(names, &[ExtendedKeyUsagePurpose::ServerAuth], |p| {
             p.not_after = rcgen::date_time_ymd(y, m, d);
         })
     }
 
     /// A client certificate (for mTLS) named `name`.
     pub fn client(&self, name: &str) -> Leaf {
-        self.leaf(&[name], ExtendedKeyUsagePurpose::ClientAuth)
+        self.leaf(&[name], &[ExtendedKeyUsagePurpose::ClientAuth])
     }
 
-    fn leaf(&self, names: &[&str], usage: ExtendedKeyUsagePurpose) -> Leaf {
-        self.leaf_with(names, usage, |_| {})
+    /// A certificate for both ends (etcd's gateway dials its own server with it).
+    pub fn server_and_client(&self, names: &[&str]) -> Leaf {
+        self.leaf(
+            names,
+            &[
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+        )
+    }
+
+    fn leaf(&self, names: &[&str], usages: &[ExtendedKeyUsagePurpose]) -> Leaf {
+        self.leaf_with(names, usages, |_| {})
     }
 
     fn leaf_with(
         &self,
         names: &[&str],
-        usage: ExtendedKeyUsagePurpose,
+        usages: &[ExtendedKeyUsagePurpose],
         edit: impl FnOnce(&mut CertificateParams),
     ) -> Leaf {
         let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
@@ -93,7 +104,7 @@ impl Ca {
             DnType::CommonName,
             names.first().cloned().unwrap_or_default(),
         );
-        params.extended_key_usages = vec![usage];
+        params.extended_key_usages = usages.to_vec();
         edit(&mut params);
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.issuer).unwrap();

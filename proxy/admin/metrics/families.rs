@@ -26,11 +26,27 @@ families! {
     ROUTE_WEIGHT = "switchyard_route_weight" Gauge ["route", "upstream"]
         "Weight in force for each upstream of a route's split.";
     ROLLOUT_STEP = "switchyard_rollout_step" Gauge ["route"]
-        "Step index of each route's rollout (the number of steps once promoted, -1 once rolled back or aborted).";
+        "Step index of each route's rollout (the number of steps once promoted, -1 once rolled back, aborted or held).";
     ROLLOUT_STATE = "switchyard_rollout_state" Gauge ["route", "state"]
         "1 for the state each route's rollout is in, 0 for the other states.";
     ROLLOUT_INFO = "switchyard_rollout_info" Gauge ["route", "strategy", "stable", "canary"]
         "Always 1: the stable and canary upstreams of each route's rollout, to join on.";
+    STATE_DIR_PERSISTENT = "switchyard_state_dir_persistent" Gauge []
+        "1 while rollout transitions are saved to state_dir; 0 without one or while it cannot be written.";
+    FLEET_LEADER = "switchyard_fleet_leader" Gauge []
+        "1 while this replica leads its fleet (only the leader advances rollouts).";
+    FLEET_NODES = "switchyard_fleet_nodes" Gauge []
+        "Replicas of the fleet with a live lease, as this replica last saw them.";
+    FLEET_ETCD_UP = "switchyard_fleet_etcd_up" Gauge []
+        "1 while etcd answers this replica.";
+    FLEET_PUBLISHES = "switchyard_fleet_publishes_total" Counter ["result"]
+        "This replica's reports written to etcd, by result (ok, failed).";
+    FLEET_WRITES = "switchyard_fleet_writes_total" Counter ["kind", "result"]
+        "Rollout writes to etcd by kind (decision, command, abort, start) and result (written, refused: a condition no longer held, failed: no answer).";
+    FLEET_ETCD_REQUESTS = "switchyard_fleet_etcd_requests_total" Counter ["call", "result"]
+        "Calls to etcd by call and result (ok, error: etcd said no, unreachable).";
+    FLEET_SPEC_MISMATCH = "switchyard_fleet_spec_mismatch" Gauge ["route"]
+        "1 while this replica's rollout spec for a route differs from the fleet's (it follows the fleet's weights and does not judge).";
     REQUEST_DURATION = "switchyard_request_duration_seconds" Histogram ["route", "upstream"]
         "Time from a request's arrival to the last byte of its response, by route and upstream answering.";
     UPSTREAM_LATENCY = "switchyard_upstream_latency_seconds" Histogram ["upstream", "backend"]
