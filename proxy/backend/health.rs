@@ -92,7 +92,7 @@ pub(crate) async fn probe(
             }
             Some(tls) => {
                 let client = super::tls::with_alpn(&tls.client, transport.protocol);
-                let stream = super::tls::connect(&client, tls, &state.addr, stream)
+                let stream = super::tls::connect_with(&client, tls, &state.addr, stream)
                     .await
                     .map_err(|e| format!("TLS: {e}"))?;
                 let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");

@@ -380,9 +380,11 @@ impl ConnPool {
             let stream = self.tcp_connect().await?;
             let _ = stream.set_nodelay(true);
             match (&self.transport.tls, &self.tls_client) {
-                (Some(tls), Some(client)) => super::tls::connect(client, tls, &self.addr, stream)
-                    .await
-                    .map(|s| Stream::Tls(Box::new(s))),
+                (Some(tls), Some(client)) => {
+                    super::tls::connect_with(client, tls, &self.addr, stream)
+                        .await
+                        .map(|s| Stream::Tls(Box::new(s)))
+                }
                 _ => Ok(Stream::Plain(stream)),
             }
         })

@@ -30,9 +30,18 @@ pub fn server_name(tls: &UpstreamTls, addr: &BackendAddr) -> io::Result<ServerNa
     })
 }
 
-/// TLS over a connected socket, with `client` (the upstream's config, with the protocol's ALPN
-/// offer). A failure here is a connect failure: nothing was sent.
+/// TLS over a connected socket, with the upstream's own client config. A failure here is a
+/// connect failure: nothing was sent.
 pub async fn connect(
+    tls: &UpstreamTls,
+    addr: &BackendAddr,
+    stream: TcpStream,
+) -> io::Result<TlsStream<TcpStream>> {
+    connect_with(&tls.client, tls, addr, stream).await
+}
+
+/// [`connect`] with `client` (the upstream's config with the protocol's ALPN offer).
+pub async fn connect_with(
     client: &Arc<ClientConfig>,
     tls: &UpstreamTls,
     addr: &BackendAddr,
