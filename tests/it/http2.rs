@@ -125,3 +125,67 @@ async fn health_checks_speak_http2() {
     assert_eq!(b.traffic(), before, "an unhealthy backend gets no traffic");
     assert!(a.traffic() >= 30, "a took it all");
 }
+
+/// Over TLS the protocol is agreed by ALPN: `http2` and `auto` get HTTP/2 from a backend that
+/// offers `h2`; `auto` falls back to HTTP/1.1 with one that does not; `http1` stays HTTP/1.1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alpn_picks_the_protocol_over_tls() {
+    use crate::support::proxy::TempDir;
+    use crate::support::tls::{Ca, TlsBackend, p};
+    let ca = Ca::new();
+    let dir = TempDir::new();
+    let leaf = ca.server(&["127.0.0.1"]);
+    let h2 = TlsBackend::start_alpn(&leaf, None, &[b"h2", b"http/1.1"]).await;
+    let h1_only = TlsBackend::start_alpn(&leaf, None, &[b"http/1.1"]).await;
+    let ca_file = dir.0.join("ca.crt");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let ca_file = p(&ca_file);
+    let up = |name: &str, protocol: &str, b: &TlsBackend| {
+        format!(
+            "  {name}:\n    protocol: {protocol}\n    backends: ['https://{}']\n    tls: {{ ca_file: \"{ca_file}\" }}\n    health_check: {{ path: /healthz, interval: 50ms, timeout: 1s }}\n",
+            b.addr
+        )
+    };
+    let route = |name: &str| {
+        format!(
+            "  - {{ name: {name}, match: {{ path_prefix: /{name} }}, split: [{{ upstream: {name}, weight: 1 }}] }}\n"
+        )
+    };
+    let yaml = format!(
+        "{HEAD}upstreams:\n{}{}{}{}routes:\n{}{}{}{}",
+        up("h2", "http2", &h2),
+        up("auto", "auto", &h2),
+        up("fallback", "auto", &h1_only),
+        up("h1", "http1", &h2),
+        route("h2"),
+        route("auto"),
+        route("fallback"),
+        route("h1"),
+    );
+    let proxy = Proxy::start(&yaml).await;
+    let c = client();
+    for (path, version) in [
+        ("/h2", "HTTP/2.0"),
+        ("/auto", "HTTP/2.0"),
+        ("/fallback", "HTTP/1.1"),
+        ("/h1", "HTTP/1.1"),
+    ] {
+        for _ in 0..3 {
+            let r = get(&c, &proxy.url(path)).await;
+            assert_eq!(r.status, 200, "{path}: {}", r.text());
+            assert_eq!(r.headers["x-version"], version, "{path}");
+        }
+    }
+    // Health checks passed in each protocol (a failing one would have taken the backend out).
+    for name in ["h2", "auto", "fallback", "h1"] {
+        let addr = if name == "fallback" {
+            h1_only.addr
+        } else {
+            h2.addr
+        };
+        proxy
+            .wait_backend(name, addr, "checked", |s| s["healthy"] == true)
+            .await;
+    }
+    assert!(h2.health_checks.load(std::sync::atomic::Ordering::SeqCst) > 0);
+}
