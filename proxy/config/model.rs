@@ -113,6 +113,14 @@ pub enum Protocol {
 impl Protocol {
     pub const NAMES: [&'static str; 3] = ["http1", "http2", "auto"];
 
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http1 => "http1",
+            Protocol::Http2 => "http2",
+            Protocol::Auto => "auto",
+        }
+    }
+
     pub fn parse(s: &str) -> Option<Protocol> {
         match s {
             "http1" => Some(Protocol::Http1),

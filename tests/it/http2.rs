@@ -109,6 +109,8 @@ async fn health_checks_speak_http2() {
     let (a, b) = (H2Peer::start().await, H2Peer::start().await);
     let check = "    health_check: { path: /healthz, interval: 50ms, timeout: 1s, healthy_threshold: 1, unhealthy_threshold: 2 }\n";
     let proxy = Proxy::start(&config(&[&a, &b], check)).await;
+    let status = proxy.status().await;
+    assert_eq!(status["upstreams"][0]["protocol"], "http2", "{status}");
     // The peer only speaks HTTP/2: a check that passes spoke it.
     proxy
         .wait_backend("app", b.addr, "checked", |s| s["healthy"] == true)
