@@ -217,3 +217,117 @@ async fn the_grpc_health_check_takes_a_not_serving_backend_out() {
         .wait_backend("app", b.addr, "healthy", |s| s["healthy"] == true)
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_answering_unavailable_is_rolled_back_by_its_gates() {
+    let (stable, canary) = (
+        GrpcPeer::start("stable").await,
+        GrpcPeer::start("canary").await,
+    );
+    canary.control("fail:14").await;
+    let proxy = Proxy::start(&format!(
+        "{HEAD}upstreams:\n{}{}routes:\n  - name: r\n    split: [{{ upstream: stable, weight: 100 }}, {{ upstream: canary, weight: 0 }}]\n    rollout: {{ strategy: canary, stable: stable, canary: canary, steps: [20, 50, 100], step_interval: 200ms, gates: {{ min_requests: 20, max_error_rate: 0.01, abort_error_rate: 0.5, max_p99_ms: 5000 }} }}\n",
+        upstream("stable", &[&stable], ""),
+        upstream("canary", &[&canary], "    circuit_breaker: { enabled: false }\n"),
+    ))
+    .await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let (stop, base) = (std::sync::Arc::clone(&stop), proxy.url(""));
+        load.push(tokio::spawn(async move {
+            let c = h2c_client();
+            let base = base.trim_end_matches('/');
+            let mut statuses = Vec::new();
+            // Bounded: at most 2,000 calls per task.
+            for _ in 0..2000 {
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                statuses.push(call(&c, base, UNARY, b"x", &[]).await.grpc_status);
+            }
+            statuses
+        }));
+    }
+    let v =
+        crate::rollout::wait_rollout(&proxy, "rolled back", |v| v["state"] == "rolled-back").await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut failed = 0;
+    for l in load {
+        failed += l.await.unwrap().iter().filter(|s| **s == Some(14)).count();
+    }
+    assert!(
+        failed > 0,
+        "the canary's UNAVAILABLE reached clients before the rollback"
+    );
+    let d = &v["last_decision"];
+    assert_eq!(d["verdict"], "rollback", "{d:#}");
+    let rate = d["inputs"]["canary"]["error_rate"].as_f64().unwrap();
+    assert!(
+        rate > 0.5,
+        "the canary's gRPC failures are its error rate: {d:#}"
+    );
+    // Rolled back: every call goes to stable and succeeds.
+    let c = h2c_client();
+    let base = proxy.url("");
+    for _ in 0..20 {
+        let r = call(&c, base.trim_end_matches('/'), UNARY, b"x", &[]).await;
+        assert_eq!((r.grpc_status, r.text().as_str()), (Some(0), "stable:x"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_killed_during_a_call_is_a_failure_not_a_success() {
+    let mut peer = GrpcPeer::start("dying").await;
+    let proxy = Proxy::start(&format!(
+        "{HEAD}upstreams:\n{}routes:\n  - name: r\n    split: [{{ upstream: app, weight: 1 }}]\n",
+        upstream("app", &[&peer], ""),
+    ))
+    .await;
+    let c = h2c_client();
+    let base = proxy.url("");
+    let base = base.trim_end_matches('/').to_owned();
+    // A call the backend holds (sleep) is in flight when the process dies.
+    let (c2, b2) = (c.clone(), base.clone());
+    let call_task = tokio::spawn(async move {
+        let mut framed = vec![0u8, 0, 0, 0, 11];
+        framed.extend_from_slice(b"sleep:20000");
+        let req = http::Request::post(format!("{b2}{UNARY}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(http_body_util::Full::new(bytes::Bytes::from(framed)))
+            .unwrap();
+        match c2.request(req).await {
+            Ok(resp) => {
+                use http_body_util::BodyExt;
+                let (parts, body) = resp.into_parts();
+                match body.collect().await {
+                    Ok(col) => format!(
+                        "status {:?} trailers {:?} head {:?}",
+                        parts.status,
+                        col.trailers().and_then(|t| t.get("grpc-status").cloned()),
+                        parts.headers.get("grpc-status")
+                    ),
+                    Err(e) => format!("body broke: {e}"),
+                }
+            }
+            Err(e) => format!("request broke: {e}"),
+        }
+    });
+    proxy
+        .wait_backend("app", peer.addr, "busy", |s| s["in_flight"] == 1)
+        .await;
+    peer.kill();
+    let out = call_task.await.unwrap();
+    assert!(
+        !out.contains("Some(\"0\")"),
+        "a call cut off by the backend's death is not OK: {out}"
+    );
+    let s = proxy
+        .wait_backend("app", peer.addr, "settled", |s| s["in_flight"] == 0)
+        .await;
+    assert_eq!(s["outcomes"]["success"], 0, "{s}");
+    let failures =
+        s["outcomes"]["reset"].as_u64().unwrap() + s["outcomes"]["5xx"].as_u64().unwrap();
+    assert_eq!(failures, 1, "counted against the backend once: {s}");
+}
