@@ -22,6 +22,7 @@ use tokio::time::Instant;
 
 use super::clock::{Activity, Busy, LazyTimer};
 use super::limits::{self, Limit, ListenerLimits, OpenSlot};
+use super::proto::PARK_AFTER;
 use super::shutdown::{Stop, Tracker};
 use super::sniff::{HeadWatch, Sniffed};
 use crate::shared::Shared;
@@ -220,6 +221,16 @@ where
     let activity = Arc::new(Activity::default());
     let heads = Arc::new(HeadWatch::default());
     let stream = Sniffed::new(stream, Arc::clone(&heads));
+    // An HTTP/1.1 connection idle this long gives hyper's buffers back (see `proto`).
+    let parkable = {
+        let activity = Arc::clone(&activity);
+        let heads = Arc::clone(&heads);
+        move || {
+            activity
+                .idle_deadline(PARK_AFTER)
+                .filter(|_| heads.between_requests())
+        }
+    };
     let info = Arc::new(ConnInfo {
         peer,
         peer_value: peer_value(peer.ip()),
@@ -249,7 +260,8 @@ where
     });
     let conn = listener
         .builder
-        .serve_connection_with_upgrades(TokioIo::new(stream), service);
+        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+        .park_when_idle(parkable);
     tokio::pin!(conn);
     let spec = &listener.spec;
     let head_limit = spec.header_read_timeout.min(spec.idle_timeout);

@@ -5,9 +5,9 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use hyper_util::rt::{TokioExecutor, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::TokioTimer;
 
+use super::proto::ConnBuilder;
 use crate::config::limits::Limits;
 pub use crate::stats::limits::{Limit, LimitCounters, LimitStats};
 
@@ -15,14 +15,14 @@ pub use crate::stats::limits::{Limit, LimitCounters, LimitStats};
 pub struct ListenerLimits {
     pub spec: Limits,
     pub counters: Arc<LimitCounters>,
-    pub builder: auto::Builder<TokioExecutor>,
+    pub builder: ConnBuilder,
 }
 
 impl ListenerLimits {
     pub fn new(spec: Limits, counters: Arc<LimitCounters>) -> Self {
-        let mut builder = auto::Builder::new(TokioExecutor::new());
+        let mut builder = ConnBuilder::new();
         builder
-            .http1()
+            .http1
             .timer(TokioTimer::new())
             // Our own watchdog covers this (see `conn::serve`); hyper's costs a timer per
             // request and covers only the first request of a connection.
@@ -32,7 +32,7 @@ impl ListenerLimits {
             .keep_alive(true);
         let h2 = &spec.http2;
         builder
-            .http2()
+            .http2
             .timer(TokioTimer::new())
             .max_concurrent_streams(h2.max_concurrent_streams)
             .initial_stream_window_size(h2.initial_stream_window_bytes)

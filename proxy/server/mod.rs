@@ -5,6 +5,7 @@ pub mod clock;
 pub mod conn;
 pub mod limits;
 pub mod listener;
+pub(crate) mod proto;
 pub mod shutdown;
 pub mod sniff;
 pub mod tls;

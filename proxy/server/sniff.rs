@@ -14,18 +14,24 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Which request head of a connection, if any, had ambiguous framing; shared with its requests.
+/// What the watcher saw of a connection's stream, shared with its requests: which request head,
+/// if any, had ambiguous framing, and whether the stream is between requests.
 #[derive(Debug)]
 pub struct HeadWatch {
     /// Index (0-based) of the first ambiguous head, `u32::MAX` for none.
     first_bad: AtomicU32,
     /// HTTP/1 requests handled so far on the connection.
     handled: AtomicU32,
+    /// Index of the head of which no byte was read yet, with everything before it read in
+    /// full; `u32::MAX` while a head or a body is partly read, or the watch has ended.
+    awaited: AtomicU32,
+    /// The last write to the client had to wait: bytes of a response are still buffered.
+    write_waiting: AtomicBool,
 }
 
 impl Default for HeadWatch {
@@ -33,6 +39,8 @@ impl Default for HeadWatch {
         HeadWatch {
             first_bad: AtomicU32::new(u32::MAX),
             handled: AtomicU32::new(0),
+            awaited: AtomicU32::new(0),
+            write_waiting: AtomicBool::new(false),
         }
     }
 }
@@ -42,6 +50,23 @@ impl HeadWatch {
     pub fn next_is_ambiguous(&self) -> bool {
         let n = self.handled.fetch_add(1, Ordering::AcqRel);
         self.first_bad.load(Ordering::Acquire) == n
+    }
+
+    /// Whether the HTTP/1 stream is between requests: every head read so far was handed to
+    /// the handler, every body read to its end, no byte of the next head read, and no response
+    /// byte waits to be written. (Whether the handler has answered is the caller's to know.)
+    pub fn between_requests(&self) -> bool {
+        !self.write_waiting.load(Ordering::Acquire)
+            && self.awaited.load(Ordering::Acquire) == self.handled.load(Ordering::Acquire)
+    }
+
+    fn await_head(&self, index: u32) {
+        self.awaited.store(index, Ordering::Release);
+    }
+
+    fn wrote<T>(&self, polled: &Poll<io::Result<T>>) {
+        self.write_waiting
+            .store(polled.is_pending(), Ordering::Release);
     }
 }
 
@@ -118,10 +143,14 @@ impl<S> Sniffed<S> {
                     *left -= take;
                     bytes = &bytes[take as usize..];
                     if *left == 0 {
+                        self.watch.await_head(*next);
                         self.state = State::Head(Head::at(*next));
                     }
                 }
                 State::Head(h) => {
+                    if h.bytes == 0 {
+                        self.watch.await_head(u32::MAX);
+                    }
                     // Line by line: only a line's name and a Content-Length's value are read
                     // byte by byte; the rest is skipped by the search for its end.
                     let nl = memchr::memchr(b'\n', bytes);
@@ -167,7 +196,10 @@ impl<S> Sniffed<S> {
                 );
                 State::Done
             }
-            Next::Body(0) => State::Head(Head::at(index + 1)),
+            Next::Body(0) => {
+                self.watch.await_head(index + 1);
+                State::Head(Head::at(index + 1))
+            }
             Next::Body(left) => State::Body {
                 left,
                 next: index + 1,
@@ -282,7 +314,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Sniffed<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.watch.wrote(&polled);
+        polled
     }
 
     fn poll_write_vectored(
@@ -290,7 +324,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Sniffed<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.watch.wrote(&polled);
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -298,7 +334,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Sniffed<S> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let polled = Pin::new(&mut self.inner).poll_flush(cx);
+        self.watch.wrote(&polled);
+        polled
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
