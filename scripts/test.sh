@@ -27,6 +27,9 @@ TOOLS=(
   # tests/it/metrics.rs parses /metrics with the reference Python parser.
   "python3 apt:python3"
   "py:prometheus_client pip:prometheus_client"
+  # tests/it/grpc.rs: real gRPC servers and clients (tests/support/grpc_peer.py).
+  "py:grpc pip:grpcio"
+  "py:grpc_health.v1.health pip:grpcio-health-checking"
   # tests/it/tls.rs: https:// backends without a ca_file trust the system's roots.
   "update-ca-certificates apt:ca-certificates"
   # tests/it/fleet.rs: replicas of a fleet share their rollouts through a real etcd, which the

@@ -205,6 +205,10 @@ fn backends(e: &mut Exposition, snap: &Snapshot) {
             &[upstream, addr, "stale_connection"],
             b.stats.stale_resends() as f64,
         );
+        s.sample(
+            &[upstream, addr, "refused"],
+            b.stats.refused_resends() as f64,
+        );
     }
 }
 

@@ -136,6 +136,7 @@ fn upstream(p: &UpstreamRuntime, now: Instant) -> Value {
         "in_flight": p.backends.iter().map(|b| b.state.in_flight()).sum::<u64>(),
         "available": p.backends.iter().filter(|b| b.state.available(now)).count(),
         "connect_timeout_ms": p.spec.transport.connect_timeout.as_millis() as u64,
+        "protocol": p.spec.transport.protocol.as_str(),
         "window": window_json(window, &merged),
         "backends": backends,
     })

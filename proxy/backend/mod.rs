@@ -3,7 +3,9 @@
 
 pub mod breaker;
 pub mod discovery;
+pub(crate) mod h2req;
 pub mod health;
+pub(crate) mod multiplex;
 pub mod pool;
 pub mod registry;
 pub mod state;

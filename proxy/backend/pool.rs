@@ -16,14 +16,18 @@ use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use tokio::time::Instant;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::ClientConfig;
 use tokio::net::TcpStream;
 
+use super::multiplex::{Conns, H2Sender, Lease};
 use crate::body::ReqBody;
-use crate::config::model::{BackendAddr, Transport};
+use crate::config::model::{BackendAddr, Protocol, Transport};
 use crate::shard::{self, Padded};
 
 /// Idle connections kept per backend; past this, finished connections are closed.
@@ -78,24 +82,59 @@ struct Idle {
 pub(crate) struct ConnPool {
     addr: BackendAddr,
     transport: Transport,
-    /// One stack of idle connections per worker: a connection's task runs on the worker that
-    /// opened it, so only that worker reuses it.
+    /// The upstream's TLS client config with this protocol's ALPN offer.
+    tls_client: Option<Arc<ClientConfig>>,
+    /// One stack of idle HTTP/1.1 connections per worker: a connection's task runs on the
+    /// worker that opened it, so only that worker reuses it.
     idle: Box<[Padded<Mutex<Vec<Idle>>>]>,
+    /// HTTP/2 connections, shared by every worker.
+    h2: Conns,
+    /// `protocol: auto` over TLS: the backend picked `h2` on the last connection.
+    chose_h2: AtomicBool,
 }
 
 /// A connection checked out for one exchange; give it back with [`ConnPool::checkin`] once the
-/// response was read to the end, or drop it to close it.
+/// response was read to the end, or drop it to close it (HTTP/1.1) or to free its stream
+/// (HTTP/2).
 pub(crate) struct Conn {
+    kind: ConnKind,
+}
+
+enum ConnKind {
     /// `None` when the connection closed as its response came.
-    sender: Option<Sender>,
+    Http1(Option<Sender>),
+    /// The stream is held (counted on its connection) until this goes.
+    Http2 { _lease: Lease },
+}
+
+/// A new connection, in the protocol it speaks.
+enum Connected {
+    Http1(Sender),
+    Http2(H2Sender),
 }
 
 impl ConnPool {
     pub(crate) fn new(addr: BackendAddr, transport: Transport, workers: usize) -> Self {
+        let tls_client = transport
+            .tls
+            .as_ref()
+            .map(|t| super::tls::with_alpn(&t.client, transport.protocol));
         ConnPool {
             addr,
             transport,
+            tls_client,
             idle: (0..workers.max(1)).map(|_| Padded::default()).collect(),
+            h2: Conns::new(),
+            chose_h2: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether requests go out over HTTP/2 now.
+    fn speaks_h2(&self) -> bool {
+        match self.transport.protocol {
+            Protocol::Http1 => false,
+            Protocol::Http2 => true,
+            Protocol::Auto => self.chose_h2.load(Ordering::Relaxed),
         }
     }
 
@@ -128,6 +167,19 @@ impl ConnPool {
         fresh: bool,
         now: Instant,
     ) -> Result<Sent, Failed> {
+        if self.speaks_h2() {
+            Box::pin(self.send_h2(req, fresh, now)).await
+        } else {
+            self.send_h1(req, fresh, now).await
+        }
+    }
+
+    async fn send_h1(
+        &self,
+        req: Request<ReqBody>,
+        fresh: bool,
+        now: Instant,
+    ) -> Result<Sent, Failed> {
         let mut req = req;
         loop {
             let pooled = if fresh { None } else { self.checkout(now) };
@@ -136,7 +188,12 @@ impl ConnPool {
                 // Boxed: a connect (and TLS handshake) future is large and rarely needed; inline
                 // it would be copied with this future on every request.
                 None => match Box::pin(self.connect()).await {
-                    Ok(sender) => (sender, false),
+                    Ok(Connected::Http1(sender)) => (sender, false),
+                    // `auto`: the backend chose HTTP/2.
+                    Ok(Connected::Http2(sender)) => {
+                        let lease = self.h2.add(sender);
+                        return Box::pin(self.exchange_h2(lease, req, false)).await;
+                    }
                     Err(e) => {
                         return Err(Failed {
                             error: e,
@@ -154,7 +211,9 @@ impl ConnPool {
                 Ok(resp) => {
                     return Ok(Sent {
                         resp,
-                        conn: Conn { sender },
+                        conn: Conn {
+                            kind: ConnKind::Http1(sender),
+                        },
                     });
                 }
                 Err(mut e) => match e.take_message() {
@@ -171,11 +230,110 @@ impl ConnPool {
         }
     }
 
+    /// Sends `req` over HTTP/2: on a stream of an open connection with room, or on a new
+    /// connection (`fresh` asks for one).
+    async fn send_h2(
+        &self,
+        req: Request<ReqBody>,
+        fresh: bool,
+        now: Instant,
+    ) -> Result<Sent, Failed> {
+        let idle_timeout = self.transport.idle_timeout;
+        let pooled = if fresh {
+            None
+        } else {
+            self.h2.lease(now, idle_timeout)
+        };
+        if let Some(lease) = pooled {
+            return self.exchange_h2(lease, req, true).await;
+        }
+        let opening = self.h2.opening().await;
+        if !fresh && let Some(lease) = self.h2.lease(Instant::now(), idle_timeout) {
+            drop(opening);
+            return self.exchange_h2(lease, req, true).await;
+        }
+        let connected = self.connect().await;
+        drop(opening);
+        match connected {
+            Ok(Connected::Http2(sender)) => {
+                let lease = self.h2.add(sender);
+                self.exchange_h2(lease, req, false).await
+            }
+            // `auto`: the backend chose HTTP/1.1 this time.
+            Ok(Connected::Http1(mut sender)) => {
+                let mut req = req;
+                super::h2req::to_h1(&mut req);
+                let answer = sender.try_send_request(req);
+                let mut sender = Some(sender);
+                match answer_of(&mut sender, std::pin::pin!(answer)).await {
+                    Ok(resp) => Ok(Sent {
+                        resp,
+                        conn: Conn {
+                            kind: ConnKind::Http1(sender),
+                        },
+                    }),
+                    Err(mut e) => Err(Failed {
+                        unsent: e.take_message().map(Box::new),
+                        error: SendError::Exchange(e.into_error()),
+                        reused: false,
+                    }),
+                }
+            }
+            Err(e) => Err(Failed {
+                error: e,
+                unsent: Some(Box::new(req)),
+                reused: false,
+            }),
+        }
+    }
+
+    /// One request on one stream of a shared connection. A connection whose backend refused
+    /// the request (GOAWAY) takes no more.
+    async fn exchange_h2(
+        &self,
+        lease: Lease,
+        mut req: Request<ReqBody>,
+        reused: bool,
+    ) -> Result<Sent, Failed> {
+        let scheme = if self.transport.tls.is_some() {
+            http::uri::Scheme::HTTPS
+        } else {
+            http::uri::Scheme::HTTP
+        };
+        super::h2req::to_h2(&mut req, scheme, &self.addr);
+        let mut sender = lease.sender();
+        match sender.try_send_request(req).await {
+            Ok(resp) => Ok(Sent {
+                resp,
+                conn: Conn {
+                    kind: ConnKind::Http2 { _lease: lease },
+                },
+            }),
+            Err(mut e) => {
+                let unsent = e.take_message().map(|mut r| {
+                    super::h2req::to_h1(&mut r);
+                    Box::new(r)
+                });
+                let error = e.into_error();
+                if super::h2req::refused(&error) || sender.is_closed() {
+                    lease.retire();
+                }
+                Err(Failed {
+                    error: SendError::Exchange(error),
+                    unsent,
+                    reused,
+                })
+            }
+        }
+    }
+
     /// Takes a connection back after its response was read to the end. Its task may not have
     /// marked it ready yet; then a small task waits for that (or for it to close).
     pub(crate) fn checkin(self: &Arc<Self>, conn: Conn, now: Instant) {
-        let Some(mut sender) = conn.sender else {
-            return;
+        let mut sender = match conn.kind {
+            ConnKind::Http1(Some(sender)) => sender,
+            // The stream is freed as the lease goes.
+            ConnKind::Http1(None) | ConnKind::Http2 { .. } => return,
         };
         if sender.is_ready() {
             self.put(sender, now);
@@ -215,17 +373,19 @@ impl ConnPool {
         None
     }
 
-    async fn connect(&self) -> Result<Sender, SendError> {
+    async fn connect(&self) -> Result<Connected, SendError> {
         let timeout = self.transport.connect_timeout;
         // One bound for the TCP connect and, for TLS backends, the TLS handshake.
         let connected = tokio::time::timeout(timeout, async {
             let stream = self.tcp_connect().await?;
             let _ = stream.set_nodelay(true);
-            match &self.transport.tls {
-                None => Ok(Stream::Plain(stream)),
-                Some(tls) => super::tls::connect(tls, &self.addr, stream)
-                    .await
-                    .map(|s| Stream::Tls(Box::new(s))),
+            match (&self.transport.tls, &self.tls_client) {
+                (Some(tls), Some(client)) => {
+                    super::tls::connect_with(client, tls, &self.addr, stream)
+                        .await
+                        .map(|s| Stream::Tls(Box::new(s)))
+                }
+                _ => Ok(Stream::Plain(stream)),
             }
         })
         .await
@@ -236,9 +396,21 @@ impl ConnPool {
             ))
         })?
         .map_err(SendError::Connect)?;
-        match connected {
-            Stream::Plain(s) => handshake(s).await,
-            Stream::Tls(s) => handshake(*s).await,
+        let h2 = match (&connected, self.transport.protocol) {
+            (Stream::Tls(s), Protocol::Http2 | Protocol::Auto) => {
+                s.get_ref().1.alpn_protocol() == Some(b"h2")
+            }
+            (_, Protocol::Http2) => true,
+            _ => false,
+        };
+        if self.transport.protocol == Protocol::Auto {
+            self.chose_h2.store(h2, Ordering::Relaxed);
+        }
+        match (connected, h2) {
+            (Stream::Plain(s), false) => handshake(s).await.map(Connected::Http1),
+            (Stream::Tls(s), false) => handshake(*s).await.map(Connected::Http1),
+            (Stream::Plain(s), true) => handshake_h2(s).await.map(Connected::Http2),
+            (Stream::Tls(s), true) => handshake_h2(*s).await.map(Connected::Http2),
         }
     }
 
@@ -304,6 +476,27 @@ where
     tokio::spawn(async move {
         if let Err(e) = conn.with_upgrades().await {
             tracing::debug!(error = %e, "upstream connection ended with an error");
+        }
+    });
+    Ok(sender)
+}
+
+async fn handshake_h2<S>(stream: S) -> Result<H2Sender, SendError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        // A backend that stopped answering is found between requests too, not only by the
+        // next request's timeout.
+        .keep_alive_interval(std::time::Duration::from_secs(30))
+        .keep_alive_timeout(std::time::Duration::from_secs(10))
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(SendError::Handshake)?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "upstream HTTP/2 connection ended with an error");
         }
     });
     Ok(sender)

@@ -39,6 +39,8 @@ pub(crate) struct BackendStats {
     breaker_opens: AtomicU64,
     /// Requests sent again on a fresh connection after a kept-alive one turned out closed.
     stale_resends: AtomicU64,
+    /// Requests sent again after an HTTP/2 backend refused them unprocessed (GOAWAY).
+    refused_resends: AtomicU64,
 }
 
 impl BackendStats {
@@ -50,6 +52,7 @@ impl BackendStats {
             window: WindowCounts::new(STATS_WINDOW),
             breaker_opens: AtomicU64::new(0),
             stale_resends: AtomicU64::new(0),
+            refused_resends: AtomicU64::new(0),
         }
     }
 
@@ -66,6 +69,11 @@ impl BackendStats {
     /// Requests sent again on a fresh connection because a kept-alive one was closed.
     pub(crate) fn stale_resends(&self) -> u64 {
         self.stale_resends.load(Ordering::Relaxed)
+    }
+
+    /// Requests sent again because an HTTP/2 backend refused them unprocessed.
+    pub(crate) fn refused_resends(&self) -> u64 {
+        self.refused_resends.load(Ordering::Relaxed)
     }
 
     /// Latencies to the response head over the last [`STATS_WINDOW`].
@@ -209,6 +217,12 @@ impl BackendState {
     /// one: the backend did nothing wrong, so nothing counts against it but this.
     pub(crate) fn resent_stale(&self) {
         self.stats.stale_resends.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A request an HTTP/2 backend refused unprocessed (GOAWAY, REFUSED_STREAM) goes again:
+    /// counted here, never against the backend.
+    pub(crate) fn resent_refused(&self) {
+        self.stats.refused_resends.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Every breaker transition goes to the log, with the upstream and the backend.

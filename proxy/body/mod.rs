@@ -127,6 +127,9 @@ pub(crate) trait BodyGuard: Send + Unpin + 'static {
 
     /// Sees each chunk of the body on its way to the client.
     fn data(&mut self, _chunk: &Bytes) {}
+
+    /// Sees the trailers (where gRPC puts its status) on their way to the client.
+    fn trailers(&mut self, _trailers: &http::HeaderMap) {}
 }
 
 /// A response body on its way to the client: a backend's, or a short local answer. Either way
@@ -180,9 +183,13 @@ impl<G: BodyGuard> Body for RespBody<G> {
             RespBody::Upstream { body, guard } => {
                 let polled = Pin::new(&mut *body).poll_frame(cx);
                 if let Poll::Ready(Some(Ok(frame))) = &polled
-                    && let (Some(g), Some(d)) = (guard.as_mut(), frame.data_ref())
+                    && let Some(g) = guard.as_mut()
                 {
-                    g.data(d);
+                    if let Some(d) = frame.data_ref() {
+                        g.data(d);
+                    } else if let Some(t) = frame.trailers_ref() {
+                        g.trailers(t);
+                    }
                 }
                 let end = match &polled {
                     Poll::Ready(None) => Some(BodyEnd::Complete),

@@ -86,6 +86,8 @@ pub struct Upstream {
     pub panic_threshold: Option<u8>,
     /// Client TLS to the backends (also implied by `https://` backends).
     pub tls: Option<super::upstream_tls::UpstreamTlsFile>,
+    /// `http1` (the default), `http2` or `auto`.
+    pub protocol: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

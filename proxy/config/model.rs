@@ -98,6 +98,42 @@ pub struct Transport {
     pub idle_timeout: Duration,
     /// Connect to the backends over TLS.
     pub tls: Option<UpstreamTls>,
+    pub protocol: Protocol,
+}
+
+/// The HTTP version spoken to an upstream's backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    /// HTTP/1.1, one request at a time per connection.
+    #[default]
+    Http1,
+    /// HTTP/2, many requests per connection: prior knowledge (h2c) over plain TCP, ALPN `h2`
+    /// over TLS.
+    Http2,
+    /// Over TLS, whichever of `h2` and `http/1.1` the backend picks by ALPN; over plain TCP,
+    /// HTTP/1.1 (without TLS there is nothing to negotiate with, as Envoy's `AUTO`).
+    Auto,
+}
+
+impl Protocol {
+    pub const NAMES: [&'static str; 3] = ["http1", "http2", "auto"];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http1 => "http1",
+            Protocol::Http2 => "http2",
+            Protocol::Auto => "auto",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Protocol> {
+        match s {
+            "http1" => Some(Protocol::Http1),
+            "http2" => Some(Protocol::Http2),
+            "auto" => Some(Protocol::Auto),
+            _ => None,
+        }
+    }
 }
 
 /// A backend as written in the config (`host:port`); names are resolved at connect time.

@@ -27,11 +27,22 @@ pub struct CircuitBreakerFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheckFile {
-    pub path: String,
+    /// An HTTP GET of this path (or `grpc`).
+    pub path: Option<String>,
+    /// The gRPC health protocol (`grpc.health.v1.Health/Check`) instead of a path.
+    pub grpc: Option<GrpcHealthFile>,
     pub interval: Option<DurationStr>,
     pub timeout: Option<DurationStr>,
     pub healthy_threshold: Option<u32>,
     pub unhealthy_threshold: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcHealthFile {
+    /// The service asked about; empty (the default) asks about the server as a whole.
+    #[serde(default)]
+    pub service: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -89,7 +100,10 @@ impl Default for BreakerConfig {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HealthCheck {
+    /// The path asked for (`/grpc.health.v1.Health/Check` for a gRPC check).
     pub path: String,
+    /// A gRPC health check, for this service (`""`: the whole server).
+    pub grpc_service: Option<String>,
     pub interval: Duration,
     pub timeout: Duration,
     /// Passing checks in a row that bring an unhealthy backend back.
@@ -105,6 +119,8 @@ pub struct RetryOn {
     pub reset: bool,
     pub timeout: bool,
     pub statuses: Vec<u16>,
+    /// gRPC status codes (of failing statuses: `unavailable`, `internal`...).
+    pub grpc: Vec<u8>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -118,6 +134,23 @@ pub struct RetryPolicy {
     pub min_per_second: u32,
     /// Time allowed for one try; the route's `timeout` still bounds them all.
     pub per_try_timeout: Option<Duration>,
+}
+
+/// The gRPC statuses that mean the backend failed (counted against it like a 5xx), by the
+/// names `retries.on` takes.
+pub const GRPC_FAILURES: [(&str, u8); 5] = [
+    ("unknown", 2),
+    ("deadline-exceeded", 4),
+    ("internal", 13),
+    ("unavailable", 14),
+    ("data-loss", 15),
+];
+
+fn grpc_failure(name: &str) -> Option<u8> {
+    GRPC_FAILURES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, c)| *c)
 }
 
 pub const DEFAULT_PANIC_THRESHOLD: u8 = 50;
@@ -178,12 +211,35 @@ pub(super) fn health_check(
 ) -> Option<HealthCheck> {
     let f = f?;
     let path = format!("{path}.health_check");
-    if !f.path.starts_with('/') {
-        errs.push(
-            format!("{path}.path"),
-            format!("`{}` must start with `/`, e.g. /healthz", f.path),
-        );
-    }
+    let (check_path, grpc_service) = match (&f.path, &f.grpc) {
+        (Some(p), None) => {
+            if !p.starts_with('/') {
+                errs.push(
+                    format!("{path}.path"),
+                    format!("`{p}` must start with `/`, e.g. /healthz"),
+                );
+            }
+            (p.clone(), None)
+        }
+        (None, Some(g)) => (
+            "/grpc.health.v1.Health/Check".to_owned(),
+            Some(g.service.clone()),
+        ),
+        (Some(_), Some(_)) => {
+            errs.push(
+                path.clone(),
+                "give `path` (an HTTP check) or `grpc` (the gRPC health protocol), not both",
+            );
+            (String::new(), None)
+        }
+        (None, None) => {
+            errs.push(
+                path.clone(),
+                "needs `path` (an HTTP GET, e.g. /healthz) or `grpc: {}` (the gRPC health protocol)",
+            );
+            (String::new(), None)
+        }
+    };
     let interval = duration(f.interval, Duration::from_secs(5), &path, "interval", errs);
     // Checks never overlap (the next one waits for the last), so a timeout longer than the
     // interval only slows the checking down.
@@ -203,7 +259,8 @@ pub(super) fn health_check(
         None => default,
     };
     Some(HealthCheck {
-        path: f.path.clone(),
+        path: check_path,
+        grpc_service,
         interval,
         timeout,
         healthy_threshold: threshold(f.healthy_threshold, 2, "healthy_threshold", errs),
@@ -256,14 +313,18 @@ pub(super) fn retries(
                     RetryOnFile::Name(n) if n == "reset" => on.reset = true,
                     RetryOnFile::Name(n) if n == "timeout" => on.timeout = true,
                     RetryOnFile::Name(n) if n == "5xx" => on.statuses.extend(500..600),
+                    RetryOnFile::Name(n) if grpc_failure(n).is_some() => {
+                        on.grpc.extend(grpc_failure(n))
+                    }
                     other => errs.push(
                         format!("{path}.on[{i}]"),
                         format!(
-                            "{} is not a retry condition; use connect-failure, reset, timeout, 5xx or a status from 500 to 599",
+                            "{} is not a retry condition; use connect-failure, reset, timeout, 5xx, a status from 500 to 599, or a gRPC status that means the backend failed: {}",
                             match other {
                                 RetryOnFile::Status(c) => c.to_string(),
                                 RetryOnFile::Name(n) => format!("`{n}`"),
-                            }
+                            },
+                            GRPC_FAILURES.map(|(n, _)| n).join(", ")
                         ),
                     ),
                 }

@@ -327,9 +327,36 @@ fn upstream(name: &str, u: &file::Upstream, errs: &mut Errors) -> Option<Upstrea
                 }
                 tls
             }),
+        protocol: u
+            .protocol
+            .as_deref()
+            .and_then(Protocol::parse)
+            .unwrap_or_default(),
     };
+    if let Some(p) = &u.protocol
+        && Protocol::parse(p).is_none()
+    {
+        errs.push(
+            format!("{path}.protocol"),
+            format!(
+                "`{p}` is not a protocol; use one of {}",
+                Protocol::NAMES.join(", ")
+            ),
+        );
+    }
     let breaker = resilience::breaker(&path, u.circuit_breaker.as_ref(), errs);
     let health_check = resilience::health_check(&path, u.health_check.as_ref(), errs);
+    if health_check
+        .as_ref()
+        .is_some_and(|h| h.grpc_service.is_some())
+        && (transport.protocol == Protocol::Http1
+            || (transport.protocol == Protocol::Auto && transport.tls.is_none()))
+    {
+        errs.push(
+            format!("{path}.health_check.grpc"),
+            "the gRPC health protocol runs over HTTP/2: set `protocol: http2` on this upstream",
+        );
+    }
     let panic_threshold = resilience::panic_threshold(&path, u.panic_threshold, errs);
     (errs.len() == before).then(|| Upstream {
         name: name.into(),

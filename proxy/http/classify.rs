@@ -11,6 +11,7 @@ use std::error::Error as StdError;
 
 use http::Method;
 
+use super::grpc::{self, GrpcEnd};
 use crate::backend::pool::SendError;
 use crate::body::limits::BodyLimitError;
 use crate::body::{BodyEnd, ClientBodyError};
@@ -39,6 +40,9 @@ pub(crate) enum Class {
     /// A kept-alive connection the backend had already closed (as servers do when they reach
     /// their own idle timeout or request limit): the backend did nothing wrong.
     Stale,
+    /// An HTTP/2 backend refused the request before processing it (GOAWAY, REFUSED_STREAM):
+    /// the backend did nothing wrong and nothing of the request was acted on.
+    Refused,
     /// The proxy's own shortage of descriptors, buffers or memory: says nothing about the
     /// backend.
     Shortage(Shortage),
@@ -56,7 +60,7 @@ impl Class {
             Class::Timeout => Some(Outcome::Timeout),
             Class::ConnectFailure => Some(Outcome::ConnectFailure),
             Class::Reset => Some(Outcome::Reset),
-            Class::Stale | Class::Shortage(_) | Class::Client => None,
+            Class::Stale | Class::Refused | Class::Shortage(_) | Class::Client => None,
         }
     }
 }
@@ -84,6 +88,8 @@ pub(crate) enum Failure {
     Reset,
     Timeout,
     Status(u16),
+    /// A gRPC status that says the backend failed, in the head of a trailers-only response.
+    Grpc(u8),
 }
 
 /// A classified try.
@@ -118,6 +124,9 @@ impl Rules<'_> {
         }
         match f {
             Failure::Connect => p.on.connect_failure && (unsent || self.replayable),
+            // Every gRPC call is a POST: listing a gRPC status is the route's word that its
+            // calls may be sent again (as Envoy's `retry_on`).
+            Failure::Grpc(code) => self.replayable && p.on.grpc.contains(&code),
             _ if !self.replayable || !self.idempotent => false,
             Failure::Reset => p.on.reset,
             Failure::Timeout => p.on.timeout,
@@ -143,15 +152,22 @@ pub(crate) fn is_idempotent(method: &Method) -> bool {
     )
 }
 
-/// A response head arrived with `status`.
-pub(crate) fn answered(status: u16, rules: &Rules<'_>) -> Verdict {
-    if status < 500 {
-        return Verdict {
+/// A response head arrived with `status`; `grpc` is what it says of a gRPC status. A gRPC
+/// failure in the head (a trailers-only response) may be retried; one in the trailers cannot
+/// be (the client has the head by then) and is classified when the body ends.
+pub(crate) fn answered(status: u16, grpc: GrpcEnd, rules: &Rules<'_>) -> Verdict {
+    if status >= 500 {
+        return rules.verdict(Class::ServerError, Failure::Status(status), false);
+    }
+    match grpc {
+        GrpcEnd::Status(code) if grpc::is_failure(code) => {
+            rules.verdict(Class::ServerError, Failure::Grpc(code), false)
+        }
+        _ => Verdict {
             class: Class::Success,
             retry: Retry::No,
-        };
+        },
     }
-    rules.verdict(Class::ServerError, Failure::Status(status), false)
 }
 
 /// No response head within the try's time.
@@ -179,6 +195,23 @@ pub(crate) fn failed(f: &SendFailure<'_>, rules: &Rules<'_>) -> Verdict {
         Cause::Client => no(Class::Client),
         Cause::Shortage(s) => no(Class::Shortage(s)),
         Cause::Connect => rules.verdict(Class::ConnectFailure, Failure::Connect, f.unsent),
+        // Unprocessed (RFC 9113 8.7): safe to send again whatever the method, if it can be.
+        Cause::Refused => {
+            let again = f.unsent || rules.replayable;
+            if f.reused {
+                Verdict {
+                    class: Class::Refused,
+                    retry: if again { Retry::Fresh } else { Retry::No },
+                }
+            } else {
+                // A fresh connection refused it too: elsewhere, as a request never sent.
+                let mut v = rules.verdict(Class::Refused, Failure::Connect, again);
+                if !again {
+                    v.retry = Retry::No;
+                }
+                v
+            }
+        }
         Cause::Closed if f.reused => {
             let safe = f.unsent || (rules.idempotent && rules.replayable);
             Verdict {
@@ -190,13 +223,18 @@ pub(crate) fn failed(f: &SendFailure<'_>, rules: &Rules<'_>) -> Verdict {
     }
 }
 
-/// How a response body ended, for a try whose head said `status`: the try's final class.
-pub(crate) fn body_ended(status: u16, end: BodyEnd) -> Class {
-    match end {
-        BodyEnd::UpstreamError => Class::Reset,
+/// How a response body ended, for a try whose head said `status` and whose gRPC status (if
+/// any) is `grpc` by then: the try's final class.
+pub(crate) fn body_ended(status: u16, end: BodyEnd, grpc: GrpcEnd) -> Class {
+    match (end, grpc) {
+        (BodyEnd::UpstreamError, _) => Class::Reset,
         // A client that leaves says nothing about the backend: its status still does.
-        BodyEnd::Complete | BodyEnd::Dropped if status >= 500 => Class::ServerError,
-        BodyEnd::Complete | BodyEnd::Dropped => Class::Success,
+        _ if status >= 500 => Class::ServerError,
+        (_, GrpcEnd::Status(code)) if grpc::is_failure(code) => Class::ServerError,
+        // A gRPC response that ended without a status broke the protocol (clients see
+        // UNKNOWN or INTERNAL).
+        (BodyEnd::Complete, GrpcEnd::Pending) => Class::ServerError,
+        _ => Class::Success,
     }
 }
 
@@ -241,6 +279,12 @@ pub(crate) fn error(f: &SendFailure<'_>, class: Class, upstream: &str, addr: &st
             ErrorKind::Connect,
             format!("cannot connect to upstream `{upstream}`"),
         ),
+        Class::Refused => (
+            ErrorKind::Connect,
+            format!(
+                "upstream `{upstream}` refused the request unprocessed (HTTP/2 GOAWAY or REFUSED_STREAM)"
+            ),
+        ),
         _ => (
             ErrorKind::Reset,
             format!("upstream `{upstream}` closed the connection without a valid response"),
@@ -257,6 +301,8 @@ enum Cause {
     Shortage(Shortage),
     /// No connection could be made.
     Connect,
+    /// An HTTP/2 backend refused the stream unprocessed.
+    Refused,
     /// The connection was closed or reset before any of a response arrived.
     Closed,
     /// Anything else: a broken or invalid response.
@@ -282,6 +328,9 @@ fn cause(e: &SendError) -> Cause {
     let Some(h) = e.hyper() else {
         return Cause::Broken;
     };
+    if crate::backend::h2req::refused(h) {
+        return Cause::Refused;
+    }
     let closed = h.is_incomplete_message()
         || h.is_canceled()
         || find_in_chain::<std::io::Error>(h).is_some_and(|io| {
@@ -347,6 +396,7 @@ mod tests {
                 reset: true,
                 timeout: false,
                 statuses: vec![502, 503],
+                grpc: vec![],
             },
             budget_percent: 20.0,
             min_per_second: 3,
@@ -377,20 +427,39 @@ mod tests {
         let p = policy();
         let get = rules(Some(&p), true, true, 0);
         assert_eq!(
-            answered(503, &get).retry,
+            answered(503, GrpcEnd::NotGrpc, &get).retry,
             Retry::Another(Failure::Status(503))
         );
-        assert_eq!(answered(503, &get).class, Class::ServerError);
+        assert_eq!(
+            answered(503, GrpcEnd::NotGrpc, &get).class,
+            Class::ServerError
+        );
         let post = rules(Some(&p), false, true, 0);
-        assert_eq!(answered(503, &post).retry, Retry::No, "not idempotent");
+        assert_eq!(
+            answered(503, GrpcEnd::NotGrpc, &post).retry,
+            Retry::No,
+            "not idempotent"
+        );
         let streamed = rules(Some(&p), true, false, 0);
-        assert_eq!(answered(503, &streamed).retry, Retry::No, "body not kept");
-        assert_eq!(answered(500, &get).retry, Retry::No, "not listed");
+        assert_eq!(
+            answered(503, GrpcEnd::NotGrpc, &streamed).retry,
+            Retry::No,
+            "body not kept"
+        );
+        assert_eq!(
+            answered(500, GrpcEnd::NotGrpc, &get).retry,
+            Retry::No,
+            "not listed"
+        );
         assert_eq!(timed_out(&get).retry, Retry::No, "not listed");
         let spent = rules(Some(&p), true, true, 2);
-        assert_eq!(answered(503, &spent).retry, Retry::No, "attempts used up");
         assert_eq!(
-            answered(404, &get),
+            answered(503, GrpcEnd::NotGrpc, &spent).retry,
+            Retry::No,
+            "attempts used up"
+        );
+        assert_eq!(
+            answered(404, GrpcEnd::NotGrpc, &get),
             Verdict {
                 class: Class::Success,
                 retry: Retry::No
@@ -445,12 +514,74 @@ mod tests {
 
     #[test]
     fn body_ends_finish_the_class() {
-        assert_eq!(body_ended(200, BodyEnd::Complete), Class::Success);
-        assert_eq!(body_ended(200, BodyEnd::Dropped), Class::Success);
-        assert_eq!(body_ended(503, BodyEnd::Complete), Class::ServerError);
-        assert_eq!(body_ended(200, BodyEnd::UpstreamError), Class::Reset);
+        let plain = GrpcEnd::NotGrpc;
+        assert_eq!(body_ended(200, BodyEnd::Complete, plain), Class::Success);
+        assert_eq!(body_ended(200, BodyEnd::Dropped, plain), Class::Success);
+        assert_eq!(
+            body_ended(503, BodyEnd::Complete, plain),
+            Class::ServerError
+        );
+        assert_eq!(body_ended(200, BodyEnd::UpstreamError, plain), Class::Reset);
         assert_eq!(Class::Client.backend_outcome(), None);
         assert_eq!(Class::Stale.backend_outcome(), None);
+    }
+
+    #[test]
+    fn a_grpc_status_decides_the_class_where_it_arrives() {
+        let p = RetryPolicy {
+            on: RetryOn {
+                grpc: vec![grpc::UNAVAILABLE],
+                ..policy().on
+            },
+            ..policy()
+        };
+        let post = rules(Some(&p), false, true, 0);
+        let unary = rules(Some(&p), true, true, 0);
+        // Trailers-only UNAVAILABLE: a failure, retried when the request may go again.
+        let v = answered(200, GrpcEnd::Status(14), &unary);
+        assert_eq!(v.class, Class::ServerError);
+        assert_eq!(v.retry, Retry::Another(Failure::Grpc(14)));
+        let streamed = rules(Some(&p), false, false, 0);
+        assert_eq!(
+            answered(200, GrpcEnd::Status(14), &post).retry,
+            Retry::Another(Failure::Grpc(14)),
+            "listed: the route's word"
+        );
+        assert_eq!(
+            answered(200, GrpcEnd::Status(14), &streamed).retry,
+            Retry::No,
+            "body not kept"
+        );
+        assert_eq!(
+            answered(200, GrpcEnd::Status(13), &unary).retry,
+            Retry::No,
+            "not listed"
+        );
+        // NOT_FOUND is the caller's business.
+        assert_eq!(
+            answered(200, GrpcEnd::Status(5), &unary).class,
+            Class::Success
+        );
+        // In the trailers: decided when the body ends.
+        assert_eq!(
+            answered(200, GrpcEnd::Pending, &unary).class,
+            Class::Success
+        );
+        let ended = |g| body_ended(200, BodyEnd::Complete, g);
+        assert_eq!(ended(GrpcEnd::Status(14)), Class::ServerError);
+        assert_eq!(ended(GrpcEnd::Status(4)), Class::ServerError);
+        assert_eq!(ended(GrpcEnd::Status(5)), Class::Success);
+        assert_eq!(ended(GrpcEnd::Status(0)), Class::Success);
+        assert_eq!(
+            ended(GrpcEnd::Pending),
+            Class::ServerError,
+            "no status at all"
+        );
+        assert_eq!(
+            body_ended(200, BodyEnd::Dropped, GrpcEnd::Pending),
+            Class::Success,
+            "the client left"
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@ use tokio::time::Instant;
 
 use super::access;
 use super::classify::{self, Class};
+use super::grpc::GrpcEnd;
 use super::record::{Flags, Record};
 use super::shadow::PrimaryTap;
 use crate::backend::InFlight;
@@ -43,6 +44,8 @@ pub(crate) struct Upstream {
     pub(crate) ttfb: Duration,
     /// The copy of the response a shadow comparison waits for.
     pub(crate) compare: Option<Box<PrimaryTap>>,
+    /// A gRPC response's status, once it has arrived.
+    pub(crate) grpc: GrpcEnd,
 }
 
 impl Exchange {
@@ -87,7 +90,7 @@ impl Exchange {
             let route = &snap.routes[r];
             match self.upstream.take() {
                 Some(up) => {
-                    let class = classify::body_ended(record.status, end);
+                    let class = classify::body_ended(record.status, end, up.grpc);
                     if let Some(t) = record.last_try() {
                         t.class = class;
                     }
@@ -181,5 +184,11 @@ impl BodyGuard for Exchange {
 
     fn finish(self, end: BodyEnd) {
         self.end(end);
+    }
+
+    fn trailers(&mut self, trailers: &http::HeaderMap) {
+        if let Some(up) = self.upstream.as_mut() {
+            up.grpc.trailers(trailers);
+        }
     }
 }

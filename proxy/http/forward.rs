@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use super::attempt::Answered;
 use super::classify::Class;
 use super::exchange::{Exchange, ProxyBody, Upstream};
+use super::grpc::GrpcEnd;
 use super::headers;
 use super::record::Record;
 use super::shadow::PrimaryTap;
@@ -87,6 +88,7 @@ pub(crate) fn respond(
         ticket,
         ttfb,
         compare,
+        grpc: GrpcEnd::of_head(resp.headers()),
     };
     let exchange = Exchange::upstream(snap, record, up);
     resp.map(|b| ProxyBody::upstream(b, exchange))

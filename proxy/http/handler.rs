@@ -13,7 +13,7 @@ use super::attempt::send::Pools;
 use super::attempt::{self, Attempt};
 use super::exchange::ProxyBody;
 use super::record::{Flags, Record};
-use super::{access, fault, forward, headers, local, shadow, validate};
+use super::{access, fault, forward, grpc, headers, local, shadow, validate};
 use crate::accesslog::request_id::X_REQUEST_ID;
 use crate::error::ProxyError;
 use crate::routing::Snapshot;
@@ -51,6 +51,7 @@ async fn handle(
     mut req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let mut record = Record::start(Instant::now(), req.method().clone(), req.version());
+    record.grpc = grpc::is_grpc(req.headers());
     let Some(line) = access::begin(conn, &mut req) else {
         return serve(shared, conn, req, record).await;
     };
@@ -176,10 +177,15 @@ async fn proxy(
     if mirror.is_some() {
         record.flags.set(Flags::SHADOWED);
     }
+    // A gRPC client's own deadline caps the route's: past it, nobody waits for the answer.
+    let timeout = match grpc::timeout(&head.headers) {
+        Some(t) if record.grpc => rt.spec.timeout.min(t),
+        _ => rt.spec.timeout,
+    };
     let mut attempt = Attempt::new(
         rt,
         aim,
-        sent + rt.spec.timeout,
+        sent + timeout,
         timer,
         &head.method,
         &shared.counters.local,

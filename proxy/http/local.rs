@@ -8,8 +8,9 @@ use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 
 use super::exchange::{Exchange, ProxyBody};
+use super::grpc;
 use super::record::Record;
-use crate::error::ProxyError;
+use crate::error::{ErrorKind, ProxyError};
 use crate::routing::Snapshot;
 
 /// The one place a [`ProxyError`] becomes a response.
@@ -19,7 +20,48 @@ pub(crate) fn error(
     e: &ProxyError,
 ) -> Response<ProxyBody> {
     record.answered_locally(e.kind(), e.status().as_u16());
+    if record.grpc {
+        let code = grpc::code_for(e.status().as_u16(), e.kind() == ErrorKind::Timeout);
+        return grpc_answer(
+            snap,
+            record,
+            e.status(),
+            code,
+            e.kind().as_str(),
+            e.context(),
+        );
+    }
     answer(snap, record, e.status(), e.kind().as_str(), e.context())
+}
+
+/// Switchyard's own answer to a gRPC request: HTTP 200, trailers-only, the status and message
+/// in `grpc-status` and `grpc-message` (what gRPC clients read; an HTTP 502 would reach the
+/// application as a bare UNKNOWN or INTERNAL). The record keeps the HTTP `status` it stands for.
+fn grpc_answer(
+    snap: Option<Arc<Snapshot>>,
+    mut record: Record,
+    status: StatusCode,
+    code: u8,
+    token: &'static str,
+    text: &str,
+) -> Response<ProxyBody> {
+    record.status = status.as_u16();
+    count(snap.as_deref(), &record);
+    let mut resp = Response::new(ProxyBody::full(
+        bytes::Bytes::new(),
+        Some(Exchange::local(snap, record)),
+    ));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    h.insert("grpc-status", HeaderValue::from(u16::from(code)));
+    if let Ok(m) = HeaderValue::from_str(&grpc::message(text)) {
+        h.insert("grpc-message", m);
+    }
+    h.insert("x-switchyard-error", HeaderValue::from_static(token));
+    resp
 }
 
 /// A local answer with its `x-switchyard-error` token; the record says why (its flags and
@@ -31,6 +73,10 @@ pub(crate) fn answer(
     token: &'static str,
     text: &str,
 ) -> Response<ProxyBody> {
+    if record.grpc {
+        let code = grpc::code_for(status.as_u16(), false);
+        return grpc_answer(snap, record, status, code, token, text);
+    }
     record.status = status.as_u16();
     count(snap.as_deref(), &record);
     let body = format!(

@@ -10,6 +10,7 @@ pub(crate) mod compare;
 pub(crate) mod exchange;
 pub(crate) mod fault;
 pub(crate) mod forward;
+pub(crate) mod grpc;
 pub(crate) mod handler;
 pub mod headers;
 pub(crate) mod local;

@@ -97,7 +97,7 @@ impl Flags {
             Class::Success | Class::ServerError | Class::Client => Flags::default(),
             Class::Timeout => Flags::UPSTREAM_TIMEOUT,
             Class::ConnectFailure => Flags::UPSTREAM_CONNECT_FAILURE,
-            Class::Reset | Class::Stale => Flags::UPSTREAM_RESET,
+            Class::Reset | Class::Stale | Class::Refused => Flags::UPSTREAM_RESET,
             Class::Shortage(_) => Flags::LOCAL_RESOURCES,
         }
     }
@@ -198,6 +198,8 @@ pub(crate) struct Record {
     /// The request's place in its trace, from when it was routed by a snapshot (`None` before
     /// that, and when `tracing.propagate` is off). Read its ids with [`Record::trace_ids`].
     pub(crate) trace: Option<RequestTrace>,
+    /// A gRPC request: switchyard's own answers to it are gRPC statuses.
+    pub(crate) grpc: bool,
 }
 
 impl Record {
@@ -219,6 +221,7 @@ impl Record {
             duration: Duration::ZERO,
             access: None,
             trace: None,
+            grpc: false,
         }
     }
 

@@ -86,6 +86,7 @@ fn outcome(class: Class) -> &'static str {
         Class::ConnectFailure => "connect-failure",
         Class::Reset => "reset",
         Class::Stale => "stale-connection",
+        Class::Refused => "refused",
         Class::Shortage(_) => "local-resources",
         Class::Client => "client",
     }

@@ -13,6 +13,8 @@ mod discovery;
 mod edge_traffic;
 mod fleet;
 mod forward;
+mod grpc;
+mod http2;
 mod lifecycle;
 mod limits;
 mod metrics;

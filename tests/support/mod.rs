@@ -6,6 +6,8 @@ pub mod bin;
 pub mod client;
 pub mod dns;
 pub mod etcd;
+pub mod grpc;
+pub mod h2peer;
 pub mod otlp;
 pub mod proxy;
 pub mod raw;

@@ -306,6 +306,12 @@ pub struct TlsBackend {
 
 impl TlsBackend {
     pub async fn start(leaf: &Leaf, client_ca: Option<&Ca>) -> TlsBackend {
+        Self::start_alpn(leaf, client_ca, &[]).await
+    }
+
+    /// A backend that offers `alpn` (e.g. `h2`) and speaks HTTP/1.1 or HTTP/2, whichever the
+    /// client starts with; `x-version` in its answers says which.
+    pub async fn start_alpn(leaf: &Leaf, client_ca: Option<&Ca>, alpn: &[&[u8]]) -> TlsBackend {
         let builder = ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .unwrap();
@@ -317,9 +323,10 @@ impl TlsBackend {
             ),
             None => builder.with_no_client_auth(),
         };
-        let config = builder
+        let mut config = builder
             .with_single_cert(vec![leaf.der.clone()], leaf.key_der())
             .unwrap();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         let acceptor = TlsAcceptor::from(Arc::new(config));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -352,18 +359,22 @@ impl TlsBackend {
                         };
                         counter.fetch_add(1, Ordering::SeqCst);
                         let body = format!("client={client}\n");
+                        let version = format!("{:?}", req.version());
                         async move {
                             Ok::<_, Infallible>(
                                 Response::builder()
                                     .status(StatusCode::OK)
+                                    .header("x-version", version)
                                     .body(Full::new(Bytes::from(body)))
                                     .unwrap(),
                             )
                         }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tls), service)
-                        .await;
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
                 });
             }
         });

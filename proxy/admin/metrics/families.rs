@@ -64,7 +64,7 @@ families! {
     BACKEND_IN_FLIGHT = "switchyard_backend_in_flight" Gauge ["upstream", "backend"]
         "Requests sent to a backend whose response has not finished.";
     UPSTREAM_RESENDS = "switchyard_upstream_resends_total" Counter ["upstream", "backend", "reason"]
-        "Requests sent again on a fresh connection after a kept-alive one turned out closed by the backend; never counted against it.";
+        "Requests sent again on a fresh connection after a kept-alive one turned out closed by the backend, or after an HTTP/2 backend refused them unprocessed (GOAWAY); never counted against it.";
     RATE_LIMITED = "switchyard_rate_limited_total" Counter ["route"]
         "Requests a route's rate_limit answered with 429.";
     FAULTS_INJECTED = "switchyard_faults_injected_total" Counter ["route", "upstream", "kind"]

@@ -28,6 +28,7 @@ use self::aim::Aim;
 use self::send::Sender;
 use self::tried::Tried;
 use super::classify::{self, Class, Failure, Retry, Rules, SendFailure};
+use super::grpc::GrpcEnd;
 use super::headers::clone_head;
 use super::record::{Flags, Record, TryRecord};
 use crate::backend::InFlight;
@@ -306,7 +307,8 @@ impl<'a> Attempt<'a> {
                 Some(Ok(crate::backend::pool::Sent { resp, conn })) => {
                     let ttfb = sent_at.elapsed();
                     let status = resp.status().as_u16();
-                    let v = classify::answered(status, &rules);
+                    let grpc = GrpcEnd::of_head(resp.headers());
+                    let v = classify::answered(status, grpc, &rules);
                     tried.ttfb = Some(ttfb);
                     tried.status = Some(status);
                     tried.class = v.class;
@@ -322,12 +324,10 @@ impl<'a> Attempt<'a> {
                         });
                     }
                     // Settled now: the body is never read; its connection closes with it.
-                    backend.state.record(
-                        crate::stats::Outcome::ServerError,
-                        ticket,
-                        Some(ttfb),
-                        Instant::now(),
-                    );
+                    match v.class.backend_outcome() {
+                        Some(o) => backend.state.record(o, ticket, Some(ttfb), Instant::now()),
+                        None => drop(ticket),
+                    }
                     drop((resp, conn, in_flight));
                     self.retried(at, v.class);
                     next = self.rebuild();
@@ -362,8 +362,12 @@ impl<'a> Attempt<'a> {
             if verdict.retry == Retry::Fresh && Instant::now() < self.deadline {
                 tried.resent = true;
                 self.record.tried(tried);
-                backend.state.resent_stale();
-                tracing::debug!(backend = %backend.state.addr.as_str(), error = %error, "kept-alive connection was closed; sending again on a fresh one");
+                if verdict.class == Class::Refused {
+                    backend.state.resent_refused();
+                } else {
+                    backend.state.resent_stale();
+                }
+                tracing::debug!(backend = %backend.state.addr.as_str(), error = %error, "kept-alive connection was closed or refused the request unprocessed; sending again on a fresh one");
                 resend = Some((at, ticket));
                 next = unsent.or_else(|| self.rebuild());
                 continue;
@@ -413,7 +417,15 @@ pub(crate) async fn prepare_body(
     if upgrade {
         return Ok((body, None));
     }
-    let kept = if attempt.policy.is_some() {
+    // An HTTP/2 backend may refuse a request unprocessed (GOAWAY) whatever its method: a small
+    // body is kept so that it can go again.
+    let multiplexed = attempt.route.targets[attempt.aim.target]
+        .upstream
+        .spec
+        .transport
+        .protocol
+        != crate::config::model::Protocol::Http1;
+    let kept = if attempt.policy.is_some() || multiplexed {
         keep_small(body, attempt.deadline, attempt.timer).await?
     } else if attempt.idempotent && http_body::Body::is_end_stream(&body) {
         (body, Some(Bytes::new()))

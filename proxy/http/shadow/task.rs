@@ -15,9 +15,10 @@ use tokio::time::Instant;
 use super::{Mirror, compared_headers, is_json};
 use crate::backend::InFlight;
 use crate::backend::pool::SendError;
-use crate::body::ReqBody;
+use crate::body::{BodyEnd, ReqBody};
 use crate::http::classify::{self, Class, Rules, SendFailure};
 use crate::http::compare::{self, Answer, Capture, Difference};
+use crate::http::grpc::GrpcEnd;
 use crate::stats::ShadowResult;
 use crate::stats::shadow::MismatchRecord;
 
@@ -56,10 +57,14 @@ pub(super) async fn run(mut m: Mirror, body: Bytes) {
         let (parts, mut incoming) = sent.resp.into_parts();
         // Without a comparison the body is only drained (the connection is reused after it).
         let mut capture = spec.compare.then(|| Capture::new(max_body));
+        let mut grpc = GrpcEnd::of_head(&parts.headers);
         while let Some(frame) = incoming.frame().await {
             let frame = frame.map_err(|e| (SendError::Exchange(e), false))?;
             if let (Some(c), Some(d)) = (capture.as_mut(), frame.data_ref()) {
                 c.push(d);
+            }
+            if let Some(t) = frame.trailers_ref() {
+                grpc.trailers(t);
             }
         }
         let answer = capture.map(|c| Answer {
@@ -68,7 +73,7 @@ pub(super) async fn run(mut m: Mirror, body: Bytes) {
             json: is_json(&parts.headers),
             body: c.finish(),
         });
-        Ok::<_, (SendError, bool)>((parts.status.as_u16(), answer, sent.conn, ttfb))
+        Ok::<_, (SendError, bool)>((parts.status.as_u16(), grpc, answer, sent.conn, ttfb))
     };
     // A copy is never retried: the classification's retry verdict is not asked for.
     let never = Rules {
@@ -78,9 +83,11 @@ pub(super) async fn run(mut m: Mirror, body: Bytes) {
         retries: u32::MAX,
     };
     let (class, ttfb, answer) = match tokio::time::timeout(spec.timeout, exchange).await {
-        Ok(Ok((status, answer, conn, ttfb))) => {
+        Ok(Ok((status, grpc, answer, conn, ttfb))) => {
             backend.pool.checkin(conn, Instant::now());
-            (classify::answered(status, &never).class, Some(ttfb), answer)
+            // Read to its end: classified as the primary's is when its body ends.
+            let class = classify::body_ended(status, BodyEnd::Complete, grpc);
+            (class, Some(ttfb), answer)
         }
         Ok(Err((error, reused))) => {
             let f = SendFailure {
@@ -104,6 +111,7 @@ pub(super) async fn run(mut m: Mirror, body: Bytes) {
         Class::ConnectFailure
         | Class::Reset
         | Class::Stale
+        | Class::Refused
         | Class::Shortage(_)
         | Class::Client => ShadowResult::Failed,
     });

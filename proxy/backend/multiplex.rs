@@ -1,0 +1,134 @@
+//! HTTP/2 connections to one backend, each shared by many requests.
+//!
+//! A backend gets few connections: a request takes the busiest open connection that still has
+//! room for a stream (so connections fill up one after the other and idle ones age out), and a
+//! new connection is opened only when every open one carries [`MAX_STREAMS`] requests. Opening
+//! is serialised per backend, so that a burst arriving at a cold pool shares the one connection
+//! being opened instead of opening one each. A connection leaves the pool when it closes, when
+//! the backend sends GOAWAY (seen as a request on it failing as refused), or after
+//! `idle_timeout` without a request.
+//!
+//! hyper does not expose the backend's SETTINGS_MAX_CONCURRENT_STREAMS; a connection whose
+//! backend allows fewer than [`MAX_STREAMS`] queues the excess inside hyper until a stream
+//! frees up (a wait, never a failure).
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use hyper::client::conn::http2;
+use tokio::time::Instant;
+
+use crate::body::ReqBody;
+
+/// Requests one connection carries at once before another is opened: the smallest limit
+/// RFC 9113 (5.1.2) recommends a server allow, and what most servers advertise.
+pub(crate) const MAX_STREAMS: usize = 100;
+
+pub(crate) type H2Sender = http2::SendRequest<ReqBody>;
+
+/// One HTTP/2 connection and the requests it carries.
+pub(crate) struct Shared {
+    sender: H2Sender,
+    streams: AtomicUsize,
+    /// When the last request on it ended, in milliseconds after the pool's epoch.
+    idle_since_ms: AtomicU64,
+    /// Refused a request (GOAWAY): no new requests, whatever hyper says.
+    retired: std::sync::atomic::AtomicBool,
+    epoch: Instant,
+}
+
+impl Shared {
+    fn usable(&self) -> bool {
+        !self.retired.load(Ordering::Relaxed) && !self.sender.is_closed()
+    }
+
+    pub(crate) fn retire(&self) {
+        self.retired.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A stream on a shared connection, held until the response has been read (or dropped).
+pub(crate) struct Lease {
+    conn: Arc<Shared>,
+}
+
+impl Lease {
+    pub(crate) fn sender(&self) -> H2Sender {
+        self.conn.sender.clone()
+    }
+
+    pub(crate) fn retire(&self) {
+        self.conn.retire();
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let c = &self.conn;
+        if c.streams.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let ms = c.epoch.elapsed().as_millis() as u64;
+            c.idle_since_ms.store(ms, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The HTTP/2 connections of one backend.
+pub(crate) struct Conns {
+    open: Mutex<Vec<Arc<Shared>>>,
+    /// Held while a connection is being opened.
+    opening: tokio::sync::Mutex<()>,
+    epoch: Instant,
+}
+
+impl Conns {
+    pub(crate) fn new() -> Conns {
+        Conns {
+            open: Mutex::new(Vec::new()),
+            opening: tokio::sync::Mutex::new(()),
+            epoch: Instant::now(),
+        }
+    }
+
+    /// A stream on an open connection with room, if there is one. Connections that closed,
+    /// were retired or sat idle past `idle_timeout` at `now` are dropped on the way.
+    pub(crate) fn lease(&self, now: Instant, idle_timeout: std::time::Duration) -> Option<Lease> {
+        let mut open = self.open.lock().ok()?;
+        let idle_ms = idle_timeout.as_millis() as u64;
+        let now_ms = now.saturating_duration_since(self.epoch).as_millis() as u64;
+        open.retain(|c| {
+            c.usable()
+                && (c.streams.load(Ordering::Acquire) > 0
+                    || now_ms.saturating_sub(c.idle_since_ms.load(Ordering::Relaxed)) < idle_ms)
+        });
+        // The busiest connection with room: fill one before using the next.
+        let best = open
+            .iter()
+            .filter(|c| c.streams.load(Ordering::Acquire) < MAX_STREAMS)
+            .max_by_key(|c| c.streams.load(Ordering::Acquire))?;
+        best.streams.fetch_add(1, Ordering::AcqRel);
+        Some(Lease {
+            conn: Arc::clone(best),
+        })
+    }
+
+    /// Waits for the right to open a connection; whoever holds it first looks again with
+    /// [`Conns::lease`] (another request may just have opened one with room).
+    pub(crate) async fn opening(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.opening.lock().await
+    }
+
+    /// Adds a newly opened connection, with one stream taken for the request that opened it.
+    pub(crate) fn add(&self, sender: H2Sender) -> Lease {
+        let conn = Arc::new(Shared {
+            sender,
+            streams: AtomicUsize::new(1),
+            idle_since_ms: AtomicU64::new(0),
+            retired: std::sync::atomic::AtomicBool::new(false),
+            epoch: self.epoch,
+        });
+        if let Ok(mut open) = self.open.lock() {
+            open.push(Arc::clone(&conn));
+        }
+        Lease { conn }
+    }
+}

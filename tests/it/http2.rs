@@ -1,0 +1,194 @@
+//! HTTP/2 to backends (`protocol: http2`, h2c with prior knowledge): many requests share few
+//! connections, a GOAWAY costs no request, health checks speak HTTP/2.
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+
+use crate::support::h2peer::H2Peer;
+use crate::support::proxy::sample;
+use crate::support::*;
+
+fn config(peers: &[&H2Peer], extra: &str) -> String {
+    let list = peers
+        .iter()
+        .map(|p| format!("'{}'", p.addr))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "{HEAD}upstreams:\n  app:\n    protocol: http2\n    backends: [{list}]\n{extra}routes:\n  - name: r\n    split: [{{ upstream: app, weight: 1 }}]\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_four_concurrent_requests_share_one_backend_connection() {
+    let peer = H2Peer::start().await;
+    let proxy = Proxy::start(&config(&[&peer], "")).await;
+    let c = client();
+    let mut calls = Vec::new();
+    for _ in 0..64 {
+        let (c, url) = (c.clone(), proxy.url("/hold"));
+        calls.push(tokio::spawn(async move { get(&c, &url).await }));
+    }
+    // All 64 are at the backend at once: they are streams of the same connection.
+    peer.wait_holding(64).await;
+    assert_eq!(
+        peer.connections(),
+        1,
+        "64 concurrent requests, one connection"
+    );
+    peer.open_gate();
+    for call in calls {
+        let r = call.await.unwrap();
+        assert_eq!((r.status.as_u16(), r.text()), (200, "h2 /hold\n"));
+    }
+    // Later requests reuse it too.
+    for _ in 0..20 {
+        assert_eq!(get(&c, &proxy.url("/again")).await.status, 200);
+    }
+    assert_eq!(peer.connections(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn goaway_under_load_fails_no_request() {
+    let peer = H2Peer::start().await;
+    // Every connection is closed gracefully after its 25th request (in-flight ones finish, so a
+    // connection may serve a few more): GOAWAY arrives while others
+    // are being sent on it.
+    peer.goaway_after(25);
+    let proxy = Proxy::start(&config(&[&peer], "")).await;
+    let c = client();
+    let mut workers = Vec::new();
+    for w in 0..16 {
+        let (c, url) = (c.clone(), proxy.url(&format!("/w{w}")));
+        workers.push(tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            for i in 0..25 {
+                // POSTs too: a refused stream was not processed, whatever its method.
+                let req = if i % 2 == 0 {
+                    Request::get(&url).body(Full::default()).unwrap()
+                } else {
+                    Request::post(&url)
+                        .body(Full::new(Bytes::from_static(b"payload")))
+                        .unwrap()
+                };
+                let r = send(&c, req).await;
+                statuses.push((r.status.as_u16(), r.text().to_owned()));
+            }
+            statuses
+        }));
+    }
+    let mut ok = 0;
+    for w in workers {
+        for (status, text) in w.await.unwrap() {
+            assert_eq!(status, 200, "a request failed across GOAWAY: {text}");
+            ok += 1;
+        }
+    }
+    assert_eq!(ok, 400);
+    assert!(
+        peer.connections() >= 2,
+        "the backend closed connections as it went: {}",
+        peer.connections()
+    );
+    let s = proxy.backend_status("app", peer.addr).await;
+    assert_eq!(s["breaker"]["state"], "closed", "{s}");
+    assert_eq!(
+        s["outcomes"]["reset"], 0,
+        "a GOAWAY is not the backend failing: {s}"
+    );
+    let m = proxy.metrics().await;
+    let series = format!(
+        "switchyard_upstream_resends_total{{upstream=\"app\",backend=\"{}\",reason=\"refused\"}}",
+        peer.addr
+    );
+    eprintln!("{series} = {:?}", sample(&m, &series));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_checks_speak_http2() {
+    let (a, b) = (H2Peer::start().await, H2Peer::start().await);
+    let check = "    health_check: { path: /healthz, interval: 50ms, timeout: 1s, healthy_threshold: 1, unhealthy_threshold: 2 }\n";
+    let proxy = Proxy::start(&config(&[&a, &b], check)).await;
+    let status = proxy.status().await;
+    assert_eq!(status["upstreams"][0]["protocol"], "http2", "{status}");
+    // The peer only speaks HTTP/2: a check that passes spoke it.
+    proxy
+        .wait_backend("app", b.addr, "checked", |s| s["healthy"] == true)
+        .await;
+    b.set_healthy(false);
+    proxy
+        .wait_backend("app", b.addr, "unhealthy", |s| s["healthy"] == false)
+        .await;
+    let before = b.traffic();
+    let c = client();
+    for _ in 0..30 {
+        assert_eq!(get(&c, &proxy.url("/x")).await.status, 200);
+    }
+    assert_eq!(b.traffic(), before, "an unhealthy backend gets no traffic");
+    assert!(a.traffic() >= 30, "a took it all");
+}
+
+/// Over TLS the protocol is agreed by ALPN: `http2` and `auto` get HTTP/2 from a backend that
+/// offers `h2`; `auto` falls back to HTTP/1.1 with one that does not; `http1` stays HTTP/1.1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alpn_picks_the_protocol_over_tls() {
+    use crate::support::proxy::TempDir;
+    use crate::support::tls::{Ca, TlsBackend, p};
+    let ca = Ca::new();
+    let dir = TempDir::new();
+    let leaf = ca.server(&["127.0.0.1"]);
+    let h2 = TlsBackend::start_alpn(&leaf, None, &[b"h2", b"http/1.1"]).await;
+    let h1_only = TlsBackend::start_alpn(&leaf, None, &[b"http/1.1"]).await;
+    let ca_file = dir.0.join("ca.crt");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let ca_file = p(&ca_file);
+    let up = |name: &str, protocol: &str, b: &TlsBackend| {
+        format!(
+            "  {name}:\n    protocol: {protocol}\n    backends: ['https://{}']\n    tls: {{ ca_file: \"{ca_file}\" }}\n    health_check: {{ path: /healthz, interval: 50ms, timeout: 1s }}\n",
+            b.addr
+        )
+    };
+    let route = |name: &str| {
+        format!(
+            "  - {{ name: {name}, match: {{ path_prefix: /{name} }}, split: [{{ upstream: {name}, weight: 1 }}] }}\n"
+        )
+    };
+    let yaml = format!(
+        "{HEAD}upstreams:\n{}{}{}{}routes:\n{}{}{}{}",
+        up("h2", "http2", &h2),
+        up("auto", "auto", &h2),
+        up("fallback", "auto", &h1_only),
+        up("h1", "http1", &h2),
+        route("h2"),
+        route("auto"),
+        route("fallback"),
+        route("h1"),
+    );
+    let proxy = Proxy::start(&yaml).await;
+    let c = client();
+    for (path, version) in [
+        ("/h2", "HTTP/2.0"),
+        ("/auto", "HTTP/2.0"),
+        ("/fallback", "HTTP/1.1"),
+        ("/h1", "HTTP/1.1"),
+    ] {
+        for _ in 0..3 {
+            let r = get(&c, &proxy.url(path)).await;
+            assert_eq!(r.status, 200, "{path}: {}", r.text());
+            assert_eq!(r.headers["x-version"], version, "{path}");
+        }
+    }
+    // Health checks passed in each protocol (a failing one would have taken the backend out).
+    for name in ["h2", "auto", "fallback", "h1"] {
+        let addr = if name == "fallback" {
+            h1_only.addr
+        } else {
+            h2.addr
+        };
+        proxy
+            .wait_backend(name, addr, "checked", |s| s["healthy"] == true)
+            .await;
+    }
+    assert!(h2.health_checks.load(std::sync::atomic::Ordering::SeqCst) > 0);
+}
