@@ -79,8 +79,10 @@ impl Loader {
         let spawned = std::thread::Builder::new()
             .name("switchyard-load".to_owned())
             .spawn(move || {
-                let _done = done;
-                let _ = tx.send(load());
+                let value = load();
+                // Not busy before the caller can see the value and start the next load.
+                drop(done);
+                let _ = tx.send(value);
             });
         if let Err(e) = spawned {
             // The closure (and with it `done`) was dropped: not busy.
@@ -117,6 +119,16 @@ mod tests {
             .await
             .unwrap();
         assert_ne!(ran_on, caller);
+    }
+
+    /// A load that has answered is over: the next may start at once (a `POST /reload` right
+    /// after the first load was refused as "not finished yet").
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_load_that_answered_never_refuses_the_next() {
+        let loader = Loader::default();
+        for i in 0..2000 {
+            assert_eq!(loader.run("the config file", move || i).await, Ok(i));
+        }
     }
 
     #[tokio::test]
