@@ -44,6 +44,9 @@ pub(crate) enum SendError {
     Handshake(#[source] hyper::Error),
     #[error(transparent)]
     Exchange(hyper::Error),
+    /// Queued on an HTTP/2 connection that closed without taking it: never sent.
+    #[error("the HTTP/2 connection closed before taking the request")]
+    Stranded,
 }
 
 impl SendError {
@@ -54,7 +57,7 @@ impl SendError {
     pub(crate) fn hyper(&self) -> Option<&hyper::Error> {
         match self {
             SendError::Exchange(e) | SendError::Handshake(e) => Some(e),
-            SendError::Connect(_) => None,
+            SendError::Connect(_) | SendError::Stranded => None,
         }
     }
 }
@@ -302,7 +305,16 @@ impl ConnPool {
         };
         super::h2req::to_h2(&mut req, scheme, &self.addr);
         let mut sender = lease.sender();
-        match sender.try_send_request(req).await {
+        let answer = sender.try_send_request(req);
+        let Some(answer) = answer_h2(&sender, std::pin::pin!(answer)).await else {
+            lease.retire();
+            return Err(Failed {
+                error: SendError::Stranded,
+                unsent: None,
+                reused,
+            });
+        };
+        match answer {
             Ok(resp) => Ok(Sent {
                 resp,
                 conn: Conn {
@@ -458,6 +470,39 @@ async fn answer_of<F: Future>(
         Poll::Pending
     })
     .await
+}
+
+/// How often a request waiting on an HTTP/2 connection looks whether the connection closed, and
+/// how long after that its answer may still come (streams the connection had taken get their
+/// errors as it ends: milliseconds).
+const H2_CLOSED_CHECK: std::time::Duration = std::time::Duration::from_millis(250);
+const H2_STRANDED_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Waits for the answer to a request handed to a shared HTTP/2 connection. A request queued
+/// just as the connection's task ended stays in hyper's queue until every clone of its sender
+/// is gone, and the pool and other leases hold clones: nobody would answer it before the
+/// route's timeout. So while waiting, the connection is looked at; once it has been closed
+/// for [`H2_STRANDED_AFTER`] with no answer, the request was never taken by it (`None`).
+async fn answer_h2<F: Future>(
+    sender: &H2Sender,
+    mut answer: std::pin::Pin<&mut F>,
+) -> Option<F::Output> {
+    let mut closed_since: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::select! {
+            biased;
+            r = answer.as_mut() => return Some(r),
+            () = tokio::time::sleep(H2_CLOSED_CHECK) => {
+                if !sender.is_closed() {
+                    continue;
+                }
+                let since = *closed_since.get_or_insert_with(tokio::time::Instant::now);
+                if since.elapsed() >= H2_STRANDED_AFTER {
+                    return None;
+                }
+            }
+        }
+    }
 }
 
 enum Stream {

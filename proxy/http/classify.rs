@@ -325,6 +325,10 @@ fn cause(e: &SendError) -> Cause {
     if e.is_connect() {
         return Cause::Connect;
     }
+    // Never taken by the connection: unprocessed, like a stream the backend refused.
+    if matches!(e, SendError::Stranded) {
+        return Cause::Refused;
+    }
     let Some(h) = e.hyper() else {
         return Cause::Broken;
     };
@@ -510,6 +514,23 @@ mod tests {
             assert_eq!(v.class.backend_outcome(), None);
             assert_eq!(error(&f, v.class, "u", "a").status(), 503);
         }
+    }
+
+    /// Queued on an HTTP/2 connection that closed without taking it: never sent, so a POST
+    /// whose body was kept goes again on a fresh connection, and the backend is not blamed.
+    #[test]
+    fn a_request_stranded_on_a_closed_http2_connection_goes_again() {
+        let f = SendFailure {
+            error: &SendError::Stranded,
+            reused: true,
+            unsent: false,
+        };
+        let v = failed(&f, &rules(None, false, true, 0));
+        assert_eq!(v.class, Class::Refused);
+        assert_eq!(v.retry, Retry::Fresh);
+        assert_eq!(v.class.backend_outcome(), None);
+        let streamed = failed(&f, &rules(None, false, false, 0));
+        assert_eq!(streamed.retry, Retry::No, "its body is gone");
     }
 
     #[test]
