@@ -331,3 +331,68 @@ async fn a_backend_killed_during_a_call_is_a_failure_not_a_success() {
         s["outcomes"]["reset"].as_u64().unwrap() + s["outcomes"]["5xx"].as_u64().unwrap();
     assert_eq!(failures, 1, "counted against the backend once: {s}");
 }
+
+/// A request body fed message by message by the test.
+struct Messages(tokio::sync::mpsc::Receiver<bytes::Bytes>);
+
+impl http_body::Body for Messages {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|m| m.map(|b| Ok(http_body::Frame::data(b))))
+    }
+}
+
+fn message(payload: &[u8]) -> bytes::Bytes {
+    let mut framed = vec![0u8];
+    framed.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    framed.extend_from_slice(payload);
+    bytes::Bytes::from(framed)
+}
+
+/// A bidirectional call where the server speaks first (a subscription, a chat): the call
+/// reaches the backend before the client has sent a message, and both directions flow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bidi_call_where_the_server_speaks_first_reaches_it_at_once() {
+    use http_body_util::BodyExt;
+    let peer = GrpcPeer::start("p").await;
+    let proxy = Proxy::start(&format!(
+        "{HEAD}upstreams:\n{}routes:\n  - name: r\n    split: [{{ upstream: app, weight: 1 }}]\n",
+        upstream("app", &[&peer], "")
+    ))
+    .await;
+    let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let req = http::Request::post(proxy.url("/test.Echo/Greet"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(Messages(rx))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200, "{:?}", resp.headers());
+    let mut body = resp.into_body();
+    let mut next = async || loop {
+        let frame = body.frame().await.expect("the stream ended").unwrap();
+        if let Ok(data) = frame.into_data() {
+            return data;
+        }
+    };
+    // The server's greeting, with nothing sent yet.
+    assert!(next().await.ends_with(b"p:hello"));
+    tx.send(message(b"again")).await.unwrap();
+    assert!(next().await.ends_with(b"p:again"));
+    drop(tx);
+}

@@ -58,6 +58,13 @@ def stream(request, context):
         context.abort(_code(int(parts[1])), "stream ended with status %s" % parts[1].decode())
 
 
+def greet(requests, context):
+    # Speaks first, before reading anything (a subscription, a chat), then echoes.
+    yield NAME + b":hello"
+    for r in requests:
+        yield NAME + b":" + r
+
+
 def control(request, context):
     if request.startswith(b"fail:"):
         with lock:
@@ -86,6 +93,7 @@ def main():
         "Unary": grpc.unary_unary_rpc_method_handler(unary, _ident, _ident),
         "Stream": grpc.unary_stream_rpc_method_handler(stream, _ident, _ident),
         "Control": grpc.unary_unary_rpc_method_handler(control, _ident, _ident),
+        "Greet": grpc.stream_stream_rpc_method_handler(greet, _ident, _ident),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("test.Echo", handlers),))
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -440,6 +440,8 @@ pub(crate) async fn prepare_body(
 
 /// Puts a streaming body under the listener's limits and, for a chunked or HTTP/2 body, reads
 /// its first frame (by the deadline) so that a body broken from the start reaches no backend.
+/// Not for gRPC: in a bidirectional call the server may speak first, and the client then
+/// sends nothing until it has.
 async fn guard(
     body: Incoming,
     head: &Parts,
@@ -448,7 +450,8 @@ async fn guard(
     deadline: Instant,
 ) -> Result<ReqBody, ProxyError> {
     use http_body::Body as _;
-    let prime = head.version == http::Version::HTTP_2 || body.size_hint().exact().is_none();
+    let prime = (head.version == http::Version::HTTP_2 || body.size_hint().exact().is_none())
+        && !super::grpc::is_grpc(&head.headers);
     let mut g = match Guarded::new(body, &conn.limits.spec, &conn.limits.counters, prime) {
         Ok(g) => g,
         Err(plain) => return Ok(ReqBody::Streaming(plain)),
