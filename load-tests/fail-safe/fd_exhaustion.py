@@ -8,16 +8,10 @@ request and a fresh /status. Loopback only; stops what it started.
 """
 import os, socket, subprocess, sys, tempfile, time
 
+from ports import free_port
+
 BIN = sys.argv[1]
 WORKERS = sys.argv[2] if len(sys.argv) > 2 else "1"
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 d = tempfile.mkdtemp()

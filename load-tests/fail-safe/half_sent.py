@@ -7,17 +7,11 @@ started.
 """
 import os, socket, subprocess, sys, tempfile, time
 
+from ports import free_port
+
 BIN = sys.argv[1]
 WHICH = sys.argv[2] if len(sys.argv) > 2 else "admin"
 WAIT = float(sys.argv[3]) if len(sys.argv) > 3 else 15
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 d = tempfile.mkdtemp()

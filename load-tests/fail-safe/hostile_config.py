@@ -7,15 +7,9 @@ three times after, with RSS, then SIGTERM. Loopback only; stops what it started.
 """
 import os, socket, subprocess, sys, tempfile, time
 
+from ports import free_port
+
 BIN, CASE = sys.argv[1], sys.argv[2]
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 d = tempfile.mkdtemp()
