@@ -11,7 +11,6 @@ use tokio::net::TcpStream;
 
 use crate::support::bin::Process;
 use crate::support::dns::free_port;
-use http::Request;
 
 use crate::support::proxy::{TempDir, sample, write_atomic};
 use crate::support::raw::exchange;
@@ -349,13 +348,7 @@ async fn a_reload_moves_the_log_and_a_bad_path_keeps_the_old_one() {
     // A directory that does not exist: rejected with the key's path; the old log stays.
     let missing = proxy.dir.0.join("no/such/dir.log");
     write_atomic(&proxy.config_path, &config(&missing.display().to_string()));
-    let r = send(
-        &c,
-        Request::post(proxy.admin_url("/reload"))
-            .body(Default::default())
-            .unwrap(),
-    )
-    .await;
+    let r = proxy.post_reload().await;
     assert_eq!(r.status, 422);
     let body: Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(
@@ -372,13 +365,7 @@ async fn a_reload_moves_the_log_and_a_bad_path_keeps_the_old_one() {
 
     // A new path: lines from new requests go there.
     write_atomic(&proxy.config_path, &config(&second.display().to_string()));
-    let r = send(
-        &c,
-        Request::post(proxy.admin_url("/reload"))
-            .body(Default::default())
-            .unwrap(),
-    )
-    .await;
+    let r = proxy.post_reload().await;
     assert_eq!(r.status, 200, "{}", r.text());
     get_id(&c, &proxy.url("/"), "three").await;
     line(&second, "three").await;

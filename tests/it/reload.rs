@@ -197,13 +197,7 @@ async fn an_invalid_config_keeps_the_old_routing_and_every_request_is_answered()
 
     // POST /reload reports every error with its path.
     write_atomic(&proxy.config_path, &bad);
-    let r = send(
-        &c,
-        Request::post(proxy.admin_url("/reload"))
-            .body(Default::default())
-            .unwrap(),
-    )
-    .await;
+    let r = proxy.post_reload().await;
     assert_eq!(r.status, 422);
     let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     let paths: Vec<&str> = body["errors"]
@@ -355,13 +349,7 @@ async fn a_rejected_reload_reports_every_error_of_the_file_at_once() {
         include_str!("../../config/invalid/six-mistakes-mixed.yaml"),
     );
     let c = client();
-    let r = send(
-        &c,
-        Request::post(proxy.admin_url("/reload"))
-            .body(Default::default())
-            .unwrap(),
-    )
-    .await;
+    let r = proxy.post_reload().await;
     assert_eq!(r.status, 422);
     let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     let mut paths: Vec<&str> = body["errors"]

@@ -198,6 +198,14 @@ impl Proxy {
         panic!("{series} never reached {at_least}: {m}");
     }
 
+    /// `POST /reload`: the reload's answer (422 with every error when the file is rejected).
+    pub async fn post_reload(&self) -> super::client::Resp {
+        let req = http::Request::post(self.admin_url("/reload"))
+            .body(Default::default())
+            .unwrap();
+        super::client::send(&super::client::client(), req).await
+    }
+
     /// The Prometheus text of `/metrics`.
     pub async fn metrics(&self) -> String {
         let r = super::client::get(&super::client::client(), &self.admin_url("/metrics")).await;
