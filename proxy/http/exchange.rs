@@ -27,7 +27,7 @@ pub(crate) type ProxyBody = RespBody<Exchange>;
 pub(crate) struct Exchange {
     /// The snapshot the request was routed by (`None` when it was refused before that).
     snap: Option<Arc<Snapshot>>,
-    record: Record,
+    record: Box<Record>,
     /// The answering try, while its response streams.
     upstream: Option<Upstream>,
     /// Everything was counted already (an upgraded connection, counted when it upgraded).
@@ -50,7 +50,7 @@ pub(crate) struct Upstream {
 
 impl Exchange {
     /// A backend's response, streaming.
-    pub(crate) fn upstream(snap: Arc<Snapshot>, record: Record, up: Upstream) -> Exchange {
+    pub(crate) fn upstream(snap: Arc<Snapshot>, record: Box<Record>, up: Upstream) -> Exchange {
         Exchange {
             snap: Some(snap),
             record,
@@ -60,7 +60,7 @@ impl Exchange {
     }
 
     /// Switchyard's own answer.
-    pub(crate) fn local(snap: Option<Arc<Snapshot>>, record: Record) -> Exchange {
+    pub(crate) fn local(snap: Option<Arc<Snapshot>>, record: Box<Record>) -> Exchange {
         Exchange {
             snap,
             record,
@@ -70,7 +70,7 @@ impl Exchange {
     }
 
     /// A response whose numbers were counted already.
-    pub(crate) fn settled(snap: Arc<Snapshot>, record: Record) -> Exchange {
+    pub(crate) fn settled(snap: Arc<Snapshot>, record: Box<Record>) -> Exchange {
         Exchange {
             snap: Some(snap),
             record,
@@ -81,7 +81,7 @@ impl Exchange {
 
     fn end(mut self, end: BodyEnd) {
         let now = Instant::now();
-        let record = &mut self.record;
+        let record = &mut *self.record;
         record.duration = now.saturating_duration_since(record.started);
         if end == BodyEnd::Dropped {
             record.flags.set(Flags::DOWNSTREAM_DISCONNECT);

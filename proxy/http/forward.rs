@@ -24,7 +24,7 @@ use crate::server::conn::ConnInfo;
 pub(crate) fn respond(
     snap: Arc<Snapshot>,
     route: usize,
-    mut record: Record,
+    mut record: Box<Record>,
     answered: Answered<Incoming, Conn>,
     client_upgrade: Option<OnUpgrade>,
     compare: Option<Box<PrimaryTap>>,

@@ -67,7 +67,7 @@ async fn serve(
     shared: &Shared,
     conn: &ConnInfo,
     mut req: Request<Incoming>,
-    mut record: Record,
+    mut record: Box<Record>,
 ) -> Response<ProxyBody> {
     if req.version() != http::Version::HTTP_2 && conn.heads.next_is_ambiguous() {
         conn.limits.counters.hit(Limit::MalformedRequest);
@@ -138,7 +138,7 @@ async fn proxy(
     route: usize,
     mut req: Request<Incoming>,
     conn: &ConnInfo,
-    mut record: Record,
+    mut record: Box<Record>,
 ) -> Response<ProxyBody> {
     let rt = &snap.routes[route];
     let aim = Aim::new(rt, req.headers());

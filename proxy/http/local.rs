@@ -16,7 +16,7 @@ use crate::routing::Snapshot;
 /// The one place a [`ProxyError`] becomes a response.
 pub(crate) fn error(
     snap: Option<Arc<Snapshot>>,
-    mut record: Record,
+    mut record: Box<Record>,
     e: &ProxyError,
 ) -> Response<ProxyBody> {
     record.answered_locally(e.kind(), e.status().as_u16());
@@ -39,7 +39,7 @@ pub(crate) fn error(
 /// application as a bare UNKNOWN or INTERNAL). The record keeps the HTTP `status` it stands for.
 fn grpc_answer(
     snap: Option<Arc<Snapshot>>,
-    mut record: Record,
+    mut record: Box<Record>,
     status: StatusCode,
     code: u8,
     token: &'static str,
@@ -68,7 +68,7 @@ fn grpc_answer(
 /// error are set by the caller).
 pub(crate) fn answer(
     snap: Option<Arc<Snapshot>>,
-    mut record: Record,
+    mut record: Box<Record>,
     status: StatusCode,
     token: &'static str,
     text: &str,

@@ -203,8 +203,11 @@ pub(crate) struct Record {
 }
 
 impl Record {
-    pub(crate) fn start(started: Instant, method: Method, version: Version) -> Record {
-        Record {
+    /// Boxed: a record travels from the request's arrival through every layer of the request
+    /// path into its response body, which hyper moves several times; inline, each of those
+    /// moves would copy all of it.
+    pub(crate) fn start(started: Instant, method: Method, version: Version) -> Box<Record> {
+        Box::new(Record {
             started,
             method,
             version,
@@ -222,7 +225,7 @@ impl Record {
             access: None,
             trace: None,
             grpc: false,
-        }
+        })
     }
 
     /// The request's trace id and switchyard's span id for it (the server span's): what the

@@ -59,7 +59,7 @@ pub(crate) struct Attempt<'a> {
     last_error: Option<(ProxyError, BackendRef)>,
     /// Where the proxy's own shortages are counted.
     shortages: &'a LocalErrors,
-    pub(crate) record: Record,
+    pub(crate) record: Box<Record>,
 }
 
 /// A request as it can be built again: its prepared head and its whole body.
@@ -86,7 +86,7 @@ impl<'a> Attempt<'a> {
         timer: Timer<'a>,
         method: &Method,
         shortages: &'a LocalErrors,
-        mut record: Record,
+        mut record: Box<Record>,
     ) -> Attempt<'a> {
         record.aimed = Some(aim.target);
         // Every request deposits into its route's retry budget as it starts.

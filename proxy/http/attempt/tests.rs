@@ -163,7 +163,7 @@ async fn attempt(
     snap: &Snapshot,
     stub: &Stub,
     method: Method,
-) -> (Result<Answered<(), ()>, ProxyError>, Record) {
+) -> (Result<Answered<(), ()>, ProxyError>, Box<Record>) {
     let rt = &snap.routes[0];
     let aim = Aim::new(rt, &HeaderMap::new());
     let mut record = Record::start(Instant::now(), method.clone(), Version::HTTP_11);
