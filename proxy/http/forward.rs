@@ -12,7 +12,6 @@ use tokio::time::Instant;
 use super::attempt::Answered;
 use super::classify::Class;
 use super::exchange::{Exchange, ProxyBody, Upstream};
-use super::grpc::GrpcEnd;
 use super::headers;
 use super::record::Record;
 use super::shadow::PrimaryTap;
@@ -37,6 +36,7 @@ pub(crate) fn respond(
         ticket,
         in_flight,
         ttfb,
+        grpc,
     } = answered;
     let status = resp.status().as_u16();
     record.status = status;
@@ -88,7 +88,7 @@ pub(crate) fn respond(
         ticket,
         ttfb,
         compare,
-        grpc: GrpcEnd::of_head(resp.headers()),
+        grpc,
     };
     let exchange = Exchange::upstream(snap, record, up);
     resp.map(|b| ProxyBody::upstream(b, exchange))

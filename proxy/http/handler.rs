@@ -178,9 +178,9 @@ async fn proxy(
         record.flags.set(Flags::SHADOWED);
     }
     // A gRPC client's own deadline caps the route's: past it, nobody waits for the answer.
-    let timeout = match grpc::timeout(&head.headers) {
-        Some(t) if record.grpc => rt.spec.timeout.min(t),
-        _ => rt.spec.timeout,
+    let timeout = match record.grpc.then(|| grpc::timeout(&head.headers)).flatten() {
+        Some(t) => rt.spec.timeout.min(t),
+        None => rt.spec.timeout,
     };
     let mut attempt = Attempt::new(
         rt,

@@ -76,6 +76,8 @@ pub(crate) struct Answered<B, C> {
     pub(crate) ticket: Ticket,
     pub(crate) in_flight: InFlight,
     pub(crate) ttfb: Duration,
+    /// What the response head says of a gRPC status.
+    pub(crate) grpc: GrpcEnd,
 }
 
 impl<'a> Attempt<'a> {
@@ -259,6 +261,9 @@ impl<'a> Attempt<'a> {
         sender: &S,
         first: Request<ReqBody>,
     ) -> Result<Answered<S::Body, S::Conn>, ProxyError> {
+        // Whether the prepared head lacks a `Host` (HTTP/1.0): then each try names its backend.
+        // Asked once: every try's head is a copy of this one.
+        let unnamed = !first.headers().contains_key(http::header::HOST);
         let mut next = Some(first);
         // A resend on a fresh connection goes to the backend of the try it repeats, on its
         // ticket (the closed connection told the breaker nothing).
@@ -277,7 +282,9 @@ impl<'a> Attempt<'a> {
                 None => self.next_pick(sent_at)?,
             };
             let backend = self.route.backend(at);
-            name_backend(&mut req, backend.state.addr.as_str());
+            if unnamed {
+                name_backend(&mut req, backend.state.addr.as_str());
+            }
             // Each try is a span of its own: the backend sees it as its parent.
             let span = self
                 .record
@@ -321,6 +328,7 @@ impl<'a> Attempt<'a> {
                             ticket,
                             in_flight,
                             ttfb,
+                            grpc,
                         });
                     }
                     // Settled now: the body is never read; its connection closes with it.
