@@ -2,7 +2,7 @@
 //! keys, and the request head as the backends get it ([`prepare`], once, whatever the number
 //! of tries). Pure functions over a head.
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{Request, Uri, Version};
@@ -65,7 +65,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     if any {
         // Connection is removed with all its values in one lookup, then read for the names it
         // lists (beyond the common bare `close` / `keep-alive`).
-        if let http::header::Entry::Occupied(conn) = headers.entry(header::CONNECTION) {
+        if let Entry::Occupied(conn) = headers.entry(header::CONNECTION) {
             let mut named: Vec<HeaderName> = Vec::new();
             for v in conn.remove_entry_mult().1 {
                 if !is_fixed_token(v.as_bytes()) {
@@ -121,20 +121,23 @@ pub fn add_forwarded(
     proto: &'static str,
     host: Option<HeaderValue>,
 ) {
-    let mut prior = headers.get_all(&X_FORWARDED_FOR).iter().peekable();
-    let xff = if prior.peek().is_none() {
-        Some(peer.clone())
-    } else {
-        let mut joined = Vec::with_capacity(64);
-        for v in prior {
-            joined.extend_from_slice(v.as_bytes());
-            joined.extend_from_slice(b", ");
+    // One lookup for reading and writing it: hashing a name that is not a standard header's
+    // walks its bytes, which costs more than the rest of this function's work per header.
+    match headers.entry(&X_FORWARDED_FOR) {
+        Entry::Vacant(v) => {
+            v.insert(peer.clone());
         }
-        joined.extend_from_slice(peer.as_bytes());
-        HeaderValue::from_bytes(&joined).ok()
-    };
-    if let Some(xff) = xff {
-        headers.insert(X_FORWARDED_FOR.clone(), xff);
+        Entry::Occupied(mut o) => {
+            let mut joined = Vec::with_capacity(64);
+            for v in o.iter() {
+                joined.extend_from_slice(v.as_bytes());
+                joined.extend_from_slice(b", ");
+            }
+            joined.extend_from_slice(peer.as_bytes());
+            if let Ok(xff) = HeaderValue::from_bytes(&joined) {
+                o.insert(xff);
+            }
+        }
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     match host {
