@@ -54,6 +54,8 @@ struct Stub {
     sent: Mutex<Vec<(String, bool)>>,
     /// The `traceparent` each try carried.
     parents: Mutex<Vec<Option<String>>>,
+    /// Each try's head but its `traceparent`: method, URI, version, every field in order.
+    heads: Mutex<Vec<String>>,
 }
 
 impl Stub {
@@ -62,6 +64,7 @@ impl Stub {
             script: Mutex::new(script.iter().copied().collect()),
             sent: Mutex::default(),
             parents: Mutex::default(),
+            heads: Mutex::default(),
         }
     }
 
@@ -95,6 +98,18 @@ impl Sender for Stub {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned),
         );
+        let fields = req
+            .headers()
+            .iter()
+            .filter(|(n, _)| n.as_str() != "traceparent")
+            .map(|(n, v)| format!("{n}: {v:?} {}", v.is_sensitive()))
+            .collect::<Vec<_>>();
+        self.heads.lock().unwrap().push(format!(
+            "{} {} {:?} {fields:?}",
+            req.method(),
+            req.uri(),
+            req.version()
+        ));
         let reply = self
             .script
             .lock()
@@ -187,9 +202,16 @@ async fn attempt(
         &shortages,
         record,
     );
+    let mut sensitive = http::HeaderValue::from_static("Bearer x");
+    sensitive.set_sensitive(true);
     let req = Request::builder()
         .method(method)
-        .uri("/")
+        .uri("/item?q=1")
+        .header("host", "shop")
+        .header("x-multi", "1")
+        .header("accept", "*/*")
+        .header("x-multi", "2")
+        .header("authorization", sensitive)
         .body(ReqBody::empty())
         .unwrap();
     let (head, body) = req.into_parts();
@@ -381,6 +403,12 @@ async fn a_closed_keep_alive_connection_is_resent_fresh_to_the_same_backend() {
     let sent = stub.sent();
     assert_eq!(sent.len(), 2);
     assert_eq!(sent[0].0, sent[1].0, "the same backend");
+    let heads = stub.heads.lock().unwrap().clone();
+    assert_eq!(heads[0], heads[1], "the same request again");
+    assert!(
+        heads[1].contains(r#""x-multi: \"1\" false", "x-multi: \"2\" false""#),
+        "{heads:?}"
+    );
     assert_eq!(
         (sent[0].1, sent[1].1),
         (false, true),
