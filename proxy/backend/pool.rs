@@ -536,7 +536,8 @@ where
         // next request's timeout.
         .keep_alive_interval(std::time::Duration::from_secs(30))
         .keep_alive_timeout(std::time::Duration::from_secs(10))
-        .handshake(TokioIo::new(stream))
+        // The backend's final GOAWAY is read even if it resets the connection after it.
+        .handshake(TokioIo::new(super::h2io::ReadsFirst::new(stream)))
         .await
         .map_err(SendError::Handshake)?;
     tokio::spawn(async move {
