@@ -4,7 +4,9 @@
 //! room for a stream (so connections fill up one after the other and idle ones age out), and a
 //! new connection is opened only when every open one carries [`MAX_STREAMS`] requests. Opening
 //! is serialised per backend, so that a burst arriving at a cold pool shares the one connection
-//! being opened instead of opening one each. A connection leaves the pool when it closes, when
+//! being opened instead of opening one each; it shares a failed open too: a request that waited
+//! while an open failed fails with it at once (and moves on to another backend) instead of
+//! waiting out a connect timeout of its own after it. A connection leaves the pool when it closes, when
 //! the backend sends GOAWAY (seen as a request on it failing as refused), or after
 //! `idle_timeout` without a request.
 //!
@@ -12,6 +14,7 @@
 //! backend allows fewer than [`MAX_STREAMS`] queues the excess inside hyper until a stream
 //! frees up (a wait, never a failure).
 
+use std::io;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -77,7 +80,49 @@ pub(crate) struct Conns {
     open: Mutex<Vec<Arc<Shared>>>,
     /// Held while a connection is being opened.
     opening: tokio::sync::Mutex<()>,
+    /// Opens that failed so far, and how the last one failed.
+    failures: AtomicU64,
+    last_failure: Mutex<Option<OpenFailure>>,
     epoch: Instant,
+}
+
+/// How an open failed, kept to fail the requests that waited for it the same way.
+#[derive(Clone)]
+struct OpenFailure {
+    os: Option<i32>,
+    kind: io::ErrorKind,
+    message: String,
+}
+
+impl OpenFailure {
+    fn error(&self) -> io::Error {
+        match self.os {
+            // The OS error itself, so that a shortage (EMFILE...) is still told apart.
+            Some(code) => io::Error::from_raw_os_error(code),
+            None => io::Error::new(self.kind, self.message.clone()),
+        }
+    }
+}
+
+/// The right to open a connection to the backend, held while opening it.
+pub(crate) struct Opening<'a> {
+    conns: &'a Conns,
+    _turn: tokio::sync::MutexGuard<'a, ()>,
+}
+
+impl Opening<'_> {
+    /// The open failed: requests waiting for their turn fail the same way.
+    pub(crate) fn failed(self, e: &io::Error) {
+        let failure = OpenFailure {
+            os: e.raw_os_error(),
+            kind: e.kind(),
+            message: e.to_string(),
+        };
+        if let Ok(mut last) = self.conns.last_failure.lock() {
+            *last = Some(failure);
+        }
+        self.conns.failures.fetch_add(1, Ordering::AcqRel);
+    }
 }
 
 impl Conns {
@@ -85,6 +130,8 @@ impl Conns {
         Conns {
             open: Mutex::new(Vec::new()),
             opening: tokio::sync::Mutex::new(()),
+            failures: AtomicU64::new(0),
+            last_failure: Mutex::new(None),
             epoch: Instant::now(),
         }
     }
@@ -112,9 +159,23 @@ impl Conns {
     }
 
     /// Waits for the right to open a connection; whoever holds it first looks again with
-    /// [`Conns::lease`] (another request may just have opened one with room).
-    pub(crate) async fn opening(&self) -> tokio::sync::MutexGuard<'_, ()> {
-        self.opening.lock().await
+    /// [`Conns::lease`] (another request may just have opened one with room). If an open failed
+    /// while this one waited, this one fails with it: with a backend that does not answer, the
+    /// k-th request of a burst would otherwise wait k connect timeouts before failing over.
+    pub(crate) async fn opening(&self) -> Result<Opening<'_>, io::Error> {
+        let failures = self.failures.load(Ordering::Acquire);
+        let turn = self.opening.lock().await;
+        if self.failures.load(Ordering::Acquire) != failures {
+            let failure = self.last_failure.lock().ok().and_then(|f| f.clone());
+            return Err(failure.map_or_else(
+                || io::Error::other("opening a connection failed"),
+                |f| f.error(),
+            ));
+        }
+        Ok(Opening {
+            conns: self,
+            _turn: turn,
+        })
     }
 
     /// Adds a newly opened connection, with one stream taken for the request that opened it.

@@ -250,13 +250,27 @@ impl ConnPool {
         if let Some(lease) = pooled {
             return self.exchange_h2(lease, req, true).await;
         }
-        let opening = self.h2.opening().await;
+        let opening = match self.h2.opening().await {
+            Ok(opening) => opening,
+            // An open this request waited for failed: so does this request, at once.
+            Err(e) => {
+                return Err(Failed {
+                    error: SendError::Connect(e),
+                    unsent: Some(Box::new(req)),
+                    reused: false,
+                });
+            }
+        };
         if !fresh && let Some(lease) = self.h2.lease(Instant::now(), idle_timeout) {
             drop(opening);
             return self.exchange_h2(lease, req, true).await;
         }
         let connected = self.connect().await;
-        drop(opening);
+        match &connected {
+            Err(SendError::Connect(e)) => opening.failed(e),
+            Err(e) => opening.failed(&io::Error::other(e.to_string())),
+            Ok(_) => drop(opening),
+        }
         match connected {
             Ok(Connected::Http2(sender)) => {
                 let lease = self.h2.add(sender);

@@ -111,6 +111,58 @@ async fn goaway_under_load_fails_no_request() {
     eprintln!("{series} = {:?}", sample(&m, &series));
 }
 
+/// A listener whose accept queue is full: the kernel drops further SYNs, so a connect to it
+/// waits for the connect timeout, as to a host that is down or behind a dropping firewall.
+async fn unanswered() -> (tokio::net::TcpListener, tokio::net::TcpStream) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    // A backlog of 0 holds one connection: the one below, which nobody accepts.
+    let listener = socket.listen(0).unwrap();
+    let filler = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+        .await
+        .unwrap();
+    (listener, filler)
+}
+
+/// Connections to a backend are opened one at a time. A request that waited while an open
+/// failed fails with it and moves on to the other backend, rather than waiting out a connect
+/// timeout of its own after it (the k-th request of a burst would take k connect timeouts, past
+/// the route's timeout: 504).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_at_a_backend_that_drops_connects_fails_over_after_one_connect_timeout() {
+    let (dead, _filler) = unanswered().await;
+    let dead = dead.local_addr().unwrap();
+    let good = H2Peer::start().await;
+    let yaml = format!(
+        "{HEAD}upstreams:\n  app:\n    protocol: http2\n    connect_timeout: 1s\n    backends: ['{dead}', '{}']\n\
+         routes:\n  - name: r\n    timeout: 8s\n    split: [{{ upstream: app, weight: 1 }}]\n",
+        good.addr
+    );
+    let proxy = Proxy::start(&yaml).await;
+    let c = client();
+    const BURST: u64 = 24;
+    let calls: Vec<_> = (0..BURST)
+        .map(|_| {
+            let (c, url) = (c.clone(), proxy.url("/hold"));
+            tokio::spawn(async move { get(&c, &url).await })
+        })
+        .collect();
+    // Every request reaches the good backend, those first sent to the dead one too: none ran out
+    // of time waiting for its turn to connect.
+    good.wait_holding(BURST).await;
+    good.open_gate();
+    for call in calls {
+        let r = call.await.unwrap();
+        assert_eq!((r.status.as_u16(), r.text()), (200, "h2 /hold\n"));
+    }
+    let s = proxy.backend_status("app", dead).await;
+    let failed = s["outcomes"]["connect_failure"].as_u64().unwrap_or(0);
+    assert!(
+        failed >= 2,
+        "several requests of the burst went to the dead backend first: {s}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_checks_speak_http2() {
     let (a, b) = (H2Peer::start().await, H2Peer::start().await);
