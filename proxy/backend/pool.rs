@@ -194,7 +194,7 @@ impl ConnPool {
                     Ok(Connected::Http1(sender)) => (sender, false),
                     // `auto`: the backend chose HTTP/2.
                     Ok(Connected::Http2(sender)) => {
-                        let lease = self.h2.add(sender);
+                        let lease = self.h2.add(sender, self.transport.idle_timeout);
                         return Box::pin(self.exchange_h2(lease, req, false)).await;
                     }
                     Err(e) => {
@@ -273,7 +273,7 @@ impl ConnPool {
         }
         match connected {
             Ok(Connected::Http2(sender)) => {
-                let lease = self.h2.add(sender);
+                let lease = self.h2.add(sender, self.transport.idle_timeout);
                 self.exchange_h2(lease, req, false).await
             }
             // `auto`: the backend chose HTTP/1.1 this time.

@@ -163,6 +163,23 @@ async fn a_burst_at_a_backend_that_drops_connects_fails_over_after_one_connect_t
     );
 }
 
+/// A connection without streams for `idle_timeout` is closed then, not when (or if) the next
+/// request comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_backend_connection_is_closed_after_the_idle_timeout() {
+    let peer = H2Peer::start().await;
+    let proxy = Proxy::start(&config(&[&peer], "    idle_timeout: 300ms\n")).await;
+    let c = client();
+    assert_eq!(get(&c, &proxy.url("/one")).await.status, 200);
+    assert_eq!(peer.connections(), 1);
+    // No more requests: the connection is closed by the proxy all the same.
+    peer.wait_open(0).await;
+    // The next request opens a new one.
+    assert_eq!(get(&c, &proxy.url("/two")).await.status, 200);
+    assert_eq!(peer.connections(), 2);
+    peer.wait_open(0).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_checks_speak_http2() {
     let (a, b) = (H2Peer::start().await, H2Peer::start().await);

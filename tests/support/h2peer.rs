@@ -44,6 +44,8 @@ struct State {
     gate_open: AtomicBool,
     gate: Notify,
     holding: watch::Sender<u64>,
+    /// Connections open now.
+    open: watch::Sender<u64>,
 }
 
 pub struct H2Peer {
@@ -64,7 +66,12 @@ impl H2Peer {
                     continue;
                 };
                 st.connections.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(serve(Arc::clone(&st), stream));
+                st.open.send_modify(|n| *n += 1);
+                let st = Arc::clone(&st);
+                tokio::spawn(async move {
+                    serve(Arc::clone(&st), stream).await;
+                    st.open.send_modify(|n| *n -= 1);
+                });
             }
         });
         H2Peer { addr, state, task }
@@ -99,6 +106,17 @@ impl H2Peer {
             .await
             .expect("requests never piled up at the backend")
             .unwrap();
+    }
+
+    /// Waits until exactly `n` connections are open (a connection counts as closed once the
+    /// client ended it).
+    pub async fn wait_open(&self, n: u64) {
+        let mut rx = self.state.open.subscribe();
+        let waited =
+            tokio::time::timeout(std::time::Duration::from_secs(30), rx.wait_for(|o| *o == n))
+                .await
+                .is_ok();
+        assert!(waited, "{} connections open, not {n}", *rx.borrow());
     }
 
     pub fn open_gate(&self) {
