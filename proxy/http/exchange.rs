@@ -90,7 +90,8 @@ impl Exchange {
             let route = &snap.routes[r];
             match self.upstream.take() {
                 Some(up) => {
-                    let class = classify::body_ended(record.status, end, up.grpc);
+                    let failures = route.targets[up.at.target()].upstream.spec.grpc_failures;
+                    let class = classify::body_ended(record.status, end, up.grpc, failures);
                     if let Some(t) = record.last_try() {
                         t.class = class;
                     }

@@ -308,7 +308,8 @@ impl<'a> Attempt<'a> {
                     let ttfb = sent_at.elapsed();
                     let status = resp.status().as_u16();
                     let grpc = GrpcEnd::of_head(resp.headers());
-                    let v = classify::answered(status, grpc, &rules);
+                    let failures = self.route.targets[at.target()].upstream.spec.grpc_failures;
+                    let v = classify::answered(status, grpc, failures, &rules);
                     tried.ttfb = Some(ttfb);
                     tried.status = Some(status);
                     tried.class = v.class;
