@@ -5,6 +5,7 @@
 
 use crate::support::client::h2c_client;
 use crate::support::grpc::{GrpcPeer, call, python_call};
+use crate::support::proxy::sample;
 use crate::support::*;
 
 fn upstream(name: &str, peers: &[&GrpcPeer], extra: &str) -> String {
@@ -458,6 +459,21 @@ async fn a_listed_grpc_status_fails_like_the_default_five_and_only_where_listed(
         "three (give or take a record still landing) reached the backend before its breaker opened: {s}"
     );
     assert_eq!(s["outcomes"]["success"], 0, "{s}");
+    // What the clients got, by gRPC status: the backend's, then switchyard's own.
+    let series = |code: &str| {
+        format!(
+            "switchyard_grpc_responses_total{{route=\"counted\",upstream=\"counted\",code=\"{code}\"}}"
+        )
+    };
+    let turned_away = 10.0 - exhausted as f64;
+    let m = proxy.wait_metric(&series("UNAVAILABLE"), turned_away).await;
+    assert_eq!(sample(&m, &series("UNAVAILABLE")), Some(turned_away), "{m}");
+    assert_eq!(
+        sample(&m, &series("RESOURCE_EXHAUSTED")),
+        Some(exhausted as f64),
+        "{m}"
+    );
+    assert_eq!(sample(&m, &series("OK")), None, "{m}");
 
     // Not listed: the same answers from the same server are the caller's business.
     for _ in 0..10 {

@@ -300,6 +300,7 @@ impl<'a> Attempt<'a> {
                 ttfb: None,
                 class: Class::Timeout,
                 status: None,
+                version: None,
                 resent: false,
                 span,
             };
@@ -312,6 +313,7 @@ impl<'a> Attempt<'a> {
                     let v = classify::answered(status, grpc, failures, &rules);
                     tried.ttfb = Some(ttfb);
                     tried.status = Some(status);
+                    tried.version = Some(resp.version());
                     tried.class = v.class;
                     self.record.tried(tried);
                     if !self.may_retry(v.retry, at) {
