@@ -16,6 +16,7 @@
 # starts is stopped on exit.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+source load-tests/wait.sh
 
 PHASES=${PHASES:-"blast failover scale"}
 RATE=${RATE:-1000}
@@ -46,8 +47,7 @@ start_etcd() { # a fresh etcd with its data in $W/$1
   etcd --name fleet --data-dir "$W/$1" --listen-client-urls "http://$ETCD" --advertise-client-urls "http://$ETCD" \
     --listen-peer-urls http://127.0.0.1:18480 --initial-advertise-peer-urls http://127.0.0.1:18480 \
     --initial-cluster fleet=http://127.0.0.1:18480 > "$W/$1.log" 2>&1 & ETCD_PID=$!; PIDS+=($ETCD_PID)
-  for _ in $(seq 100); do curl -sf -o /dev/null "http://$ETCD/health" && return 0; sleep 0.1; done
-  echo "etcd did not start: $W/$1.log"; exit 1
+  wait_url "http://$ETCD/health" || { echo "etcd did not start: $W/$1.log"; exit 1; }
 }
 stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 
@@ -72,8 +72,7 @@ routes:
       gates: $GATES
 CONF
   RUST_LOG=info "$BIN" run -c "$W/n$1.yaml" --workers 1 2> "$W/n$1-$PHASE.log" & R_PID=$!; PIDS+=($R_PID)
-  for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:1940$1/readyz" && return 0; sleep 0.1; done
-  echo "replica n$1 did not start: $W/n$1-$PHASE.log"; exit 1
+  wait_url "http://127.0.0.1:1940$1/readyz" || { echo "replica n$1 did not start: $W/n$1-$PHASE.log"; exit 1; }
 }
 wait_rollout() { # wait_rollout ADMIN PYTHON-CONDITION-ON-v
   for _ in $(seq 300); do

@@ -9,6 +9,7 @@
 # library only). Loopback only, bounded in time; everything it starts is stopped on exit.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+source load-tests/wait.sh
 
 RATE=${RATE:-1000}
 DURATION=${DURATION:-15}
@@ -36,9 +37,7 @@ python3 load-tests/rollout_blast.py backend canary 18292 --fail-at "$FAIL_AT" \
 
 # Both backends listening before switchyard starts: a canary failing only because it is not up
 # yet is not the canary this run is about.
-for port in 18291 18292; do
-  for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
-done
+wait_port 18291 18292
 
 cat > "$W/switchyard.yaml" <<CONF
 listeners: [{ name: public, bind: "127.0.0.1:18290" }]
@@ -59,7 +58,7 @@ routes:
       gates: $GATES
 CONF
 RUST_LOG=info "$BIN" run -c "$W/switchyard.yaml" 2> "$W/switchyard.log" & PIDS+=($!)
-for _ in $(seq 100); do curl -sf -o /dev/null http://127.0.0.1:18290/ && break; sleep 0.1; done
+wait_url http://127.0.0.1:18290/
 
 echo "load: $RATE req/s for ${DURATION}s; the canary fails $FAIL_PERCENT % from ~${WARMUP}s in"
 python3 load-tests/rollout_blast.py load http://127.0.0.1:18290/ "$RATE" "$DURATION" "$CONNS" "$W/load.txt"

@@ -10,6 +10,7 @@
 # is stopped on exit.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+source load-tests/wait.sh
 
 ROLLOUTS=${ROLLOUTS:-20}
 RATE=${RATE:-1000}
@@ -37,9 +38,7 @@ python3 load-tests/rollout_blast.py backend canary 18392 --fail-random "$FAIL_PE
 
 # Both backends listening before switchyard starts: a canary failing only because it is not up
 # yet is not the canary this run is about.
-for port in 18391 18392; do
-  for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
-done
+wait_port 18391 18392
 
 echo "rollouts of a canary equal to stable: both fail $FAIL_PERCENT % at random; $RATE req/s; steps every $STEP; gates $GATES"
 printf '%-3s %-12s %8s  %s\n' "#" "ended" "seconds" "reason"
@@ -66,7 +65,7 @@ routes:
 CONF
   RUST_LOG=info "$BIN" run -c "$W/$i/switchyard.yaml" 2> "$W/$i/switchyard.log" & SY=$!
   PIDS+=($SY)
-  for _ in $(seq 100); do curl -sf -o /dev/null http://127.0.0.1:18390/ && break; sleep 0.1; done
+  wait_url http://127.0.0.1:18390/
   python3 load-tests/rollout_blast.py load http://127.0.0.1:18390/ "$RATE" "$MAX_SECONDS" "$CONNS" \
     "$W/$i/load.txt" --until http://127.0.0.1:19390/rollouts/app
   kill "$SY"; wait "$SY" 2>/dev/null || true

@@ -152,7 +152,7 @@ pub async fn start(opts: Options) -> Result<Running, ConfigErrors> {
     let proxy = Arc::new(crate::http::Proxy::new(Arc::clone(&shared)));
     let serve_ctx = Arc::new(ServeCtx::new(Arc::clone(&shared), tracker.clone(), proxy));
     let set = ListenerSet::new(serve_ctx, workers.handles().to_vec()).with_cert_watch(opts.watch);
-    reloader.bind_listeners(set)?;
+    reloader.bind_listeners(set).await?;
 
     let watch = match (&opts.source, opts.watch) {
         (ConfigSource::File(path), true) => {

@@ -11,6 +11,7 @@
 set -uo pipefail
 BIN=$(realpath "$1")
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+source load-tests/wait.sh
 
 W=$(mktemp -d /tmp/switchyard-statedir.XXXX)
 chmod 755 "$W"
@@ -35,7 +36,7 @@ routes:
     rollout: { strategy: canary, stable: stable, canary: canary, steps: [5, 20, 50, 100], step_interval: 1h }
 CONF
 }
-wait_up() { for _ in $(seq 300); do curl -sf -o /dev/null "http://127.0.0.1:$1/livez" && return 0; sleep 0.1; done; return 1; }
+wait_up() { wait_url "http://127.0.0.1:$1/livez" 30; }
 start() { # start CONF LOG [nobody]: sets P
   if [ "${3:-}" = nobody ] && [ "$(id -u)" = 0 ]; then
     setpriv --reuid=65534 --regid=65534 --clear-groups "$BIN" run -c "$1" 2> "$2" > /dev/null &
@@ -89,7 +90,7 @@ chmod 755 "$D/state"
 D="$W/shared"; mkdir -p "$D"; conf "$D/a.yaml" 18390 19390 "$D/state"; conf "$D/b.yaml" 18393 19393 "$D/state"
 start "$D/a.yaml" "$D/a.log"; A=$P; wait_up 19390
 start "$D/b.yaml" "$D/b.log"; B=$P
-if wait_up 19393; then
+if wait_up 19393 2>/dev/null; then
   echo "3. a second switchyard on the same state_dir started"
   drive() { for _ in $(seq 300); do for op in pause resume; do curl -s -X POST "http://127.0.0.1:$1/rollouts/app/$op" >/dev/null; done; done; }
   drive 19390 & D1=$!; drive 19393 & D2=$!

@@ -1,5 +1,5 @@
 //! Reading the files a config names (the config itself, the admin token, certificates and
-//! keys): only regular files, and at most [`MAX_FILE_BYTES`] of them.
+//! keys, the rollout state file): only regular files, and at most [`MAX_FILE_BYTES`] of them.
 //!
 //! A FIFO would block the reader until something writes to it, `/dev/zero` would fill memory,
 //! a directory is an error only after it was opened: each is refused by what the opened file
@@ -20,13 +20,28 @@ pub fn read_regular(path: &Path) -> Result<Vec<u8>, String> {
     read_capped(path, MAX_FILE_BYTES)
 }
 
-fn read_capped(path: &Path, cap: u64) -> Result<Vec<u8>, String> {
-    let shown = path.display();
-    let file = OpenOptions::new()
+/// [`read_regular`], with `None` when nothing is at `path`.
+pub fn read_regular_if_any(path: &Path) -> Result<Option<Vec<u8>>, String> {
+    match open(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        opened => read_opened(path, opened, MAX_FILE_BYTES).map(Some),
+    }
+}
+
+fn open(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK)
         .open(path)
-        .map_err(|e| format!("cannot read `{shown}`: {e}"))?;
+}
+
+fn read_capped(path: &Path, cap: u64) -> Result<Vec<u8>, String> {
+    read_opened(path, open(path), cap)
+}
+
+fn read_opened(path: &Path, opened: std::io::Result<File>, cap: u64) -> Result<Vec<u8>, String> {
+    let shown = path.display();
+    let file = opened.map_err(|e| format!("cannot read `{shown}`: {e}"))?;
     let meta = file
         .metadata()
         .map_err(|e| format!("cannot read `{shown}`: {e}"))?;
@@ -46,7 +61,7 @@ fn read_capped(path: &Path, cap: u64) -> Result<Vec<u8>, String> {
     };
     if let Some(what) = not_regular {
         return Err(format!(
-            "`{shown}` is {what}, not a regular file; switchyard reads its config, token and certificates only from regular files"
+            "`{shown}` is {what}, not a regular file; switchyard reads its config, token, certificates and rollout state only from regular files"
         ));
     }
     if meta.len() > cap {
@@ -65,7 +80,7 @@ fn read_capped(path: &Path, cap: u64) -> Result<Vec<u8>, String> {
 
 fn too_large(path: &Path, cap: u64) -> String {
     format!(
-        "`{}` is larger than {} MiB, the most switchyard reads for a config, token or certificate file",
+        "`{}` is larger than {} MiB, the most switchyard reads for a config, token, certificate or rollout state file",
         path.display(),
         cap / (1024 * 1024)
     )

@@ -15,7 +15,7 @@ use crate::backend::{Backend, Registry};
 use crate::config::model::{AdminToken, ListenerTls};
 use crate::config::{self, Config, ConfigError, ConfigErrors};
 use crate::routing::keeper::Keeper;
-use crate::server::listener::{ListenerSet, Prepared};
+use crate::server::listener::{ListenerSet, OpenedLogs, Prepared};
 use crate::server::shutdown::Stop;
 use crate::server::tls::FreshCerts;
 use crate::shared::Shared;
@@ -62,6 +62,9 @@ struct Loaded {
     /// `None`: the text and the admin token file are the ones in force.
     config: Option<Result<Config, ConfigErrors>>,
     certs: FreshCerts,
+    /// The new config's access logs, opened (reloads only: at start they are opened when the
+    /// listeners are first bound).
+    logs: OpenedLogs,
 }
 
 impl Loaded {
@@ -93,6 +96,7 @@ impl Loaded {
             text,
             config,
             certs,
+            logs: OpenedLogs::default(),
         }
     }
 }
@@ -259,9 +263,19 @@ impl Reloader {
     }
 
     /// Binds and starts the first config's listeners.
-    pub fn bind_listeners(&mut self, mut set: ListenerSet) -> Result<(), ConfigErrors> {
+    pub async fn bind_listeners(&mut self, mut set: ListenerSet) -> Result<(), ConfigErrors> {
         let certs = std::mem::take(&mut self.first_certs);
-        let prepared = set.prepare(&self.config, &certs).map_err(ConfigErrors)?;
+        let (shared, config) = (Arc::clone(&self.shared), Arc::clone(&self.config));
+        let logs = self
+            .loader
+            .run("the access log files", move || {
+                OpenedLogs::open(&shared.access_logs, &config)
+            })
+            .await
+            .map_err(|why| ConfigErrors(vec![ConfigError::new("listeners", why)]))?;
+        let prepared = set
+            .prepare(&self.config, &certs, logs)
+            .map_err(ConfigErrors)?;
         set.commit(prepared);
         self.shared.set_listener_addrs(set.addrs());
         self.listeners = Some(set);
@@ -390,7 +404,14 @@ impl Reloader {
             .as_ref()
             .map(ListenerSet::tls_specs)
             .unwrap_or_default();
-        move || Loaded::read(&source, Some((&text, token.as_ref())), running)
+        let shared = Arc::clone(&self.shared);
+        move || {
+            let mut loaded = Loaded::read(&source, Some((&text, token.as_ref())), running);
+            if let Some(Ok(config)) = &loaded.config {
+                loaded.logs = OpenedLogs::open(&shared.access_logs, config);
+            }
+            loaded
+        }
     }
 
     /// Applies what a load read (or the reason it could not), then logs and counts the
@@ -445,7 +466,10 @@ impl Reloader {
         };
         let config = Arc::new(config?);
         let prepared: Option<Prepared> = match &self.listeners {
-            Some(set) => Some(set.prepare(&config, &loaded.certs).map_err(ConfigErrors)?),
+            Some(set) => Some(
+                set.prepare(&config, &loaded.certs, loaded.logs)
+                    .map_err(ConfigErrors)?,
+            ),
             None => None,
         };
         if config.admin.bind != self.config.admin.bind {

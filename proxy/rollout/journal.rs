@@ -292,14 +292,14 @@ impl Journal {
         let Some(path) = self.dir.as_ref().map(|d| d.join(STATE_FILE)) else {
             return Loaded::Saved(BTreeMap::new());
         };
-        let why = match std::fs::read(&path) {
-            Ok(bytes) => match serde_json::from_slice(&bytes) {
+        // Only a regular file, and a bounded one: a FIFO or `/dev/zero` there must not wedge
+        // start-up (or fill memory); it is untrusted like any file that cannot be read.
+        let why = match crate::config::read::read_regular_if_any(&path) {
+            Ok(Some(bytes)) => match serde_json::from_slice(&bytes) {
                 Ok(saved) => return Loaded::Saved(saved),
                 Err(e) => format!("it is not valid rollout state ({e})"),
             },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Loaded::Saved(BTreeMap::new());
-            }
+            Ok(None) => return Loaded::Saved(BTreeMap::new()),
             Err(e) => format!("it cannot be read ({e})"),
         };
         let kept_aside = keep_aside(&path);
@@ -365,6 +365,8 @@ impl Journal {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::FileTypeExt;
+
     use super::*;
 
     #[test]
@@ -474,6 +476,31 @@ mod tests {
         // A directory where the file should be cannot be read: untrusted too.
         std::fs::create_dir(dir.join(STATE_FILE)).unwrap();
         assert!(matches!(j.load(), Loaded::Untrusted { .. }));
+        // A FIFO nothing writes to (a blocking read would hang here) and `/dev/zero` (a read
+        // to the end would never end) are refused at once and kept aside as they are.
+        let made = std::process::Command::new("mkfifo")
+            .arg(dir.join(STATE_FILE))
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let Loaded::Untrusted { why, kept_aside } = j.load() else {
+            panic!("a FIFO was trusted");
+        };
+        assert!(why.contains("is a FIFO"), "{why}");
+        assert!(
+            kept_aside
+                .unwrap()
+                .metadata()
+                .unwrap()
+                .file_type()
+                .is_fifo()
+        );
+        std::os::unix::fs::symlink("/dev/zero", dir.join(STATE_FILE)).unwrap();
+        let Loaded::Untrusted { why, .. } = j.load() else {
+            panic!("/dev/zero was trusted");
+        };
+        assert!(why.contains("is a character device"), "{why}");
+        assert!(!dir.join(STATE_FILE).exists());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

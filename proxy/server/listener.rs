@@ -17,7 +17,7 @@ use super::conn::{self, ServeCtx};
 use super::limits::{Limit, ListenerLimits, OpenConnections};
 use super::shutdown::{Stop, StopTrigger, stop_pair};
 use super::tls::{CertTable, FreshCerts, TlsListener};
-use crate::accesslog::{ListenerLog, LogSlot, Sink};
+use crate::accesslog::{ListenerLog, LogSlot, Logs, Sink};
 use crate::config::model::{Listener, ListenerTls};
 use crate::config::{Config, ConfigError};
 
@@ -142,6 +142,23 @@ pub struct Prepared {
 }
 
 /// The running listeners; only the reloader changes them.
+/// The access logs a config's listeners name, opened ahead: opening a file blocks (on a hung
+/// mount, for good), so the reloader opens them in its load, off the workers.
+#[derive(Default)]
+pub struct OpenedLogs(Vec<Option<io::Result<Sink>>>);
+
+impl OpenedLogs {
+    /// Opens (or finds in use) the access log of every listener of `config`: a blocking call.
+    pub(crate) fn open(logs: &Logs, config: &Config) -> OpenedLogs {
+        let each = |l: &Listener| l.access_log.as_ref().map(|spec| logs.sink(spec));
+        OpenedLogs(config.listeners.iter().map(each).collect())
+    }
+
+    fn take(&mut self, listener: usize) -> Option<io::Result<Sink>> {
+        self.0.get_mut(listener).and_then(Option::take)
+    }
+}
+
 pub struct ListenerSet {
     ctx: Arc<ServeCtx>,
     /// Where accept loops run: one per worker, each on its own socket.
@@ -189,11 +206,13 @@ impl ListenerSet {
     }
 
     /// Binds the listeners `config` adds; fails, binding nothing, if any bind fails.
-    /// Certificates come from `certs`, read off the workers.
+    /// Certificates come from `certs`, read off the workers, and access logs from `opened`,
+    /// opened off them (one missing there is opened here).
     pub fn prepare(
         &self,
         config: &Config,
         certs: &FreshCerts,
+        mut opened: OpenedLogs,
     ) -> Result<Prepared, Vec<ConfigError>> {
         let mut bound = Vec::new();
         let mut retls = Vec::new();
@@ -201,7 +220,10 @@ impl ListenerSet {
         let mut logs = Vec::new();
         for (i, l) in config.listeners.iter().enumerate() {
             let sink = l.access_log.as_ref().and_then(|spec| {
-                match self.ctx.shared.access_logs.sink(spec) {
+                match opened
+                    .take(i)
+                    .unwrap_or_else(|| self.ctx.shared.access_logs.sink(spec))
+                {
                     Ok(sink) => Some(sink),
                     Err(e) => {
                         errors.push(ConfigError::new(

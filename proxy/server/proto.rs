@@ -163,6 +163,10 @@ where
     /// Finishes the request in progress (HTTP/1.1) or the open streams (HTTP/2, GOAWAY), then
     /// ends; a connection with no request started ends at once.
     pub fn graceful_shutdown(mut self: Pin<&mut Self>) {
+        // Never parked from now on: hyper may still wait (for the response to finish, or in
+        // its shutdown while TLS's close_notify cannot be written), and a connection parked
+        // then would wait for the client's next bytes, holding up the drain.
+        self.park = None;
         match &mut self.state {
             State::Deciding { .. } | State::Parked { .. } => self.state = State::Stopped,
             State::Http1(conn) => Pin::new(&mut **conn).graceful_shutdown(),
@@ -384,12 +388,15 @@ impl<I: Write + Unpin> Write for Replay<I> {
 mod tests {
     use std::convert::Infallible;
     use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use futures_util::task::AtomicWaker;
 
     use http::{Request, Response};
     use http_body_util::{BodyExt, Full};
     use hyper::service::service_fn;
     use hyper_util::rt::{TokioIo, TokioTimer};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
 
     use super::*;
@@ -450,9 +457,9 @@ mod tests {
 
     /// A connection served as `conn::serve` does: the head watch, the activity, and the same
     /// parking condition; its service echoes the request body, or answers `big` bytes.
-    fn serve(
+    fn serve<T: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         builder: &ConnBuilder,
-        server: TcpStream,
+        server: T,
         big: usize,
     ) -> impl Future<Output = Result<(), BoxError>> + Unpin + Parks + '_ {
         let heads = Arc::new(HeadWatch::default());
@@ -487,11 +494,74 @@ mod tests {
 
     trait Parks {
         fn is_parked(&self) -> bool;
+        fn stop(&mut self);
     }
 
-    impl<I, S: HttpService<Incoming>, P> Parks for Connection<'_, I, S, P> {
+    impl<T, S, P> Parks for Connection<'_, TokioIo<Sniffed<T>>, S, P>
+    where
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        S: HttpService<Incoming, ResBody = Full<Bytes>, Error = hyper::Error> + Unpin,
+        S::Future: Send + 'static,
+        P: Fn() -> Option<Instant> + Unpin,
+    {
         fn is_parked(&self) -> bool {
             matches!(self.state, State::Parked { .. })
+        }
+
+        fn stop(&mut self) {
+            Pin::new(self).graceful_shutdown();
+        }
+    }
+
+    /// A socket whose shutdown waits until the test opens `gate`, as TLS's does while its
+    /// close_notify cannot be written (a client that stopped reading).
+    struct HeldShutdown {
+        inner: TcpStream,
+        gate: Arc<Gate>,
+    }
+
+    #[derive(Default)]
+    struct Gate {
+        open: AtomicBool,
+        waker: AtomicWaker,
+    }
+
+    impl Gate {
+        fn open(&self) {
+            self.open.store(true, Ordering::Release);
+            self.waker.wake();
+        }
+    }
+
+    impl AsyncRead for HeldShutdown {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for HeldShutdown {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.inner).poll_write(cx, buf)
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_flush(cx)
+        }
+
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            self.gate.waker.register(cx.waker());
+            if !self.gate.open.load(Ordering::Acquire) {
+                return Poll::Pending;
+            }
+            Pin::new(&mut self.inner).poll_shutdown(cx)
         }
     }
 
@@ -534,6 +604,59 @@ mod tests {
         assert!(conn.is_parked());
         drop(client);
         assert!(conn.await.is_ok());
+    }
+
+    /// Sends a GET and reads its response while `conn` serves it.
+    async fn get<C>(conn: &mut C, client: &mut TcpStream)
+    where
+        C: Future<Output = Result<(), BoxError>> + Unpin,
+    {
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        beside(conn, response(client)).await;
+    }
+
+    /// Asserts that a stopped `conn` ends and closes its socket while the client stays
+    /// connected and silent (a parked connection would wait for it).
+    async fn ends_with_the_client_silent<C>(conn: C, client: &mut TcpStream)
+    where
+        C: Future<Output = Result<(), BoxError>>,
+    {
+        let ended = tokio::time::timeout(PARK_AFTER * 100, conn).await;
+        assert!(matches!(ended, Ok(Ok(()))), "{ended:?}");
+        assert_eq!(client.read(&mut [0; 16]).await.unwrap(), 0, "not closed");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_graceful_shutdown_ends_a_parked_connection_at_once() {
+        let (mut client, server) = pair().await;
+        let builder = builder();
+        let mut conn = serve(&builder, server, 0);
+        get(&mut conn, &mut client).await;
+        beside(&mut conn, tokio::time::sleep(PARK_AFTER * 2)).await;
+        assert!(conn.is_parked());
+        conn.stop();
+        ends_with_the_client_silent(conn, &mut client).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_stopping_is_never_parked() {
+        let (mut client, server) = pair().await;
+        let gate = Arc::new(Gate::default());
+        let server = HeldShutdown {
+            inner: server,
+            gate: Arc::clone(&gate),
+        };
+        let builder = builder();
+        let mut conn = serve(&builder, server, 0);
+        get(&mut conn, &mut client).await;
+        // hyper closes the idle connection and waits in its shutdown past the time to park.
+        conn.stop();
+        beside(&mut conn, tokio::time::sleep(PARK_AFTER * 2)).await;
+        gate.open();
+        ends_with_the_client_silent(conn, &mut client).await;
     }
 
     #[tokio::test(start_paused = true)]

@@ -99,12 +99,8 @@ async fn mutating_calls_need_the_token_and_reads_stay_open() {
             .status,
         401
     );
-    assert_eq!(
-        call(&proxy, "POST", "/reload", Some("Bearer second-token-4567"))
-            .await
-            .status,
-        200
-    );
+    let r = call(&proxy, "POST", "/reload", Some("Bearer second-token-4567")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
 
     // An emptied token file is a config error with its path; the old token keeps working.
     std::fs::write(&token, "\n").unwrap();

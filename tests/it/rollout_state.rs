@@ -2,6 +2,8 @@
 //! is kept aside and every rollout waits at stable 100 % for an operator; a `state_dir` that
 //! cannot be written says so; one process at a time holds a `state_dir`.
 
+use std::os::unix::fs::FileTypeExt;
+
 use serde_json::Value;
 
 use crate::rollout::{
@@ -291,4 +293,36 @@ async fn a_second_process_on_a_state_dir_says_who_holds_it_and_exits_1() {
         ("progressing", Some(1))
     );
     again.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifo_as_the_state_file_is_kept_aside_without_wedging_start_up() {
+    let (stable, canary) = backends().await;
+    let state_dir = TempDir::new();
+    let extra = format!("state_dir: \"{}\"\n", state_dir.0.display());
+    let yaml = config(&stable, &canary, SPEC, &extra);
+    let fifo = state_dir.0.join("rollouts.state.json");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    // Started on a task of its own: a start-up that blocks in a read of the FIFO holds its
+    // thread, and this one can then say so instead of hanging.
+    let starting = tokio::spawn(async move { Proxy::start(&yaml).await });
+    let started = tokio::time::timeout(std::time::Duration::from_secs(60), starting).await;
+    let Ok(started) = started else {
+        // Lets the stuck read see the end of the stream, so the test ends.
+        drop(std::fs::OpenOptions::new().write(true).open(&fifo));
+        panic!("start-up did not finish within 60 s with a FIFO as the state file");
+    };
+    let p = started.unwrap();
+    let (_, v) = rollout(&p, "r").await;
+    assert_eq!(state(&v), ("held", None), "{v:#}");
+    assert!(v["history"].to_string().contains("is a FIFO"), "{v:#}");
+    let aside = files_starting(&state_dir.0, "rollouts.state.json.untrusted");
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert!(std::fs::metadata(&aside[0]).unwrap().file_type().is_fifo());
+    all_to_stable(&p, &stable, &canary).await;
+    p.shutdown().await;
 }
