@@ -81,6 +81,15 @@ fn routes(e: &mut Exposition, snap: &Snapshot) {
         }
     }
 
+    let mut s = e.family(&f::GRPC_RESPONSES);
+    for r in &snap.routes {
+        for t in &r.targets {
+            for (code, n) in t.stats.grpc_by_code().filter(|(_, n)| *n > 0) {
+                s.sample(&[&r.spec.name, &t.upstream.spec.name, code], n as f64);
+            }
+        }
+    }
+
     let mut s = e.family(&f::ROUTE_WEIGHT);
     for r in &snap.routes {
         for (t, w) in r.targets.iter().zip(r.split.weights()) {

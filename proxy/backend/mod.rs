@@ -3,6 +3,7 @@
 
 pub mod breaker;
 pub mod discovery;
+pub(crate) mod h2io;
 pub(crate) mod h2req;
 pub mod health;
 pub(crate) mod multiplex;

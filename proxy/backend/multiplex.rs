@@ -4,14 +4,18 @@
 //! room for a stream (so connections fill up one after the other and idle ones age out), and a
 //! new connection is opened only when every open one carries [`MAX_STREAMS`] requests. Opening
 //! is serialised per backend, so that a burst arriving at a cold pool shares the one connection
-//! being opened instead of opening one each. A connection leaves the pool when it closes, when
+//! being opened instead of opening one each; it shares a failed open too: a request that waited
+//! while an open failed fails with it at once (and moves on to another backend) instead of
+//! waiting out a connect timeout of its own after it. A connection leaves the pool when it closes, when
 //! the backend sends GOAWAY (seen as a request on it failing as refused), or after
-//! `idle_timeout` without a request.
+//! `idle_timeout` without a request: a task per backend, running while it has connections,
+//! closes those that sat idle that long.
 //!
 //! hyper does not expose the backend's SETTINGS_MAX_CONCURRENT_STREAMS; a connection whose
 //! backend allows fewer than [`MAX_STREAMS`] queues the excess inside hyper until a stream
 //! frees up (a wait, never a failure).
 
+use std::io;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -40,6 +44,14 @@ pub(crate) struct Shared {
 impl Shared {
     fn usable(&self) -> bool {
         !self.retired.load(Ordering::Relaxed) && !self.sender.is_closed()
+    }
+
+    /// Still open, and in use or idle for less than `idle_timeout` at `now_ms`.
+    fn keep(&self, now_ms: u64, idle_timeout: std::time::Duration) -> bool {
+        self.usable()
+            && (self.streams.load(Ordering::Acquire) > 0
+                || now_ms.saturating_sub(self.idle_since_ms.load(Ordering::Relaxed))
+                    < idle_timeout.as_millis() as u64)
     }
 
     pub(crate) fn retire(&self) {
@@ -72,19 +84,68 @@ impl Drop for Lease {
     }
 }
 
+type Open = Mutex<Vec<Arc<Shared>>>;
+
 /// The HTTP/2 connections of one backend.
 pub(crate) struct Conns {
-    open: Mutex<Vec<Arc<Shared>>>,
+    open: Arc<Open>,
+    /// The task closing idle connections runs.
+    sweeping: Arc<std::sync::atomic::AtomicBool>,
     /// Held while a connection is being opened.
     opening: tokio::sync::Mutex<()>,
+    /// Opens that failed so far, and how the last one failed.
+    failures: AtomicU64,
+    last_failure: Mutex<Option<OpenFailure>>,
     epoch: Instant,
+}
+
+/// How an open failed, kept to fail the requests that waited for it the same way.
+#[derive(Clone)]
+struct OpenFailure {
+    os: Option<i32>,
+    kind: io::ErrorKind,
+    message: String,
+}
+
+impl OpenFailure {
+    fn error(&self) -> io::Error {
+        match self.os {
+            // The OS error itself, so that a shortage (EMFILE...) is still told apart.
+            Some(code) => io::Error::from_raw_os_error(code),
+            None => io::Error::new(self.kind, self.message.clone()),
+        }
+    }
+}
+
+/// The right to open a connection to the backend, held while opening it.
+pub(crate) struct Opening<'a> {
+    conns: &'a Conns,
+    _turn: tokio::sync::MutexGuard<'a, ()>,
+}
+
+impl Opening<'_> {
+    /// The open failed: requests waiting for their turn fail the same way.
+    pub(crate) fn failed(self, e: &io::Error) {
+        let failure = OpenFailure {
+            os: e.raw_os_error(),
+            kind: e.kind(),
+            message: e.to_string(),
+        };
+        if let Ok(mut last) = self.conns.last_failure.lock() {
+            *last = Some(failure);
+        }
+        self.conns.failures.fetch_add(1, Ordering::AcqRel);
+    }
 }
 
 impl Conns {
     pub(crate) fn new() -> Conns {
         Conns {
-            open: Mutex::new(Vec::new()),
+            open: Arc::new(Mutex::new(Vec::new())),
+            sweeping: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             opening: tokio::sync::Mutex::new(()),
+            failures: AtomicU64::new(0),
+            last_failure: Mutex::new(None),
             epoch: Instant::now(),
         }
     }
@@ -93,13 +154,8 @@ impl Conns {
     /// were retired or sat idle past `idle_timeout` at `now` are dropped on the way.
     pub(crate) fn lease(&self, now: Instant, idle_timeout: std::time::Duration) -> Option<Lease> {
         let mut open = self.open.lock().ok()?;
-        let idle_ms = idle_timeout.as_millis() as u64;
         let now_ms = now.saturating_duration_since(self.epoch).as_millis() as u64;
-        open.retain(|c| {
-            c.usable()
-                && (c.streams.load(Ordering::Acquire) > 0
-                    || now_ms.saturating_sub(c.idle_since_ms.load(Ordering::Relaxed)) < idle_ms)
-        });
+        open.retain(|c| c.keep(now_ms, idle_timeout));
         // The busiest connection with room: fill one before using the next.
         let best = open
             .iter()
@@ -112,13 +168,28 @@ impl Conns {
     }
 
     /// Waits for the right to open a connection; whoever holds it first looks again with
-    /// [`Conns::lease`] (another request may just have opened one with room).
-    pub(crate) async fn opening(&self) -> tokio::sync::MutexGuard<'_, ()> {
-        self.opening.lock().await
+    /// [`Conns::lease`] (another request may just have opened one with room). If an open failed
+    /// while this one waited, this one fails with it: with a backend that does not answer, the
+    /// k-th request of a burst would otherwise wait k connect timeouts before failing over.
+    pub(crate) async fn opening(&self) -> Result<Opening<'_>, io::Error> {
+        let failures = self.failures.load(Ordering::Acquire);
+        let turn = self.opening.lock().await;
+        if self.failures.load(Ordering::Acquire) != failures {
+            let failure = self.last_failure.lock().ok().and_then(|f| f.clone());
+            return Err(failure.map_or_else(
+                || io::Error::other("opening a connection failed"),
+                |f| f.error(),
+            ));
+        }
+        Ok(Opening {
+            conns: self,
+            _turn: turn,
+        })
     }
 
-    /// Adds a newly opened connection, with one stream taken for the request that opened it.
-    pub(crate) fn add(&self, sender: H2Sender) -> Lease {
+    /// Adds a newly opened connection, with one stream taken for the request that opened it,
+    /// and starts the task that closes idle connections if it is not running.
+    pub(crate) fn add(&self, sender: H2Sender, idle_timeout: std::time::Duration) -> Lease {
         let conn = Arc::new(Shared {
             sender,
             streams: AtomicUsize::new(1),
@@ -129,6 +200,57 @@ impl Conns {
         if let Ok(mut open) = self.open.lock() {
             open.push(Arc::clone(&conn));
         }
+        // After the push: a task that found the pool empty has cleared the flag under the lock.
+        if !self.sweeping.swap(true, Ordering::AcqRel) {
+            tokio::spawn(sweep(
+                Arc::downgrade(&self.open),
+                Arc::clone(&self.sweeping),
+                idle_timeout,
+                self.epoch,
+            ));
+        }
         Lease { conn }
+    }
+}
+
+/// Closes the connections that sat idle for `idle_timeout` (dropping the last sender of a
+/// connection makes hyper close it with a GOAWAY), waking when the next one would be due. Ends
+/// when the backend has no connection left or its pool is gone.
+async fn sweep(
+    open: std::sync::Weak<Open>,
+    sweeping: Arc<std::sync::atomic::AtomicBool>,
+    idle_timeout: std::time::Duration,
+    epoch: Instant,
+) {
+    loop {
+        let Some(conns) = open.upgrade() else {
+            return;
+        };
+        let now = Instant::now();
+        let next = {
+            let Ok(mut open) = conns.lock() else {
+                return;
+            };
+            let now_ms = now.saturating_duration_since(epoch).as_millis() as u64;
+            open.retain(|c| c.keep(now_ms, idle_timeout));
+            if open.is_empty() {
+                sweeping.store(false, Ordering::Release);
+                return;
+            }
+            // The earliest an idle one can be due; a busy one, not before a full timeout.
+            open.iter()
+                .filter(|c| c.streams.load(Ordering::Acquire) == 0)
+                .map(|c| {
+                    epoch
+                        + std::time::Duration::from_millis(c.idle_since_ms.load(Ordering::Relaxed))
+                        + idle_timeout
+                })
+                .min()
+                .map_or(now + idle_timeout, |due| {
+                    due.max(now + std::time::Duration::from_millis(1))
+                })
+        };
+        drop(conns);
+        tokio::time::sleep_until(next).await;
     }
 }

@@ -194,7 +194,7 @@ impl ConnPool {
                     Ok(Connected::Http1(sender)) => (sender, false),
                     // `auto`: the backend chose HTTP/2.
                     Ok(Connected::Http2(sender)) => {
-                        let lease = self.h2.add(sender);
+                        let lease = self.h2.add(sender, self.transport.idle_timeout);
                         return Box::pin(self.exchange_h2(lease, req, false)).await;
                     }
                     Err(e) => {
@@ -250,16 +250,30 @@ impl ConnPool {
         if let Some(lease) = pooled {
             return self.exchange_h2(lease, req, true).await;
         }
-        let opening = self.h2.opening().await;
+        let opening = match self.h2.opening().await {
+            Ok(opening) => opening,
+            // An open this request waited for failed: so does this request, at once.
+            Err(e) => {
+                return Err(Failed {
+                    error: SendError::Connect(e),
+                    unsent: Some(Box::new(req)),
+                    reused: false,
+                });
+            }
+        };
         if !fresh && let Some(lease) = self.h2.lease(Instant::now(), idle_timeout) {
             drop(opening);
             return self.exchange_h2(lease, req, true).await;
         }
         let connected = self.connect().await;
-        drop(opening);
+        match &connected {
+            Err(SendError::Connect(e)) => opening.failed(e),
+            Err(e) => opening.failed(&io::Error::other(e.to_string())),
+            Ok(_) => drop(opening),
+        }
         match connected {
             Ok(Connected::Http2(sender)) => {
-                let lease = self.h2.add(sender);
+                let lease = self.h2.add(sender, self.transport.idle_timeout);
                 self.exchange_h2(lease, req, false).await
             }
             // `auto`: the backend chose HTTP/1.1 this time.
@@ -536,7 +550,8 @@ where
         // next request's timeout.
         .keep_alive_interval(std::time::Duration::from_secs(30))
         .keep_alive_timeout(std::time::Duration::from_secs(10))
-        .handshake(TokioIo::new(stream))
+        // The backend's final GOAWAY is read even if it resets the connection after it.
+        .handshake(TokioIo::new(super::h2io::ReadsFirst::new(stream)))
         .await
         .map_err(SendError::Handshake)?;
     tokio::spawn(async move {

@@ -88,6 +88,8 @@ pub struct Upstream {
     pub tls: Option<super::upstream_tls::UpstreamTlsFile>,
     /// `http1` (the default), `http2` or `auto`.
     pub protocol: Option<String>,
+    /// gRPC statuses that count as the backend's failure besides the default five.
+    pub grpc_failures: Option<Vec<super::grpc::GrpcStatusFile>>,
 }
 
 #[derive(Debug, Deserialize)]

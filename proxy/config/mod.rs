@@ -4,7 +4,7 @@
 //! every error found, each with the YAML path where it was found and how to fix it.
 //!
 //! Imports run one way: [`errors`], [`duration`] and [`read`] at the bottom; the feature
-//! modules ([`limits`], [`control`], [`cluster`], [`discover`], [`resilience`], [`rollout`], [`shadow`],
+//! modules ([`limits`], [`control`], [`cluster`], [`discover`], [`grpc`], [`resilience`], [`rollout`], [`shadow`],
 //! [`tls`], [`traffic`], [`upstream_tls`], [`secret`]) each hold a feature's YAML shape, model
 //! and checks; [`file`](mod@file) and [`model`] gather them; [`validate`] turns one into the other; [`load`] runs the whole.
 //! This file only names and re-exports.
@@ -16,6 +16,7 @@ pub mod discover;
 pub mod duration;
 pub mod errors;
 pub mod file;
+pub mod grpc;
 pub mod limits;
 pub mod load;
 pub mod model;

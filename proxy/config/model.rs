@@ -10,6 +10,7 @@ use http::{HeaderName, HeaderValue};
 
 pub use super::control::{ControlLimits, Ops};
 pub use super::discover::{Discover, Resolver};
+pub use super::grpc::GrpcCodes;
 pub use super::resilience::{BreakerConfig, HealthCheck, RetryOn, RetryPolicy};
 pub use super::rollout::RolloutSpec;
 pub use super::secret::AdminToken;
@@ -88,6 +89,9 @@ pub struct Upstream {
     pub health_check: Option<HealthCheck>,
     /// When more than this percent of the backends are out, use them all anyway.
     pub panic_threshold: u8,
+    /// The gRPC statuses that count against a backend like a 5xx: the default five and the
+    /// upstream's `grpc_failures`.
+    pub grpc_failures: GrpcCodes,
 }
 
 /// What shapes an upstream's connections; when it changes, its connection pools are rebuilt

@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use super::duration::{DurationStr, positive as duration};
 use super::errors::Errors;
+use super::grpc::{self, GrpcCodes};
 
 // ----- as written -----
 
@@ -119,8 +120,9 @@ pub struct RetryOn {
     pub reset: bool,
     pub timeout: bool,
     pub statuses: Vec<u16>,
-    /// gRPC status codes (of failing statuses: `unavailable`, `internal`...).
-    pub grpc: Vec<u8>,
+    /// gRPC statuses (`unavailable`, `RESOURCE_EXHAUSTED`...); only those the answering
+    /// upstream counts as failures are ever retried.
+    pub grpc: GrpcCodes,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -134,23 +136,6 @@ pub struct RetryPolicy {
     pub min_per_second: u32,
     /// Time allowed for one try; the route's `timeout` still bounds them all.
     pub per_try_timeout: Option<Duration>,
-}
-
-/// The gRPC statuses that mean the backend failed (counted against it like a 5xx), by the
-/// names `retries.on` takes.
-pub const GRPC_FAILURES: [(&str, u8); 5] = [
-    ("unknown", 2),
-    ("deadline-exceeded", 4),
-    ("internal", 13),
-    ("unavailable", 14),
-    ("data-loss", 15),
-];
-
-fn grpc_failure(name: &str) -> Option<u8> {
-    GRPC_FAILURES
-        .iter()
-        .find(|(n, _)| *n == name)
-        .map(|(_, c)| *c)
 }
 
 pub const DEFAULT_PANIC_THRESHOLD: u8 = 50;
@@ -313,18 +298,17 @@ pub(super) fn retries(
                     RetryOnFile::Name(n) if n == "reset" => on.reset = true,
                     RetryOnFile::Name(n) if n == "timeout" => on.timeout = true,
                     RetryOnFile::Name(n) if n == "5xx" => on.statuses.extend(500..600),
-                    RetryOnFile::Name(n) if grpc_failure(n).is_some() => {
-                        on.grpc.extend(grpc_failure(n))
+                    RetryOnFile::Name(n) if grpc::code(n).is_some_and(|c| c != 0) => {
+                        on.grpc = grpc::code(n).map_or(on.grpc, |c| on.grpc.with(c));
                     }
                     other => errs.push(
                         format!("{path}.on[{i}]"),
                         format!(
-                            "{} is not a retry condition; use connect-failure, reset, timeout, 5xx, a status from 500 to 599, or a gRPC status that means the backend failed: {}",
+                            "{} is not a retry condition; use connect-failure, reset, timeout, 5xx, a status from 500 to 599, or a gRPC status the upstream counts as a failure (by default unavailable, internal, unknown, deadline-exceeded, data-loss)",
                             match other {
                                 RetryOnFile::Status(c) => c.to_string(),
                                 RetryOnFile::Name(n) => format!("`{n}`"),
                             },
-                            GRPC_FAILURES.map(|(n, _)| n).join(", ")
                         ),
                     ),
                 }

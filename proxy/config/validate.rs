@@ -72,6 +72,9 @@ pub fn validate(f: file::FileConfig) -> Result<Config, Vec<ConfigError>> {
             routes.push(Arc::new(route));
         }
     }
+    for (i, r) in f.routes.iter().enumerate() {
+        retried_grpc_statuses_are_failures(&format!("routes[{i}]"), r, &upstreams, &mut errs);
+    }
     if f.routes.is_empty() && !f.broken.contains("routes") {
         errs.push("routes", "no routes: add at least one route with a `split`");
     }
@@ -106,6 +109,45 @@ pub fn validate(f: file::FileConfig) -> Result<Config, Vec<ConfigError>> {
             tracing,
         }),
         _ => Err(errs.into_vec()),
+    }
+}
+
+/// A gRPC status in `retries.on` is retried only when the answering upstream counts it as a
+/// failure (a success is never retried): one that some upstream of the route does not count
+/// would silently never be retried there.
+fn retried_grpc_statuses_are_failures(
+    path: &str,
+    r: &file::Route,
+    upstreams: &[Arc<Upstream>],
+    errs: &mut Errors,
+) {
+    let Some(on) = r.retries.as_ref().and_then(|p| p.on.as_ref()) else {
+        return;
+    };
+    for (j, item) in on.iter().enumerate() {
+        let resilience::RetryOnFile::Name(name) = item else {
+            continue;
+        };
+        let Some(code) = super::grpc::code(name).filter(|c| *c != 0) else {
+            continue;
+        };
+        let not_counted: Vec<&str> = r
+            .split
+            .iter()
+            .filter_map(|s| upstreams.iter().find(|u| *u.name == *s.upstream))
+            .filter(|u| !u.grpc_failures.contains(code))
+            .map(|u| &*u.name)
+            .collect();
+        if !not_counted.is_empty() {
+            errs.push(
+                format!("{path}.retries.on[{j}]"),
+                format!(
+                    "`{name}` is retried only where the upstream counts it as the backend's failure, and {} does not (list {} in its `grpc_failures` if it should)",
+                    super::errors::quoted_list(&not_counted),
+                    super::grpc::NAMES[usize::from(code)]
+                ),
+            );
+        }
     }
 }
 
@@ -346,15 +388,24 @@ fn upstream(name: &str, u: &file::Upstream, errs: &mut Errors) -> Option<Upstrea
     }
     let breaker = resilience::breaker(&path, u.circuit_breaker.as_ref(), errs);
     let health_check = resilience::health_check(&path, u.health_check.as_ref(), errs);
+    // gRPC needs HTTP/2, which plain `auto` never speaks.
+    let http1_only = transport.protocol == Protocol::Http1
+        || (transport.protocol == Protocol::Auto && transport.tls.is_none());
     if health_check
         .as_ref()
         .is_some_and(|h| h.grpc_service.is_some())
-        && (transport.protocol == Protocol::Http1
-            || (transport.protocol == Protocol::Auto && transport.tls.is_none()))
+        && http1_only
     {
         errs.push(
             format!("{path}.health_check.grpc"),
             "the gRPC health protocol runs over HTTP/2: set `protocol: http2` on this upstream",
+        );
+    }
+    let grpc_failures = super::grpc::failures(&path, u.grpc_failures.as_deref(), errs);
+    if u.grpc_failures.is_some() && http1_only {
+        errs.push(
+            format!("{path}.grpc_failures"),
+            "gRPC runs over HTTP/2: set `protocol: http2` on this upstream",
         );
     }
     let panic_threshold = resilience::panic_threshold(&path, u.panic_threshold, errs);
@@ -366,6 +417,7 @@ fn upstream(name: &str, u: &file::Upstream, errs: &mut Errors) -> Option<Upstrea
         breaker,
         health_check,
         panic_threshold,
+        grpc_failures,
     })
 }
 

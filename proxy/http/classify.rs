@@ -11,11 +11,11 @@ use std::error::Error as StdError;
 
 use http::Method;
 
-use super::grpc::{self, GrpcEnd};
+use super::grpc::GrpcEnd;
 use crate::backend::pool::SendError;
 use crate::body::limits::BodyLimitError;
 use crate::body::{BodyEnd, ClientBodyError};
-use crate::config::model::RetryPolicy;
+use crate::config::model::{GrpcCodes, RetryPolicy};
 use crate::error::{ErrorKind, ProxyError};
 use crate::stats::Outcome;
 use crate::stats::counters::Shortage;
@@ -126,7 +126,7 @@ impl Rules<'_> {
             Failure::Connect => p.on.connect_failure && (unsent || self.replayable),
             // Every gRPC call is a POST: listing a gRPC status is the route's word that its
             // calls may be sent again (as Envoy's `retry_on`).
-            Failure::Grpc(code) => self.replayable && p.on.grpc.contains(&code),
+            Failure::Grpc(code) => self.replayable && p.on.grpc.contains(code),
             _ if !self.replayable || !self.idempotent => false,
             Failure::Reset => p.on.reset,
             Failure::Timeout => p.on.timeout,
@@ -152,15 +152,21 @@ pub(crate) fn is_idempotent(method: &Method) -> bool {
     )
 }
 
-/// A response head arrived with `status`; `grpc` is what it says of a gRPC status. A gRPC
-/// failure in the head (a trailers-only response) may be retried; one in the trailers cannot
-/// be (the client has the head by then) and is classified when the body ends.
-pub(crate) fn answered(status: u16, grpc: GrpcEnd, rules: &Rules<'_>) -> Verdict {
+/// A response head arrived with `status`; `grpc` is what it says of a gRPC status, and
+/// `failures` the statuses that mean the answering upstream failed. A gRPC failure in the head
+/// (a trailers-only response) may be retried; one in the trailers cannot be (the client has
+/// the head by then) and is classified when the body ends.
+pub(crate) fn answered(
+    status: u16,
+    grpc: GrpcEnd,
+    failures: GrpcCodes,
+    rules: &Rules<'_>,
+) -> Verdict {
     if status >= 500 {
         return rules.verdict(Class::ServerError, Failure::Status(status), false);
     }
     match grpc {
-        GrpcEnd::Status(code) if grpc::is_failure(code) => {
+        GrpcEnd::Status(code) if failures.contains(code) => {
             rules.verdict(Class::ServerError, Failure::Grpc(code), false)
         }
         _ => Verdict {
@@ -224,13 +230,14 @@ pub(crate) fn failed(f: &SendFailure<'_>, rules: &Rules<'_>) -> Verdict {
 }
 
 /// How a response body ended, for a try whose head said `status` and whose gRPC status (if
-/// any) is `grpc` by then: the try's final class.
-pub(crate) fn body_ended(status: u16, end: BodyEnd, grpc: GrpcEnd) -> Class {
+/// any) is `grpc` by then, to an upstream for which `failures` are failures: the try's final
+/// class.
+pub(crate) fn body_ended(status: u16, end: BodyEnd, grpc: GrpcEnd, failures: GrpcCodes) -> Class {
     match (end, grpc) {
         (BodyEnd::UpstreamError, _) => Class::Reset,
         // A client that leaves says nothing about the backend: its status still does.
         _ if status >= 500 => Class::ServerError,
-        (_, GrpcEnd::Status(code)) if grpc::is_failure(code) => Class::ServerError,
+        (_, GrpcEnd::Status(code)) if failures.contains(code) => Class::ServerError,
         // A gRPC response that ended without a status broke the protocol (clients see
         // UNKNOWN or INTERNAL).
         (BodyEnd::Complete, GrpcEnd::Pending) => Class::ServerError,
@@ -392,6 +399,8 @@ mod tests {
     use super::*;
     use crate::config::model::RetryOn;
 
+    const D: GrpcCodes = GrpcCodes::DEFAULT_FAILURES;
+
     fn policy() -> RetryPolicy {
         RetryPolicy {
             attempts: 2,
@@ -400,7 +409,7 @@ mod tests {
                 reset: true,
                 timeout: false,
                 statuses: vec![502, 503],
-                grpc: vec![],
+                grpc: GrpcCodes::EMPTY,
             },
             budget_percent: 20.0,
             min_per_second: 3,
@@ -431,39 +440,39 @@ mod tests {
         let p = policy();
         let get = rules(Some(&p), true, true, 0);
         assert_eq!(
-            answered(503, GrpcEnd::NotGrpc, &get).retry,
+            answered(503, GrpcEnd::NotGrpc, D, &get).retry,
             Retry::Another(Failure::Status(503))
         );
         assert_eq!(
-            answered(503, GrpcEnd::NotGrpc, &get).class,
+            answered(503, GrpcEnd::NotGrpc, D, &get).class,
             Class::ServerError
         );
         let post = rules(Some(&p), false, true, 0);
         assert_eq!(
-            answered(503, GrpcEnd::NotGrpc, &post).retry,
+            answered(503, GrpcEnd::NotGrpc, D, &post).retry,
             Retry::No,
             "not idempotent"
         );
         let streamed = rules(Some(&p), true, false, 0);
         assert_eq!(
-            answered(503, GrpcEnd::NotGrpc, &streamed).retry,
+            answered(503, GrpcEnd::NotGrpc, D, &streamed).retry,
             Retry::No,
             "body not kept"
         );
         assert_eq!(
-            answered(500, GrpcEnd::NotGrpc, &get).retry,
+            answered(500, GrpcEnd::NotGrpc, D, &get).retry,
             Retry::No,
             "not listed"
         );
         assert_eq!(timed_out(&get).retry, Retry::No, "not listed");
         let spent = rules(Some(&p), true, true, 2);
         assert_eq!(
-            answered(503, GrpcEnd::NotGrpc, &spent).retry,
+            answered(503, GrpcEnd::NotGrpc, D, &spent).retry,
             Retry::No,
             "attempts used up"
         );
         assert_eq!(
-            answered(404, GrpcEnd::NotGrpc, &get),
+            answered(404, GrpcEnd::NotGrpc, D, &get),
             Verdict {
                 class: Class::Success,
                 retry: Retry::No
@@ -536,13 +545,16 @@ mod tests {
     #[test]
     fn body_ends_finish_the_class() {
         let plain = GrpcEnd::NotGrpc;
-        assert_eq!(body_ended(200, BodyEnd::Complete, plain), Class::Success);
-        assert_eq!(body_ended(200, BodyEnd::Dropped, plain), Class::Success);
+        assert_eq!(body_ended(200, BodyEnd::Complete, plain, D), Class::Success);
+        assert_eq!(body_ended(200, BodyEnd::Dropped, plain, D), Class::Success);
         assert_eq!(
-            body_ended(503, BodyEnd::Complete, plain),
+            body_ended(503, BodyEnd::Complete, plain, D),
             Class::ServerError
         );
-        assert_eq!(body_ended(200, BodyEnd::UpstreamError, plain), Class::Reset);
+        assert_eq!(
+            body_ended(200, BodyEnd::UpstreamError, plain, D),
+            Class::Reset
+        );
         assert_eq!(Class::Client.backend_outcome(), None);
         assert_eq!(Class::Stale.backend_outcome(), None);
     }
@@ -551,7 +563,7 @@ mod tests {
     fn a_grpc_status_decides_the_class_where_it_arrives() {
         let p = RetryPolicy {
             on: RetryOn {
-                grpc: vec![grpc::UNAVAILABLE],
+                grpc: GrpcCodes::EMPTY.with(14),
                 ..policy().on
             },
             ..policy()
@@ -559,36 +571,36 @@ mod tests {
         let post = rules(Some(&p), false, true, 0);
         let unary = rules(Some(&p), true, true, 0);
         // Trailers-only UNAVAILABLE: a failure, retried when the request may go again.
-        let v = answered(200, GrpcEnd::Status(14), &unary);
+        let v = answered(200, GrpcEnd::Status(14), D, &unary);
         assert_eq!(v.class, Class::ServerError);
         assert_eq!(v.retry, Retry::Another(Failure::Grpc(14)));
         let streamed = rules(Some(&p), false, false, 0);
         assert_eq!(
-            answered(200, GrpcEnd::Status(14), &post).retry,
+            answered(200, GrpcEnd::Status(14), D, &post).retry,
             Retry::Another(Failure::Grpc(14)),
             "listed: the route's word"
         );
         assert_eq!(
-            answered(200, GrpcEnd::Status(14), &streamed).retry,
+            answered(200, GrpcEnd::Status(14), D, &streamed).retry,
             Retry::No,
             "body not kept"
         );
         assert_eq!(
-            answered(200, GrpcEnd::Status(13), &unary).retry,
+            answered(200, GrpcEnd::Status(13), D, &unary).retry,
             Retry::No,
             "not listed"
         );
         // NOT_FOUND is the caller's business.
         assert_eq!(
-            answered(200, GrpcEnd::Status(5), &unary).class,
+            answered(200, GrpcEnd::Status(5), D, &unary).class,
             Class::Success
         );
         // In the trailers: decided when the body ends.
         assert_eq!(
-            answered(200, GrpcEnd::Pending, &unary).class,
+            answered(200, GrpcEnd::Pending, D, &unary).class,
             Class::Success
         );
-        let ended = |g| body_ended(200, BodyEnd::Complete, g);
+        let ended = |g| body_ended(200, BodyEnd::Complete, g, D);
         assert_eq!(ended(GrpcEnd::Status(14)), Class::ServerError);
         assert_eq!(ended(GrpcEnd::Status(4)), Class::ServerError);
         assert_eq!(ended(GrpcEnd::Status(5)), Class::Success);
@@ -599,9 +611,43 @@ mod tests {
             "no status at all"
         );
         assert_eq!(
-            body_ended(200, BodyEnd::Dropped, GrpcEnd::Pending),
+            body_ended(200, BodyEnd::Dropped, GrpcEnd::Pending, D),
             Class::Success,
             "the client left"
+        );
+    }
+
+    /// An upstream's own `grpc_failures` decide like the default five, in the head and in the
+    /// trailers, and only they make a listed retry condition fire.
+    #[test]
+    fn an_upstreams_listed_grpc_status_fails_like_the_default_five() {
+        let p = RetryPolicy {
+            on: RetryOn {
+                grpc: GrpcCodes::EMPTY.with(8),
+                ..policy().on
+            },
+            ..policy()
+        };
+        let unary = rules(Some(&p), true, true, 0);
+        let listed = D.with(8);
+        let v = answered(200, GrpcEnd::Status(8), listed, &unary);
+        assert_eq!(v.class, Class::ServerError);
+        assert_eq!(v.retry, Retry::Another(Failure::Grpc(8)));
+        assert_eq!(
+            answered(200, GrpcEnd::Status(8), D, &unary),
+            Verdict {
+                class: Class::Success,
+                retry: Retry::No
+            },
+            "not listed: the caller's business"
+        );
+        let end = |failures| body_ended(200, BodyEnd::Complete, GrpcEnd::Status(8), failures);
+        assert_eq!(end(listed), Class::ServerError);
+        assert_eq!(end(D), Class::Success);
+        assert_eq!(
+            body_ended(200, BodyEnd::Complete, GrpcEnd::Status(14), listed),
+            Class::ServerError,
+            "the default five stay"
         );
     }
 

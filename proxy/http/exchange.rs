@@ -13,13 +13,14 @@ use tokio::time::Instant;
 
 use super::access;
 use super::classify::{self, Class};
-use super::grpc::GrpcEnd;
+use super::grpc::{self, GrpcEnd};
 use super::record::{Flags, Record};
 use super::shadow::PrimaryTap;
 use crate::backend::InFlight;
 use crate::backend::pool::Conn;
 use crate::backend::state::Ticket;
 use crate::body::{BodyEnd, BodyGuard, RespBody};
+use crate::error::ErrorKind;
 use crate::routing::{BackendRef, Snapshot};
 
 pub(crate) type ProxyBody = RespBody<Exchange>;
@@ -90,7 +91,8 @@ impl Exchange {
             let route = &snap.routes[r];
             match self.upstream.take() {
                 Some(up) => {
-                    let class = classify::body_ended(record.status, end, up.grpc);
+                    let failures = route.targets[up.at.target()].upstream.spec.grpc_failures;
+                    let class = classify::body_ended(record.status, end, up.grpc, failures);
                     if let Some(t) = record.last_try() {
                         t.class = class;
                     }
@@ -106,12 +108,14 @@ impl Exchange {
                         Some(o) => backend.state.record(o, up.ticket, Some(up.ttfb), now),
                         None => drop(up.ticket),
                     }
-                    route.targets[up.at.target()].stats.answered(
-                        outcome,
-                        Some(up.ttfb),
-                        record.duration,
-                        now,
-                    );
+                    let stats = &route.targets[up.at.target()].stats;
+                    stats.answered(outcome, Some(up.ttfb), record.duration, now);
+                    if record.grpc {
+                        stats.grpc_answered(match up.grpc {
+                            GrpcEnd::Status(c) => Some(c),
+                            GrpcEnd::Pending | GrpcEnd::NotGrpc => None,
+                        });
+                    }
                     drop(up.in_flight);
                     if end == BodyEnd::Complete {
                         backend.pool.checkin(up.conn, now);
@@ -120,9 +124,12 @@ impl Exchange {
                 None => {
                     if let Some(t) = record.target {
                         let outcome = classify::local_answer(record.error, record.status);
-                        route.targets[t]
-                            .stats
-                            .answered(outcome, None, record.duration, now);
+                        let stats = &route.targets[t].stats;
+                        stats.answered(outcome, None, record.duration, now);
+                        if record.grpc {
+                            let timeout = record.error == Some(ErrorKind::Timeout);
+                            stats.grpc_answered(Some(grpc::code_for(record.status, timeout)));
+                        }
                     }
                 }
             }

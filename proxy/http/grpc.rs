@@ -1,12 +1,11 @@
 //! gRPC as the proxy sees it: a status in `grpc-status` (in trailers, or in the head of a
-//! trailers-only response), which statuses mean the backend failed, the `grpc-timeout` a
-//! client asks for, and the status switchyard's own answers carry. Pure functions.
+//! trailers-only response), the `grpc-timeout` a client asks for, and the status switchyard's
+//! own answers carry. Which statuses mean the backend failed is the upstream's to say
+//! ([`crate::config::model::GrpcCodes`]). Pure functions.
 
 use std::time::Duration;
 
 use http::HeaderMap;
-
-use crate::config::resilience::GRPC_FAILURES;
 
 const UNKNOWN: u8 = 2;
 const DEADLINE_EXCEEDED: u8 = 4;
@@ -14,12 +13,6 @@ const RESOURCE_EXHAUSTED: u8 = 8;
 const UNIMPLEMENTED: u8 = 12;
 const INTERNAL: u8 = 13;
 pub(crate) const UNAVAILABLE: u8 = 14;
-
-/// The statuses that say the backend failed (as opposed to the caller's mistake, such as
-/// NOT_FOUND or INVALID_ARGUMENT): they count against it like a 5xx.
-pub(crate) fn is_failure(code: u8) -> bool {
-    GRPC_FAILURES.iter().any(|(_, c)| *c == code)
-}
 
 pub(crate) use crate::backend::h2req::is_grpc;
 
@@ -138,18 +131,6 @@ mod tests {
         streaming.trailers(&head(&[("grpc-status", "5")]));
         assert_eq!(streaming, GrpcEnd::Status(5));
         assert_eq!(status(&head(&[("grpc-status", "nonsense")])), Some(UNKNOWN));
-    }
-
-    #[test]
-    fn only_the_backends_own_failures_count() {
-        // UNKNOWN, DEADLINE_EXCEEDED, INTERNAL, UNAVAILABLE, DATA_LOSS
-        for code in [2, 4, 13, 14, 15] {
-            assert!(is_failure(code), "{code}");
-        }
-        // OK, CANCELLED, INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED, RESOURCE_EXHAUSTED
-        for code in [0, 1, 3, 5, 7, 8] {
-            assert!(!is_failure(code), "{code}");
-        }
     }
 
     #[test]

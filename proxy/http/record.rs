@@ -150,6 +150,8 @@ pub(crate) struct TryRecord {
     pub(crate) class: Class,
     /// The response head's status, when one came.
     pub(crate) status: Option<u16>,
+    /// The HTTP version the response head came in, when one came.
+    pub(crate) version: Option<http::Version>,
     /// Sent again on a fresh connection after this one turned out closed.
     pub(crate) resent: bool,
     /// The try's own span in the request's trace (its `traceparent` named it as the
@@ -302,6 +304,7 @@ mod tests {
             ttfb: None,
             class: Class::ConnectFailure,
             status: None,
+            version: None,
             resent: false,
             span: None,
         };

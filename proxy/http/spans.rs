@@ -7,10 +7,12 @@
 //! (a retried answer is not read further) or, when none came, the moment the next try went out
 //! (a failed try is classified and the next one sent at once: no clock is read for it).
 
+use http::Version;
 use tokio::time::Instant;
 
 use super::classify::Class;
 use super::record::{Flags, Record, TryRecord};
+use crate::config::model::{Protocol, Transport};
 use crate::routing::Snapshot;
 use crate::trace::span::ClientSpan;
 
@@ -44,6 +46,7 @@ pub(crate) fn finish(record: &mut Record, snap: Option<&Snapshot>, end: Instant)
             backend: backend.state.addr.clone(),
             tls: backend.pool.transport().tls.is_some(),
             status: t.status,
+            version: t.version.or_else(|| configured(backend.pool.transport())),
             outcome: outcome(t.class),
             error: error(t.class),
             resend: i as u32,
@@ -67,6 +70,16 @@ pub(crate) fn finish(record: &mut Record, snap: Option<&Snapshot>, end: Instant)
         }
     }
     rec.submit();
+}
+
+/// The HTTP version a try that got no answer was spoken in, as far as the upstream's
+/// `protocol` says (`auto` over TLS: whatever ALPN would have picked, unknown).
+fn configured(t: &Transport) -> Option<Version> {
+    match t.protocol {
+        Protocol::Http2 => Some(Version::HTTP_2),
+        Protocol::Auto if t.tls.is_some() => None,
+        Protocol::Http1 | Protocol::Auto => Some(Version::HTTP_11),
+    }
 }
 
 /// When an earlier try ended: at its response head, or as the `next` one went out.
@@ -151,6 +164,7 @@ tracing: { otlp: { endpoint: 'http://127.0.0.1:4318' } }
             ttfb: None,
             class: Class::ConnectFailure,
             status: None,
+            version: None,
             resent: false,
             span: Some(crate::trace::ids::span_id()),
         };

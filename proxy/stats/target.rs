@@ -6,6 +6,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{Buckets, Outcome, Recorder};
+use crate::config::grpc::NAMES as GRPC_NAMES;
 
 pub(crate) struct TargetStats {
     /// Whole request, first byte in to last byte out: `switchyard_request_duration_seconds`.
@@ -21,7 +22,13 @@ pub(crate) struct TargetStats {
     retries: AtomicU64,
     /// Retries the budget refused.
     retries_denied: AtomicU64,
+    /// Answers to gRPC requests by the `grpc-status` the client got, by code; the last slot:
+    /// none arrived.
+    grpc: [AtomicU64; GRPC_SLOTS],
 }
+
+/// The 17 gRPC status codes, then "none".
+const GRPC_SLOTS: usize = GRPC_NAMES.len() + 1;
 
 /// A reading of a target's counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -42,7 +49,23 @@ impl TargetStats {
             rerouted_in: AtomicU64::new(0),
             retries: AtomicU64::new(0),
             retries_denied: AtomicU64::new(0),
+            grpc: Default::default(),
         }
+    }
+
+    /// A gRPC request was answered with `code` (`None`: the answer ended without one).
+    pub(crate) fn grpc_answered(&self, code: Option<u8>) {
+        let slot = code.map_or(GRPC_SLOTS - 1, |c| usize::from(c).min(GRPC_SLOTS - 1));
+        self.grpc[slot].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Answers to gRPC requests by the `code` label (`OK`, `UNAVAILABLE`..., `none`).
+    pub(crate) fn grpc_by_code(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        GRPC_NAMES
+            .iter()
+            .copied()
+            .chain(["none"])
+            .zip(self.grpc.iter().map(|n| n.load(Ordering::Relaxed)))
     }
 
     /// One request this target answered: its outcome as rollouts count it (`None` when it

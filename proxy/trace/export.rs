@@ -605,6 +605,7 @@ mod tests {
                 backend: crate::config::validate::backend_addr("127.0.0.1:9").unwrap(),
                 tls: false,
                 status: Some(200),
+                version: Some(http::Version::HTTP_11),
                 outcome: "success",
                 error: None,
                 resend: i as u32,

@@ -171,7 +171,9 @@ fn client_span(
     );
     let port = authority.port_u16().unwrap_or(if t.tls { 443 } else { 80 });
     attr_int(b, 9, "server.port", i64::from(port));
-    attr_str(b, 9, "network.protocol.version", "1.1");
+    if let Some(v) = t.version {
+        attr_str(b, 9, "network.protocol.version", protocol(v));
+    }
     if let Some(code) = t.status {
         attr_int(b, 9, "http.response.status_code", i64::from(code));
     }

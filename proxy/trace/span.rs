@@ -71,6 +71,9 @@ pub(crate) struct ClientSpan {
     pub(crate) tls: bool,
     /// The response head's status, when one came.
     pub(crate) status: Option<u16>,
+    /// The HTTP version spoken to the backend: the response's, or without one, the upstream's
+    /// `protocol` (`None` when ALPN would have decided).
+    pub(crate) version: Option<Version>,
     /// The try's classification (`success`, `server-error`, `timeout`, ...).
     pub(crate) outcome: &'static str,
     /// What went wrong when no answer came (`connect-failure`, `timeout`, `reset`, ...).

@@ -5,6 +5,7 @@
 
 use crate::support::client::h2c_client;
 use crate::support::grpc::{GrpcPeer, call, python_call};
+use crate::support::proxy::sample;
 use crate::support::*;
 
 fn upstream(name: &str, peers: &[&GrpcPeer], extra: &str) -> String {
@@ -395,4 +396,127 @@ async fn a_bidi_call_where_the_server_speaks_first_reaches_it_at_once() {
     tx.send(message(b"again")).await.unwrap();
     assert!(next().await.ends_with(b"p:again"));
     drop(tx);
+}
+
+/// An upstream's `grpc_failures` make RESOURCE_EXHAUSTED a failure there like UNAVAILABLE:
+/// its breaker opens, a route retries it, a shadow copy counts it; the same answers from the
+/// same server through an upstream that does not list it are successes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listed_grpc_status_fails_like_the_default_five_and_only_where_listed() {
+    let (busy, good) = (GrpcPeer::start("busy").await, GrpcPeer::start("good").await);
+    busy.control("fail:8").await;
+    let breaker = "    circuit_breaker: { consecutive_failures: 3, open_for: 60s }\n";
+    let counted = format!("    grpc_failures: [RESOURCE_EXHAUSTED]\n{breaker}");
+    let by_header = |name: &str, upstream: &str, extra: &str| {
+        format!(
+            "  - name: {name}\n    match: {{ headers: {{ x-svc: {name} }} }}\n{extra}    split: [{{ upstream: {upstream}, weight: 1 }}]\n"
+        )
+    };
+    let proxy = Proxy::start(&format!(
+        "{HEAD}upstreams:\n{}{}{}{}{}routes:\n{}{}{}  - name: r\n    split: [{{ upstream: ok, weight: 1 }}]\n    shadow: {{ upstream: mirror, percent: 100, methods: [POST] }}\n",
+        upstream("counted", &[&busy], &counted),
+        upstream("plain", &[&busy], breaker),
+        upstream("pool", &[&busy, &good], "    grpc_failures: [8]\n"),
+        upstream("ok", &[&good], ""),
+        upstream(
+            "mirror",
+            &[&busy],
+            "    grpc_failures: [resource-exhausted]\n    circuit_breaker: { enabled: false }\n"
+        ),
+        by_header("counted", "counted", ""),
+        by_header("plain", "plain", ""),
+        by_header(
+            "pool",
+            "pool",
+            "    retries: { attempts: 1, on: [RESOURCE_EXHAUSTED], min_per_second: 100 }\n"
+        ),
+    ))
+    .await;
+    let c = h2c_client();
+    let base = proxy.url("");
+    let base = base.trim_end_matches('/');
+
+    // Listed: a failure, so the breaker opens after three and the rest are turned away
+    // (switchyard's own UNAVAILABLE).
+    let mut exhausted = 0;
+    for _ in 0..10 {
+        let r = call(&c, base, UNARY, b"x", &[("x-svc", "counted")]).await;
+        match r.grpc_status {
+            Some(8) => exhausted += 1,
+            Some(14) => {}
+            other => panic!("unexpected status {other:?}: {r:?}"),
+        }
+    }
+    // (A call's record may land a moment after its client has the answer.)
+    let s = proxy
+        .wait_backend("counted", busy.addr, "counted", |s| {
+            s["outcomes"]["5xx"] == exhausted
+        })
+        .await;
+    assert_eq!(s["breaker"]["state"], "open", "{s}");
+    assert!(
+        (3..=5).contains(&exhausted),
+        "three (give or take a record still landing) reached the backend before its breaker opened: {s}"
+    );
+    assert_eq!(s["outcomes"]["success"], 0, "{s}");
+    // What the clients got, by gRPC status: the backend's, then switchyard's own.
+    let series = |code: &str| {
+        format!(
+            "switchyard_grpc_responses_total{{route=\"counted\",upstream=\"counted\",code=\"{code}\"}}"
+        )
+    };
+    let turned_away = 10.0 - exhausted as f64;
+    let m = proxy.wait_metric(&series("UNAVAILABLE"), turned_away).await;
+    assert_eq!(sample(&m, &series("UNAVAILABLE")), Some(turned_away), "{m}");
+    assert_eq!(
+        sample(&m, &series("RESOURCE_EXHAUSTED")),
+        Some(exhausted as f64),
+        "{m}"
+    );
+    assert_eq!(sample(&m, &series("OK")), None, "{m}");
+
+    // Not listed: the same answers from the same server are the caller's business.
+    for _ in 0..10 {
+        let r = call(&c, base, UNARY, b"x", &[("x-svc", "plain")]).await;
+        assert_eq!(r.grpc_status, Some(8), "{r:?}");
+    }
+    let s = proxy
+        .wait_backend("plain", busy.addr, "counted", |s| {
+            s["outcomes"]["success"] == 10
+        })
+        .await;
+    assert_eq!(s["breaker"]["state"], "closed", "{s}");
+    assert_eq!(s["outcomes"]["5xx"], 0, "{s}");
+
+    // Listed (by number) and named in the route's `retries.on`: a trailers-only
+    // RESOURCE_EXHAUSTED goes to the other backend.
+    for _ in 0..20 {
+        let r = call(&c, base, UNARY, b"x", &[("x-svc", "pool")]).await;
+        assert_eq!(
+            (r.grpc_status, r.text().as_str()),
+            (Some(0), "good:x"),
+            "{r:?}"
+        );
+    }
+    let s = proxy.backend_status("pool", busy.addr).await;
+    assert!(
+        s["outcomes"]["5xx"].as_u64().unwrap() >= 1,
+        "the busy backend was tried and its answer retried: {s}"
+    );
+    assert_eq!(s["outcomes"]["success"], 0, "{s}");
+
+    // A shadow copy answered RESOURCE_EXHAUSTED by an upstream that lists it: a failed copy.
+    for _ in 0..5 {
+        let r = call(&c, base, UNARY, b"x", &[]).await;
+        assert_eq!(
+            (r.grpc_status, r.text().as_str()),
+            (Some(0), "good:x"),
+            "{r:?}"
+        );
+    }
+    let v = crate::shadow::wait_shadow(&proxy, "settled", |v| {
+        crate::shadow::settled(v) == 5 && v["in_flight"] == 0
+    })
+    .await;
+    assert_eq!(crate::shadow::n(&v, "5xx"), 5, "{v}");
 }

@@ -228,6 +228,7 @@ async fn spans_reach_a_real_collector_with_the_ids_the_backend_saw() {
     );
     assert_eq!(attr(client_span, "server.port"), b.addr.port());
     assert_eq!(attr(client_span, "http.response.status_code"), 200);
+    assert_eq!(attr(client_span, "network.protocol.version"), "1.1");
     assert!(attr(client_span, "http.request.resend_count").is_null());
     let (s0, s1) = (
         server["start"].as_u64().unwrap(),
@@ -279,6 +280,46 @@ async fn spans_reach_a_real_collector_with_the_ids_the_backend_saw() {
         Some(0.0)
     );
     proxy.shutdown().await;
+}
+
+/// A try to an HTTP/2 upstream is an HTTP/2 client span (a gRPC call from a client over h2c,
+/// to a real grpcio server).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_try_to_an_http2_upstream_says_so_in_its_span() {
+    use crate::support::grpc::{GrpcPeer, call};
+    let collector = Collector::start(&[]);
+    let peer = GrpcPeer::start("p").await;
+    let config = format!(
+        "{HEAD}{}upstreams:\n  app: {{ protocol: http2, backends: ['{}'] }}\nroutes:\n  - name: rpc\n    split: [{{ upstream: app, weight: 1 }}]\n",
+        tracing_block(&collector.endpoint(), "1.0", ""),
+        peer.addr,
+    );
+    let proxy = Proxy::start(&config).await;
+    let base = proxy.url("");
+    let r = call(
+        &crate::support::client::h2c_client(),
+        base.trim_end_matches('/'),
+        "/test.Echo/Unary",
+        b"x",
+        &[("traceparent", &incoming(true))],
+    )
+    .await;
+    assert_eq!(r.grpc_status, Some(0), "{r:?}");
+    let spans = collector
+        .wait_spans("server and client span", |s| {
+            of_trace(s, INCOMING_TRACE).len() >= 2
+        })
+        .await;
+    let ours = of_trace(&spans, INCOMING_TRACE);
+    let kind = |k: &str| *ours.iter().find(|s| s["kind"] == k).unwrap();
+    let (server, client_span) = (kind("SPAN_KIND_SERVER"), kind("SPAN_KIND_CLIENT"));
+    assert_eq!(attr(server, "network.protocol.version"), "2", "{server:#}");
+    assert_eq!(
+        attr(client_span, "network.protocol.version"),
+        "2",
+        "{client_span:#}"
+    );
+    assert_eq!(attr(client_span, "http.response.status_code"), 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

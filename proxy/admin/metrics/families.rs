@@ -23,6 +23,8 @@ families! {
         "Responses to routed requests by route, upstream, backend and status class; every series of a route exists from the start.";
     RESPONSES = "switchyard_responses_total" Counter ["route", "upstream", "backend", "code"]
         "Responses to routed requests by exact status code (unregistered codes under their class, e.g. 5xx).";
+    GRPC_RESPONSES = "switchyard_grpc_responses_total" Counter ["route", "upstream", "code"]
+        "Answers to gRPC requests by the grpc-status the client got (OK, UNAVAILABLE, ...; none: the answer ended without one), switchyard's own included.";
     ROUTE_WEIGHT = "switchyard_route_weight" Gauge ["route", "upstream"]
         "Weight in force for each upstream of a route's split.";
     ROLLOUT_STEP = "switchyard_rollout_step" Gauge ["route"]

@@ -300,6 +300,7 @@ impl<'a> Attempt<'a> {
                 ttfb: None,
                 class: Class::Timeout,
                 status: None,
+                version: None,
                 resent: false,
                 span,
             };
@@ -308,9 +309,11 @@ impl<'a> Attempt<'a> {
                     let ttfb = sent_at.elapsed();
                     let status = resp.status().as_u16();
                     let grpc = GrpcEnd::of_head(resp.headers());
-                    let v = classify::answered(status, grpc, &rules);
+                    let failures = self.route.targets[at.target()].upstream.spec.grpc_failures;
+                    let v = classify::answered(status, grpc, failures, &rules);
                     tried.ttfb = Some(ttfb);
                     tried.status = Some(status);
+                    tried.version = Some(resp.version());
                     tried.class = v.class;
                     self.record.tried(tried);
                     if !self.may_retry(v.retry, at) {

@@ -86,7 +86,8 @@ pub(super) async fn run(mut m: Mirror, body: Bytes) {
         Ok(Ok((status, grpc, answer, conn, ttfb))) => {
             backend.pool.checkin(conn, Instant::now());
             // Read to its end: classified as the primary's is when its body ends.
-            let class = classify::body_ended(status, BodyEnd::Complete, grpc);
+            let failures = rt.upstream.spec.grpc_failures;
+            let class = classify::body_ended(status, BodyEnd::Complete, grpc, failures);
             (class, Some(ttfb), answer)
         }
         Ok(Err((error, reused))) => {
