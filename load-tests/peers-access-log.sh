@@ -6,8 +6,11 @@
 # Method (as in shared/bench/peers.sh): the backend and wrk share CPU 0; each proxy runs alone
 # on CPU 1 with one worker, so CPU figures are per core. CPU time is read from /proc
 # (utime+stime of the proxy's processes, switchyard's log writer thread and nginx's master
-# included) before and after each wrk -c64 step. nginx logs with `escape=json`, buffered
-# (buffer=64k flush=1s, its usual production setting), in roughly the fields switchyard writes.
+# included) before and after each wrk -c64 step. nginx logs with `escape=json` in roughly the
+# fields switchyard writes, twice: `nginx-log` buffered (buffer=64k flush=1s, its usual
+# production setting, and what switchyard's writer does: a write per batch, a line waits at
+# most 1 s) and `nginx-log-unbuf` with nginx's default (no buffer=: one write(2) per request,
+# from the worker itself).
 #
 #   load-tests/peers-access-log.sh                    # DURATION=8 seconds per step, release binary
 #   RUNS=3 load-tests/peers-access-log.sh             # repeat the table
@@ -49,6 +52,7 @@ EOF
 }
 nginx_conf 18582 "access_log off;" > $W/nginx-plain.conf
 nginx_conf 18583 "access_log $W/nginx.log j buffer=64k flush=1s;" > $W/nginx-log.conf
+nginx_conf 18584 "access_log $W/nginx-unbuf.log j;" > $W/nginx-log-unbuf.conf
 sy_conf() { # port admin-port listener-extra
   cat <<EOF
 listeners: [{ name: public, bind: "127.0.0.1:$1" $3 }]
@@ -73,13 +77,14 @@ HZ=$(getconf CLK_TCK)
 start backend 0 nginx -c $W/backend.conf
 start nginx-plain 1 nginx -c $W/nginx-plain.conf
 start nginx-log 1 nginx -c $W/nginx-log.conf
+start nginx-log-unbuf 1 nginx -c $W/nginx-log-unbuf.conf
 start sy-plain 1 env TOKIO_WORKER_THREADS=1 RUST_LOG=warn $SY run -c $W/sy-plain.yaml --no-watch --workers 1
 start sy-log 1 env TOKIO_WORKER_THREADS=1 RUST_LOG=warn $SY run -c $W/sy-log.yaml --no-watch --workers 1
-for port in 18582 18583 18585 18586; do
+for port in 18582 18583 18584 18585 18586; do
   for _ in $(seq 100); do curl -sf -o /dev/null http://127.0.0.1:$port/ && break; sleep 0.1; done
 done
 
-printf "%-11s %12s %11s %8s\n" target req/s us/req errors
+printf "%-15s %12s %11s %8s\n" target req/s us/req errors
 echo "(wrk -t1 -c64 for ${D}s; proxy alone on CPU 1; load average $(cut -d' ' -f1-3 /proc/loadavg))"
 run() { # name port
   local name=$1 port=$2 pid
@@ -93,17 +98,18 @@ run() { # name port
   rps=$(awk '/Requests\/sec/{print $2}' <<<"$out")
   total=$(awk '/requests in/{print $1}' <<<"$out")
   errs=$(awk '/Non-2xx|Socket errors/{s=s $0 " "} END{print (s==""?"0":"some")}' <<<"$out")
-  printf "%-11s %12s %11s %8s\n" $name "${rps:-0}" \
+  printf "%-15s %12s %11s %8s\n" $name "${rps:-0}" \
     "$(awk -v d=$((t1 - t0)) -v hz=$HZ -v n=${total:-0} 'BEGIN{if (n>0) printf "%.1f", d/hz*1e6/n; else print "-"}')" "$errs"
 }
 for r in $(seq $RUNS); do
   [ "$RUNS" -gt 1 ] && echo "run $r"
   run nginx-plain 18582
   run nginx-log 18583
+  run nginx-log-unbuf 18584
   run sy-plain 18585
   run sy-log 18586
 done
 # Lines written, as a check that both really logged.
 sleep 1.5
-echo "lines: nginx $(wc -l < $W/nginx.log 2>/dev/null || echo 0), switchyard $(wc -l < $W/switchyard.log 2>/dev/null || echo 0)"
+echo "lines: nginx $(wc -l < $W/nginx.log 2>/dev/null || echo 0), nginx-unbuf $(wc -l < $W/nginx-unbuf.log 2>/dev/null || echo 0), switchyard $(wc -l < $W/switchyard.log 2>/dev/null || echo 0)"
 echo "logs: $W"

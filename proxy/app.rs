@@ -21,6 +21,8 @@ use crate::shared::Shared;
 /// How long start-up waits for discovered upstreams' first lookups before it opens the
 /// listeners anyway (a lookup's own timeouts end it sooner).
 const FIRST_LOOKUPS: Duration = Duration::from_secs(5);
+/// How long the access log writers get at exit to write what is queued.
+const ACCESS_LOG_CLOSE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -284,6 +286,15 @@ impl Running {
         let _ = self.admin.await;
         let workers = self.workers;
         let _ = tokio::task::spawn_blocking(move || workers.stop()).await;
+        // Every request has ended: the access logs write what is queued, within a bound (a
+        // writer stuck on a hung disk or an unread pipe must not hold the exit).
+        let shared = Arc::clone(&self.shared);
+        let logs = tokio::task::spawn_blocking(move || shared.access_logs.close());
+        if tokio::time::timeout(ACCESS_LOG_CLOSE, logs).await.is_err() {
+            tracing::warn!(
+                "access log lines still queued after {ACCESS_LOG_CLOSE:?} are lost (a writer cannot write)"
+            );
+        }
         drained
     }
 }

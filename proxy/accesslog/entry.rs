@@ -1,12 +1,12 @@
 //! One request as its access log line is written from: owned, compact, and cheap to fill on
-//! the request path (reference-counted names and the request's own buffers, no formatting).
+//! the request path (reference-counted names, the client's strings copied into one buffer, no
+//! formatting).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use http::header::HeaderValue;
-use http::{Method, Uri, Version};
+use http::{Method, Version};
 
 /// Response flags as bits, with the short name of each bit (bit `i` is `names[i]`).
 #[derive(Debug, Clone, Copy)]
@@ -34,12 +34,8 @@ pub(crate) struct Entry {
     pub(crate) client: SocketAddr,
     pub(crate) method: Method,
     pub(crate) version: Version,
-    /// The request target as the client sent it (path and query; the authority too when the
-    /// client sent an absolute form or HTTP/2).
-    pub(crate) uri: Uri,
-    /// `Host`, when the URI carries no authority.
-    pub(crate) host: Option<HeaderValue>,
-    pub(crate) request_id: HeaderValue,
+    /// The path, authority and request id.
+    pub(crate) sent: Sent,
     /// The request's trace and switchyard's server span in it; `None` with `tracing.propagate`
     /// off, or for a request refused before routing.
     pub(crate) trace: Option<crate::trace::TraceIds>,
@@ -58,12 +54,66 @@ pub(crate) struct Entry {
     pub(crate) flags: FlagSet,
 }
 
-impl Entry {
-    /// The authority the client asked for: the URI's, else `Host`.
-    pub(crate) fn authority(&self) -> Option<&[u8]> {
-        match self.uri.authority() {
-            Some(a) => Some(a.as_str().as_bytes()),
-            None => self.host.as_ref().map(HeaderValue::as_bytes),
+/// What the line repeats of the client's request (path with query, authority, request id),
+/// copied into one buffer of its own: the request's own bytes are slices of its connection's
+/// read buffer (8 KiB or more), which a line waiting for the writer would keep alive, and
+/// which the connection would then have to replace for its next request.
+#[derive(Debug, Default)]
+pub(crate) struct Sent {
+    buf: Vec<u8>,
+    path_end: usize,
+    /// Where the authority ends; `None` when the client sent none.
+    authority_end: Option<usize>,
+}
+
+impl Sent {
+    pub(crate) fn new(path: &[u8], authority: Option<&[u8]>, request_id: &[u8]) -> Sent {
+        let len = path.len() + authority.map_or(0, <[u8]>::len) + request_id.len();
+        let mut buf = Vec::with_capacity(len);
+        buf.extend_from_slice(path);
+        let path_end = buf.len();
+        let authority_end = authority.map(|a| {
+            buf.extend_from_slice(a);
+            buf.len()
+        });
+        buf.extend_from_slice(request_id);
+        Sent {
+            buf,
+            path_end,
+            authority_end,
         }
+    }
+
+    /// The request target's path and query.
+    pub(crate) fn path(&self) -> &[u8] {
+        &self.buf[..self.path_end]
+    }
+
+    /// The URI's authority (HTTP/2, absolute form), else `Host`.
+    pub(crate) fn authority(&self) -> Option<&[u8]> {
+        self.authority_end.map(|end| &self.buf[self.path_end..end])
+    }
+
+    pub(crate) fn request_id(&self) -> &[u8] {
+        &self.buf[self.authority_end.unwrap_or(self.path_end)..]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Sent;
+
+    #[test]
+    fn three_strings_in_one_buffer() {
+        let s = Sent::new(b"/a?b", Some(b"h:1"), b"id");
+        assert_eq!(
+            (s.path(), s.authority(), s.request_id()),
+            (&b"/a?b"[..], Some(&b"h:1"[..]), &b"id"[..])
+        );
+        let s = Sent::new(b"/", None, b"");
+        assert_eq!(
+            (s.path(), s.authority(), s.request_id()),
+            (&b"/"[..], None, &b""[..])
+        );
     }
 }

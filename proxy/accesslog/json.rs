@@ -3,6 +3,7 @@
 //! newlines, invalid UTF-8) can end the line or the string early: invalid UTF-8 becomes U+FFFD.
 
 use std::io::Write;
+use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::Version;
@@ -15,23 +16,27 @@ pub(crate) fn line(out: &mut Vec<u8>, e: &Entry) {
     rfc3339_ms(out, e.time);
     out.extend_from_slice(b"\",\"listener\":");
     string(out, e.listener.as_bytes());
-    // Writes into a Vec cannot fail.
-    let _ = write!(out, ",\"client\":\"{}\",\"method\":", e.client);
+    out.extend_from_slice(b",\"client\":\"");
+    socket_addr(out, e.client);
+    out.extend_from_slice(b"\",\"method\":");
     string(out, e.method.as_str().as_bytes());
     out.extend_from_slice(b",\"authority\":");
-    opt_string(out, e.authority());
+    opt_string(out, e.sent.authority());
     out.extend_from_slice(b",\"path\":");
-    let path = e.uri.path_and_query().map_or("/", |p| p.as_str());
-    string(out, path.as_bytes());
+    string(out, e.sent.path());
     out.extend_from_slice(b",\"protocol\":\"");
     out.extend_from_slice(protocol(e.version).as_bytes());
-    let _ = write!(out, "\",\"status\":{},\"route\":", e.status);
+    out.extend_from_slice(b"\",\"status\":");
+    uint(out, u64::from(e.status));
+    out.extend_from_slice(b",\"route\":");
     opt_string(out, e.route.as_deref().map(str::as_bytes));
     out.extend_from_slice(b",\"upstream\":");
     opt_string(out, e.upstream.as_deref().map(str::as_bytes));
     out.extend_from_slice(b",\"backend\":");
     opt_string(out, e.backend.as_ref().map(|b| b.as_str().as_bytes()));
-    let _ = write!(out, ",\"attempts\":{},\"duration_ms\":", e.attempts);
+    out.extend_from_slice(b",\"attempts\":");
+    uint(out, u64::from(e.attempts));
+    out.extend_from_slice(b",\"duration_ms\":");
     millis(out, e.duration);
     out.extend_from_slice(b",\"upstream_ms\":");
     match e.upstream_time {
@@ -40,13 +45,13 @@ pub(crate) fn line(out: &mut Vec<u8>, e: &Entry) {
     }
     out.extend_from_slice(b",\"bytes_received\":");
     match e.bytes_received {
-        Some(n) => {
-            let _ = write!(out, "{n}");
-        }
+        Some(n) => uint(out, n),
         None => out.extend_from_slice(b"null"),
     }
-    let _ = write!(out, ",\"bytes_sent\":{},\"request_id\":", e.bytes_sent);
-    string(out, e.request_id.as_bytes());
+    out.extend_from_slice(b",\"bytes_sent\":");
+    uint(out, e.bytes_sent);
+    out.extend_from_slice(b",\"request_id\":");
+    string(out, e.sent.request_id());
     match e.trace {
         Some(t) => {
             out.extend_from_slice(b",\"trace_id\":\"");
@@ -78,10 +83,58 @@ fn protocol(v: Version) -> &'static str {
     }
 }
 
+/// `n` in decimal. By hand rather than through `core::fmt`, which costs several times more
+/// per number and the writer formats a dozen numbers a line.
+fn uint(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
+/// `n` as exactly `width` digits (zero-padded; `n` must fit).
+fn padded(out: &mut Vec<u8>, mut n: u64, width: usize) {
+    let mut digits = [b'0'; 4];
+    for d in digits[..width].iter_mut().rev() {
+        *d = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    out.extend_from_slice(&digits[..width]);
+}
+
+/// `1.2.3.4:5` or `[::1]:5`.
+fn socket_addr(out: &mut Vec<u8>, a: SocketAddr) {
+    match a {
+        SocketAddr::V4(v4) => {
+            for (i, o) in v4.ip().octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                uint(out, u64::from(o));
+            }
+            out.push(b':');
+            uint(out, u64::from(v4.port()));
+        }
+        // IPv6's shortest form (RFC 5952) is the standard library's to get right.
+        SocketAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
 /// Milliseconds with microsecond precision: `12.345`.
 fn millis(out: &mut Vec<u8>, d: Duration) {
-    let us = d.as_micros();
-    let _ = write!(out, "{}.{:03}", us / 1000, us % 1000);
+    let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+    uint(out, us / 1000);
+    out.push(b'.');
+    padded(out, us % 1000, 3);
 }
 
 fn opt_string(out: &mut Vec<u8>, s: Option<&[u8]>) {
@@ -91,31 +144,84 @@ fn opt_string(out: &mut Vec<u8>, s: Option<&[u8]>) {
     }
 }
 
+/// Bytes that cannot stand for themselves inside a JSON string: control characters, `"`, `\`
+/// and DEL (legal, but a terminal's trouble).
+const ESCAPE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        t[b] = true;
+        b += 1;
+    }
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t[0x7f] = true;
+    t
+};
+
 /// `s` as a JSON string, quotes included.
 pub(crate) fn string(out: &mut Vec<u8>, s: &[u8]) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push(b'"');
-    for chunk in s.utf8_chunks() {
-        for &b in chunk.valid().as_bytes() {
-            match b {
-                b'"' => out.extend_from_slice(b"\\\""),
-                b'\\' => out.extend_from_slice(b"\\\\"),
-                b'\n' => out.extend_from_slice(b"\\n"),
-                b'\r' => out.extend_from_slice(b"\\r"),
-                b'\t' => out.extend_from_slice(b"\\t"),
-                0..0x20 | 0x7f => {
-                    out.extend_from_slice(b"\\u00");
-                    out.push(HEX[usize::from(b >> 4)]);
-                    out.push(HEX[usize::from(b & 0xf)]);
-                }
-                _ => out.push(b),
+    if s.is_ascii() {
+        escape(out, s);
+    } else {
+        for chunk in s.utf8_chunks() {
+            escape(out, chunk.valid().as_bytes());
+            if !chunk.invalid().is_empty() {
+                out.extend_from_slice(b"\\ufffd");
             }
-        }
-        if !chunk.invalid().is_empty() {
-            out.extend_from_slice(b"\\ufffd");
         }
     }
     out.push(b'"');
+}
+
+/// Valid UTF-8 `s` with [`ESCAPE`]'s bytes escaped; runs of other bytes are copied whole,
+/// skipped over eight at a time.
+fn escape(out: &mut Vec<u8>, s: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut run = 0;
+    let mut i = 0;
+    while i < s.len() {
+        if let Some(word) = s[i..].first_chunk::<8>()
+            && !any_to_escape(u64::from_le_bytes(*word))
+        {
+            i += 8;
+            continue;
+        }
+        let b = s[i];
+        i += 1;
+        if !ESCAPE[usize::from(b)] {
+            continue;
+        }
+        out.extend_from_slice(&s[run..i - 1]);
+        run = i;
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            _ => {
+                out.extend_from_slice(b"\\u00");
+                out.push(HEX[usize::from(b >> 4)]);
+                out.push(HEX[usize::from(b & 0xf)]);
+            }
+        }
+    }
+    out.extend_from_slice(&s[run..]);
+}
+
+/// Whether any of the eight bytes in `w` is one of [`ESCAPE`]'s (exact as a yes or no; the
+/// classic has-zero-byte and has-byte-less-than tricks).
+fn any_to_escape(w: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let below_space = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
+    let equal = |c: u8| {
+        let x = w ^ (ONES * u64::from(c));
+        x.wrapping_sub(ONES) & !x & HIGH
+    };
+    below_space | equal(b'"') | equal(b'\\') | equal(0x7f) != 0
 }
 
 /// `2026-12-02T02:00:51.123Z`.
@@ -124,14 +230,21 @@ fn rfc3339_ms(out: &mut Vec<u8>, t: SystemTime) {
     let secs = since.as_secs();
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let (y, m, d) = civil_from_days(days as i64);
-    let _ = write!(
-        out,
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60,
-        since.subsec_millis()
-    );
+    // Years past 9999 are not RFC 3339; clamp rather than write five digits.
+    padded(out, y.clamp(0, 9999) as u64, 4);
+    out.push(b'-');
+    padded(out, u64::from(m), 2);
+    out.push(b'-');
+    padded(out, u64::from(d), 2);
+    out.push(b'T');
+    padded(out, rem / 3600, 2);
+    out.push(b':');
+    padded(out, rem / 60 % 60, 2);
+    out.push(b':');
+    padded(out, rem % 60, 2);
+    out.push(b'.');
+    padded(out, u64::from(since.subsec_millis()), 3);
+    out.push(b'Z');
 }
 
 /// (year, month, day) of a day count since 1970-01-01 (Howard Hinnant's `civil_from_days`).
@@ -151,8 +264,7 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::accesslog::entry::FlagSet;
-    use http::header::HeaderValue;
+    use crate::accesslog::entry::{FlagSet, Sent};
     use std::sync::Arc;
 
     fn escaped(s: &[u8]) -> String {
@@ -180,6 +292,56 @@ mod tests {
     }
 
     #[test]
+    fn numbers_and_addresses_as_core_fmt_writes_them() {
+        let with = |f: &dyn Fn(&mut Vec<u8>)| {
+            let mut out = Vec::new();
+            f(&mut out);
+            String::from_utf8(out).unwrap()
+        };
+        for n in [0, 7, 10, 99, 1000, 123_456_789, u64::MAX] {
+            assert_eq!(with(&|o| uint(o, n)), n.to_string());
+        }
+        for us in [0, 1, 999, 1000, 12_345, 86_400_000_001] {
+            let d = Duration::from_micros(us);
+            assert_eq!(
+                with(&|o| millis(o, d)),
+                format!("{}.{:03}", us / 1000, us % 1000)
+            );
+        }
+        for a in [
+            "127.0.0.1:5000",
+            "0.0.0.0:0",
+            "255.255.255.255:65535",
+            "[::1]:80",
+            "[2001:db8::1%3]:443",
+        ] {
+            let a: SocketAddr = a.parse().unwrap();
+            assert_eq!(with(&|o| socket_addr(o, a)), a.to_string());
+        }
+    }
+
+    #[test]
+    fn escaping_finds_every_byte_at_every_place_in_long_strings() {
+        for b in 0..=255u8 {
+            for at in 0..20 {
+                let mut raw = b"abcdefghijklmnopqrst".to_vec();
+                raw[at] = b;
+                let out = escaped(&raw);
+                let back: String = serde_json::from_str(&out)
+                    .unwrap_or_else(|e| panic!("byte {b:#x} at {at}: {out}: {e}"));
+                let want = String::from_utf8_lossy(&raw);
+                assert_eq!(back, want, "byte {b:#x} at {at}");
+                let plain = b >= 0x20 && b != b'"' && b != b'\\' && b != 0x7f;
+                assert_eq!(
+                    out.len() == raw.len() + 2,
+                    plain && b < 0x80,
+                    "byte {b:#x} at {at}: {out}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn dates() {
         let at = |s: u64, ms: u64| {
             let mut out = Vec::new();
@@ -200,9 +362,7 @@ mod tests {
             client: "127.0.0.1:5000".parse().unwrap(),
             method: http::Method::GET,
             version: Version::HTTP_11,
-            uri: "/a?b=%22c{}".parse().unwrap(),
-            host: Some(HeaderValue::from_bytes(b"ex\tample\"\xff").unwrap()),
-            request_id: HeaderValue::from_static("abc"),
+            sent: Sent::new(b"/a?b=%22c{}", Some(b"ex\tample\"\xff"), b"abc"),
             trace: None,
             bytes_received: Some(0),
             status: 503,

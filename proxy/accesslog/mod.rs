@@ -7,8 +7,12 @@
 //! - [`request_id`]: `x-request-id`, kept or made.
 //!
 //! The request path never waits for the log: [`Sink::send`] puts an entry on a bounded queue or,
-//! when it is full, drops the line and counts it (`switchyard_access_log_dropped_total`).
-//! [`Logs`] keeps one sink per target, shared by the listeners that name it, across reloads.
+//! when it is full, drops the line and counts it (`switchyard_access_log_dropped_total`). Nor
+//! does it wake the writer for every line (a wake is a system call and a thread switch, more
+//! than the line itself costs): the writer sleeps until a batch has queued up or the target's
+//! `flush_interval` has passed, whichever comes first, like nginx's `buffer=` and `flush=`.
+//! [`Logs`] keeps one sink per target, shared by the listeners that name it, across reloads,
+//! and at shutdown has every writer write what is queued ([`Logs::close`]).
 
 pub(crate) mod entry;
 pub(crate) mod json;
@@ -17,12 +21,16 @@ mod writer;
 
 use std::collections::BTreeMap;
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
+use std::thread::{JoinHandle, Thread};
 
 use crate::config::access_log::{AccessLog, AccessLogTarget};
 pub(crate) use entry::Entry;
+
+/// Lines queued before a sender wakes the writer early (about 60 KB of JSON, one write).
+const WAKE_AT: usize = 128;
 
 /// What one target's writer has done, for `/metrics` (kept for the life of the process).
 #[derive(Debug, Default)]
@@ -32,24 +40,28 @@ pub(crate) struct LogStats {
     pub(crate) write_errors: AtomicU64,
 }
 
-pub(super) enum Msg {
-    Line(Box<Entry>),
-    /// Wakes the writer to reopen its file.
-    Reopen,
-}
-
 pub(super) struct SinkState {
     target: AccessLogTarget,
     label: String,
+    /// Set by SIGUSR1: the writer reopens its file before its next write.
     reopen: AtomicBool,
+    /// Set at shutdown: the writer writes what is queued and stops.
+    closing: AtomicBool,
+    /// Lines queued since the writer last took the queue (roughly: it may count a line the
+    /// writer already took, which only wakes it a little early).
+    queued: AtomicUsize,
+    /// `queued` at which the sender wakes the writer: [`WAKE_AT`], less for a short queue so it
+    /// never fills while the writer sleeps.
+    wake_at: usize,
     stats: Arc<LogStats>,
 }
 
 /// The way into one target's queue. Clones share the queue.
 #[derive(Clone)]
 pub(crate) struct Sink {
-    tx: SyncSender<Msg>,
+    tx: SyncSender<Box<Entry>>,
     state: Arc<SinkState>,
+    writer: Thread,
 }
 
 impl std::fmt::Debug for Sink {
@@ -60,39 +72,60 @@ impl std::fmt::Debug for Sink {
     }
 }
 
+/// A writer thread, kept so shutdown can have it finish.
+struct Writer {
+    state: Arc<SinkState>,
+    handle: JoinHandle<()>,
+}
+
 impl Sink {
     /// Opens `spec`'s target (creating the file) and starts its writer; an error names why the
     /// file cannot be opened.
-    fn open(spec: &AccessLog, stats: Arc<LogStats>) -> io::Result<Sink> {
+    fn open(spec: &AccessLog, stats: Arc<LogStats>) -> io::Result<(Sink, Writer)> {
         let out = writer::Out::open(&spec.target)?;
         let (tx, rx) = std::sync::mpsc::sync_channel(spec.buffer_lines);
         let state = Arc::new(SinkState {
             label: spec.target.label(),
             target: spec.target.clone(),
             reopen: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
+            queued: AtomicUsize::new(0),
+            wake_at: (spec.buffer_lines / 2).clamp(1, WAKE_AT),
             stats,
         });
         let for_writer = Arc::clone(&state);
-        std::thread::Builder::new()
+        let every = spec.flush_interval;
+        let handle = std::thread::Builder::new()
             .name("access-log".into())
-            .spawn(move || writer::run(rx, out, for_writer))?;
-        Ok(Sink { tx, state })
+            .spawn(move || writer::run(rx, out, for_writer, every))?;
+        let sink = Sink {
+            tx,
+            state: Arc::clone(&state),
+            writer: handle.thread().clone(),
+        };
+        Ok((sink, Writer { state, handle }))
     }
 
     /// Queues a line; never waits. A full queue drops it (counted).
     pub(crate) fn send(&self, e: Box<Entry>) {
-        match self.tx.try_send(Msg::Line(e)) {
-            Ok(()) => self.state.stats.lines.fetch_add(1, Ordering::Relaxed),
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.state.stats.dropped.fetch_add(1, Ordering::Relaxed)
+        match self.tx.try_send(e) {
+            Ok(()) => {
+                self.state.stats.lines.fetch_add(1, Ordering::Relaxed);
+                // Exactly one sender sees the count reach the mark; the others leave the
+                // writer asleep until then or until its flush interval ends.
+                if self.state.queued.fetch_add(1, Ordering::Relaxed) + 1 == self.state.wake_at {
+                    self.writer.unpark();
+                }
             }
-        };
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.state.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 
     fn reopen(&self) {
         self.state.reopen.store(true, Ordering::Release);
-        // A full queue wakes the writer anyway; it reopens before its next write.
-        let _ = self.tx.try_send(Msg::Reopen);
+        self.writer.unpark();
     }
 
     pub(crate) fn target(&self) -> &AccessLogTarget {
@@ -137,6 +170,9 @@ impl LogSlot {
 pub(crate) struct Logs {
     open: Mutex<BTreeMap<AccessLogTarget, Sink>>,
     stats: Mutex<BTreeMap<String, Arc<LogStats>>>,
+    /// Every writer not yet finished (those of targets a reload dropped included: they still
+    /// write the lines of requests that were in flight).
+    writers: Mutex<Vec<Writer>>,
 }
 
 impl Logs {
@@ -147,7 +183,11 @@ impl Logs {
             return Ok(s.clone());
         }
         let stats = Arc::clone(lock(&self.stats).entry(spec.target.label()).or_default());
-        Sink::open(spec, stats)
+        let (sink, writer) = Sink::open(spec, stats)?;
+        let mut writers = lock(&self.writers);
+        writers.retain(|w| !w.handle.is_finished());
+        writers.push(writer);
+        Ok(sink)
     }
 
     /// Puts `sinks` in use and lets go of every other (their writers finish once the
@@ -166,6 +206,22 @@ impl Logs {
         tracing::info!(files = open.len(), "reopening access logs");
         for s in open.values() {
             s.reopen();
+        }
+    }
+
+    /// Has every writer write what is queued and stop, and waits until they have (blocking:
+    /// a writer stuck on a hung disk or an unread pipe never returns, so callers bound the
+    /// wait). Lines sent after this are dropped (counted).
+    pub(crate) fn close(&self) {
+        let writers = std::mem::take(&mut *lock(&self.writers));
+        for w in &writers {
+            w.state.closing.store(true, Ordering::Release);
+            w.handle.thread().unpark();
+        }
+        for w in writers {
+            if w.handle.join().is_err() {
+                tracing::error!(path = %w.state.label, "the access log writer panicked");
+            }
         }
     }
 

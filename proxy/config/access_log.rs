@@ -2,15 +2,20 @@
 //! configured. The YAML shape, the validated model and the validation live together.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::duration::DurationStr;
 use super::errors::{Errors, did_you_mean};
 
 /// Lines that may wait for the writer before new ones are dropped (and counted).
 pub const DEFAULT_BUFFER_LINES: usize = 16_384;
 const MIN_BUFFER_LINES: usize = 1;
 const MAX_BUFFER_LINES: usize = 1 << 20;
+/// How long a queued line may wait for the writer (nginx's `flush=`).
+pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+const MAX_FLUSH_INTERVAL: Duration = Duration::from_secs(60);
 const FORMATS: &[&str] = &["json"];
 
 // ----- as written -----
@@ -22,6 +27,7 @@ pub struct AccessLogFile {
     pub path: Option<String>,
     pub format: Option<String>,
     pub buffer_lines: Option<usize>,
+    pub flush_interval: Option<DurationStr>,
 }
 
 // ----- validated -----
@@ -49,6 +55,9 @@ pub struct AccessLog {
     /// The writer's queue, in lines (shared by every listener logging to the same target; the
     /// first listener's value wins).
     pub buffer_lines: usize,
+    /// The longest a queued line waits before the writer writes it (it writes sooner once a
+    /// batch has queued up, on SIGUSR1 and at shutdown).
+    pub flush_interval: Duration,
 }
 
 /// `path` is the listener's (`listeners[0]`); errors are reported under `{path}.access_log`.
@@ -102,12 +111,20 @@ pub(super) fn access_log(
             format!("{buffer_lines} is out of range; use {MIN_BUFFER_LINES} to {MAX_BUFFER_LINES} (default {DEFAULT_BUFFER_LINES})"),
         );
     }
+    let flush_interval = f.flush_interval.map_or(DEFAULT_FLUSH_INTERVAL, |d| d.0);
+    if flush_interval.is_zero() || flush_interval > MAX_FLUSH_INTERVAL {
+        errs.push(
+            format!("{p}.flush_interval"),
+            format!("{flush_interval:?} is out of range; use 1ms to 60s (default 1s)"),
+        );
+    }
     if errs.len() > before {
         return None;
     }
     Some(AccessLog {
         target: target?,
         buffer_lines,
+        flush_interval,
     })
 }
 
@@ -127,10 +144,14 @@ mod tests {
     fn a_file_or_stderr() {
         let (out, errs) = check("{ path: /var/log/a.log, format: json }");
         assert!(errs.is_empty());
+        let out = out.unwrap();
         assert_eq!(
-            out.unwrap().target,
+            out.target,
             AccessLogTarget::File(PathBuf::from("/var/log/a.log"))
         );
+        assert_eq!(out.flush_interval, DEFAULT_FLUSH_INTERVAL);
+        let (out, _) = check("{ path: /var/log/a.log, flush_interval: 50ms }");
+        assert_eq!(out.unwrap().flush_interval, Duration::from_millis(50));
         let (out, _) = check("{ path: stderr }");
         assert_eq!(out.unwrap().target, AccessLogTarget::Stderr);
     }
@@ -151,5 +172,9 @@ mod tests {
         assert_eq!(errs, ["listeners[0].access_log.path"]);
         let (_, errs) = check("{ path: /var/log/ }");
         assert_eq!(errs, ["listeners[0].access_log.path"]);
+        for bad in ["0s", "2m"] {
+            let (_, errs) = check(&format!("{{ path: /a.log, flush_interval: {bad} }}"));
+            assert_eq!(errs, ["listeners[0].access_log.flush_interval"], "{bad}");
+        }
     }
 }

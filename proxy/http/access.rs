@@ -11,7 +11,7 @@ use http::header::{self, HeaderValue};
 
 use super::record::{Flags, Pending, Record};
 use crate::accesslog::Entry;
-use crate::accesslog::entry::FlagSet;
+use crate::accesslog::entry::{FlagSet, Sent};
 use crate::accesslog::request_id::{self, X_REQUEST_ID};
 use crate::routing::Snapshot;
 use crate::server::conn::ConnInfo;
@@ -29,20 +29,19 @@ pub(crate) fn begin<B>(conn: &ConnInfo, req: &mut Request<B>) -> Option<Pending>
             id
         }
     };
-    let uri = req.uri().clone();
-    let host = match uri.authority() {
-        Some(_) => None,
-        None => req.headers().get(header::HOST).cloned(),
+    let uri = req.uri();
+    let authority = match uri.authority() {
+        Some(a) => Some(a.as_str().as_bytes()),
+        None => req.headers().get(header::HOST).map(HeaderValue::as_bytes),
     };
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
     let entry = Box::new(Entry {
         time: SystemTime::now(),
         listener: Arc::clone(&log.listener),
         client: conn.peer,
         method: req.method().clone(),
         version: req.version(),
-        uri,
-        host,
-        request_id,
+        sent: Sent::new(path.as_bytes(), authority, request_id.as_bytes()),
         trace: None,
         bytes_received: body_length(req),
         status: 0,
@@ -58,17 +57,21 @@ pub(crate) fn begin<B>(conn: &ConnInfo, req: &mut Request<B>) -> Option<Pending>
             names: &Flags::NAMES,
         },
     });
-    Some(Pending { log, entry })
+    Some(Pending {
+        log,
+        entry,
+        request_id,
+    })
 }
 
 /// The id the response carries back to the client.
 pub(crate) fn request_id(line: &Pending) -> &HeaderValue {
-    &line.entry.request_id
+    &line.request_id
 }
 
 /// Fills the line from the finished record and queues it (never waits).
 pub(crate) fn finish(line: Pending, r: &Record, snap: Option<&Snapshot>) {
-    let Pending { log, mut entry } = line;
+    let Pending { log, mut entry, .. } = line;
     let route = snap.zip(r.route).map(|(s, i)| &s.routes[i]);
     let target = route.zip(r.target).map(|(rt, t)| &rt.targets[t]);
     let e = &mut *entry;

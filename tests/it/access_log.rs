@@ -409,6 +409,59 @@ async fn sigusr1_reopens_the_file_after_logrotate_moved_it() {
     assert!(lines(&rotated).iter().all(|l| l["request_id"] != "after"));
 }
 
+/// The writer sleeps between rounds; with a flush interval longer than the test, only a full
+/// batch (128 lines) and shutdown can get lines into the file, so both are what is tested here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_batch_wakes_the_writer_and_shutdown_writes_the_rest() {
+    let b = TestBackend::start("b").await;
+    let dir = TempDir::new();
+    let log = dir.0.join("access.log");
+    let config = dir.0.join("switchyard.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listeners: [{{ name: public, bind: \"127.0.0.1:0\", access_log: {{ path: {}, flush_interval: 60s }} }}]\n\
+             admin: {{ bind: \"127.0.0.1:0\" }}\n\
+             upstreams:\n  app: {{ backends: [\"{}\"] }}\n\
+             routes:\n  - {{ name: r, split: [{{ upstream: app, weight: 1 }}] }}\n",
+            log.display(),
+            b.addr
+        ),
+    )
+    .unwrap();
+    let mut p = Process::run(&config, &["--no-watch"]);
+    let c = client();
+    let url = format!("http://{}/", p.proxy);
+    for i in 0..128 {
+        assert_eq!(get_id(&c, &url, &format!("batch-{i}")).await.status, 200);
+    }
+    // The 128th line completes a batch: it is written long before the interval ends.
+    line(&log, "batch-127").await;
+    for i in 0..3 {
+        assert_eq!(get_id(&c, &url, &format!("tail-{i}")).await.status, 200);
+    }
+    assert!(
+        lines(&log)
+            .iter()
+            .all(|l| !l["request_id"].as_str().unwrap().starts_with("tail-")),
+        "a line short of a batch was written before the flush interval"
+    );
+    // SIGTERM: the queued lines are written before the process exits.
+    p.signal("TERM");
+    assert!(p.wait_exit().success());
+    let mut ids: Vec<String> = lines(&log)
+        .iter()
+        .map(|l| l["request_id"].as_str().unwrap().to_owned())
+        .collect();
+    let mut want: Vec<String> = (0..128)
+        .map(|i| format!("batch-{i}"))
+        .chain((0..3).map(|i| format!("tail-{i}")))
+        .collect();
+    ids.sort();
+    want.sort();
+    assert_eq!(ids, want);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_writer_that_cannot_write_drops_lines_and_never_holds_a_request() {
     let b = TestBackend::start("b").await;
