@@ -53,6 +53,9 @@ pub(super) struct SinkState {
     /// `queued` at which the sender wakes the writer: [`WAKE_AT`], less for a short queue so it
     /// never fills while the writer sleeps.
     wake_at: usize,
+    /// The settings the writer started with: a reload that changes them gets a new writer.
+    buffer_lines: usize,
+    flush_interval: std::time::Duration,
     stats: Arc<LogStats>,
 }
 
@@ -91,6 +94,8 @@ impl Sink {
             closing: AtomicBool::new(false),
             queued: AtomicUsize::new(0),
             wake_at: (spec.buffer_lines / 2).clamp(1, WAKE_AT),
+            buffer_lines: spec.buffer_lines,
+            flush_interval: spec.flush_interval,
             stats,
         });
         let for_writer = Arc::clone(&state);
@@ -130,6 +135,11 @@ impl Sink {
 
     pub(crate) fn target(&self) -> &AccessLogTarget {
         &self.state.target
+    }
+
+    #[cfg(test)]
+    pub(crate) fn shares_writer_with(&self, other: &Sink) -> bool {
+        Arc::ptr_eq(&self.state, &other.state)
     }
 }
 
@@ -177,9 +187,14 @@ pub(crate) struct Logs {
 
 impl Logs {
     /// The sink in use for `spec`'s target, or a newly opened one (not yet in use: see
-    /// [`Logs::keep`]).
+    /// [`Logs::keep`]). A target whose `buffer_lines` or `flush_interval` changed gets a new
+    /// writer with them; the old one writes the lines of requests still in flight, then ends
+    /// (both append, each batch with one write(2)).
     pub(crate) fn sink(&self, spec: &AccessLog) -> io::Result<Sink> {
-        if let Some(s) = lock(&self.open).get(&spec.target) {
+        if let Some(s) = lock(&self.open).get(&spec.target)
+            && s.state.buffer_lines == spec.buffer_lines
+            && s.state.flush_interval == spec.flush_interval
+        {
             return Ok(s.clone());
         }
         let stats = Arc::clone(lock(&self.stats).entry(spec.target.label()).or_default());
@@ -237,4 +252,64 @@ impl Logs {
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // The maps stay consistent whatever panicked while holding them.
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn spec(path: &std::path::Path, flush_ms: u64) -> AccessLog {
+        AccessLog {
+            target: AccessLogTarget::File(path.to_path_buf()),
+            buffer_lines: 64,
+            flush_interval: Duration::from_millis(flush_ms),
+        }
+    }
+
+    fn same(a: &Sink, b: &Sink) -> bool {
+        a.shares_writer_with(b)
+    }
+
+    #[test]
+    fn a_reload_that_keeps_a_path_and_its_settings_keeps_its_writer() {
+        let dir = tempfile_dir();
+        let logs = Logs::default();
+        let first = logs.sink(&spec(&dir.join("a.log"), 1000)).unwrap();
+        logs.keep([first.clone()]);
+        let again = logs.sink(&spec(&dir.join("a.log"), 1000)).unwrap();
+        assert!(same(&first, &again));
+        logs.close();
+    }
+
+    #[test]
+    fn a_reload_that_changes_a_writers_settings_gets_a_writer_with_them() {
+        let dir = tempfile_dir();
+        let logs = Logs::default();
+        let first = logs.sink(&spec(&dir.join("a.log"), 1000)).unwrap();
+        logs.keep([first.clone()]);
+        let changed = logs.sink(&spec(&dir.join("a.log"), 50)).unwrap();
+        assert!(
+            !same(&first, &changed),
+            "flush_interval changed, writer kept"
+        );
+        assert_eq!(changed.state.flush_interval, Duration::from_millis(50));
+        let mut bigger = spec(&dir.join("a.log"), 1000);
+        bigger.buffer_lines = 128;
+        let resized = logs.sink(&bigger).unwrap();
+        assert!(!same(&first, &resized), "buffer_lines changed, writer kept");
+        logs.close();
+    }
+
+    fn tempfile_dir() -> std::path::PathBuf {
+        use std::sync::atomic::AtomicU32;
+        static N: AtomicU32 = AtomicU32::new(0);
+        let d = std::env::temp_dir().join(format!(
+            "switchyard-accesslog-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
 }

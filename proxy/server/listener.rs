@@ -141,7 +141,6 @@ pub struct Prepared {
     logs: Vec<Option<Sink>>,
 }
 
-/// The running listeners; only the reloader changes them.
 /// The access logs a config's listeners name, opened ahead: opening a file blocks (on a hung
 /// mount, for good), so the reloader opens them in its load, off the workers.
 #[derive(Default)]
@@ -149,9 +148,21 @@ pub struct OpenedLogs(Vec<Option<io::Result<Sink>>>);
 
 impl OpenedLogs {
     /// Opens (or finds in use) the access log of every listener of `config`: a blocking call.
+    /// Listeners naming one target share one writer, the first one's settings.
     pub(crate) fn open(logs: &Logs, config: &Config) -> OpenedLogs {
-        let each = |l: &Listener| l.access_log.as_ref().map(|spec| logs.sink(spec));
-        OpenedLogs(config.listeners.iter().map(each).collect())
+        let mut first: Vec<Sink> = Vec::new();
+        let mut each = |l: &Listener| {
+            let spec = l.access_log.as_ref()?;
+            if let Some(s) = first.iter().find(|s| *s.target() == spec.target) {
+                return Some(Ok(s.clone()));
+            }
+            let opened = logs.sink(spec);
+            if let Ok(s) = &opened {
+                first.push(s.clone());
+            }
+            Some(opened)
+        };
+        OpenedLogs(config.listeners.iter().map(&mut each).collect())
     }
 
     fn take(&mut self, listener: usize) -> Option<io::Result<Sink>> {
@@ -159,6 +170,7 @@ impl OpenedLogs {
     }
 }
 
+/// The running listeners; only the reloader changes them.
 pub struct ListenerSet {
     ctx: Arc<ServeCtx>,
     /// Where accept loops run: one per worker, each on its own socket.
@@ -434,5 +446,33 @@ async fn accept_loop(
             slot,
             stop.clone(),
         ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listeners_naming_one_new_log_share_one_writer_with_the_first_ones_settings() {
+        let dir = std::env::temp_dir().join(format!("sy-listener-logs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("shared.log");
+        let p = path.display();
+        let config = crate::config::parse_str(&format!(
+            "listeners:\n\
+             - {{bind: '127.0.0.1:0', access_log: {{path: '{p}', flush_interval: 2s}}}}\n\
+             - {{bind: '127.0.0.1:0', access_log: {{path: '{p}', flush_interval: 5s}}}}\n\
+             upstreams: {{u: {{backends: ['127.0.0.1:9']}}}}\n\
+             routes: [{{name: r, split: [{{upstream: u, weight: 1}}]}}]\n"
+        ))
+        .unwrap();
+        let logs = Logs::default();
+        let mut opened = OpenedLogs::open(&logs, &config);
+        let a = opened.take(0).unwrap().unwrap();
+        let b = opened.take(1).unwrap().unwrap();
+        assert!(a.shares_writer_with(&b), "two writers on one new file");
+        logs.close();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
