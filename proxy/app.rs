@@ -288,9 +288,21 @@ impl Running {
         let _ = tokio::task::spawn_blocking(move || workers.stop()).await;
         // Every request has ended: the access logs write what is queued, within a bound (a
         // writer stuck on a hung disk or an unread pipe must not hold the exit).
+        // On a thread of its own, not the blocking pool: a runtime waits for its blocking
+        // tasks when it is dropped, so a stuck close there would hold the exit for good.
         let shared = Arc::clone(&self.shared);
-        let logs = tokio::task::spawn_blocking(move || shared.access_logs.close());
-        if tokio::time::timeout(ACCESS_LOG_CLOSE, logs).await.is_err() {
+        let (done, closed) = tokio::sync::oneshot::channel::<()>();
+        let spawned = std::thread::Builder::new()
+            .name("access-log-close".into())
+            .spawn(move || {
+                shared.access_logs.close();
+                let _ = done.send(());
+            });
+        if spawned.is_err()
+            || tokio::time::timeout(ACCESS_LOG_CLOSE, closed)
+                .await
+                .is_err()
+        {
             tracing::warn!(
                 "access log lines still queued after {ACCESS_LOG_CLOSE:?} are lost (a writer cannot write)"
             );

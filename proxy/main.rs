@@ -133,7 +133,11 @@ fn main() -> ExitCode {
         eprintln!("switchyard: --token-file: {e}");
         return ExitCode::FAILURE;
     }
-    match runtime.block_on(dispatch(cli.command)) {
+    let result = runtime.block_on(dispatch(cli.command));
+    // Blocking tasks still running (a read of a config file on a hung mount) must not hold
+    // the exit: every bound of a graceful stop has passed by now.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("switchyard: {e:#}");

@@ -595,3 +595,65 @@ async fn out_of_descriptors_the_line_says_le() {
     assert_eq!(b.traffic(), 0);
     drop(held);
 }
+
+/// A writer stuck in write(2) (a FIFO nobody reads stands in for a hung disk or an unread
+/// stderr pipe) must not keep switchyard from exiting: it is abandoned after its bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_stuck_in_write_does_not_hold_the_exit() {
+    let b = TestBackend::start("b").await;
+    let dir = TempDir::new();
+    let fifo = dir.0.join("access.fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    // Held open and never read until the process has exited.
+    let reader = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo)
+            .unwrap()
+    };
+    let config = dir.0.join("switchyard.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listeners: [{{ name: public, bind: \"127.0.0.1:0\", access_log: {{ path: {}, buffer_lines: 8, flush_interval: 1ms }} }}]\n\
+             admin: {{ bind: \"127.0.0.1:0\" }}\n\
+             upstreams:\n  app: {{ backends: [\"{}\"] }}\n\
+             routes:\n  - {{ name: r, split: [{{ upstream: app, weight: 1 }}] }}\n",
+            fifo.display(),
+            b.addr
+        ),
+    )
+    .unwrap();
+    let mut p = Process::run(&config, &["--no-watch"]);
+    let c = client();
+    let url = format!("http://{}/", p.proxy);
+    let series = format!(
+        "switchyard_access_log_dropped_total{{path=\"{}\"}}",
+        fifo.display()
+    );
+    // Until lines are dropped: the FIFO's buffer is full and the writer is blocked in write(2).
+    for round in 0.. {
+        for _ in 0..100 {
+            assert_eq!(get(&c, &url).await.status, 200);
+        }
+        let m = get(&c, &format!("http://{}/metrics", p.admin)).await;
+        if sample(m.text(), &series).unwrap_or(0.0) > 0.0 {
+            break;
+        }
+        assert!(
+            round < 50,
+            "nothing dropped after {} requests",
+            (round + 1) * 100
+        );
+    }
+    p.signal("TERM");
+    p.wait_log("access log lines still queued");
+    p.wait_exit();
+    drop(reader);
+}
