@@ -77,10 +77,12 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         let c = &self.conn;
-        if c.streams.fetch_sub(1, Ordering::AcqRel) == 1 {
-            let ms = c.epoch.elapsed().as_millis() as u64;
-            c.idle_since_ms.store(ms, Ordering::Relaxed);
-        }
+        // Before the count drops: whoever sees no streams must see this idle start, not one
+        // from before a busy spell longer than idle_timeout (it would close a connection just
+        // used). A connection still carrying streams ignores it (see Shared::keep).
+        let ms = c.epoch.elapsed().as_millis() as u64;
+        c.idle_since_ms.store(ms, Ordering::Relaxed);
+        c.streams.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
