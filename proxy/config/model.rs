@@ -105,6 +105,19 @@ pub struct Transport {
     pub protocol: Protocol,
 }
 
+impl Transport {
+    /// Whether the backends are spoken HTTP/2 (`Some(true)`) or HTTP/1.1 (`Some(false)`);
+    /// `None` for `auto` over TLS, where ALPN decides per connection (plain `auto` is
+    /// HTTP/1.1).
+    pub(crate) fn speaks_http2(&self) -> Option<bool> {
+        match self.protocol {
+            Protocol::Http2 => Some(true),
+            Protocol::Auto if self.tls.is_some() => None,
+            Protocol::Http1 | Protocol::Auto => Some(false),
+        }
+    }
+}
+
 /// The HTTP version spoken to an upstream's backends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Protocol {

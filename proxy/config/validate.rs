@@ -389,8 +389,7 @@ fn upstream(name: &str, u: &file::Upstream, errs: &mut Errors) -> Option<Upstrea
     let breaker = resilience::breaker(&path, u.circuit_breaker.as_ref(), errs);
     let health_check = resilience::health_check(&path, u.health_check.as_ref(), errs);
     // gRPC needs HTTP/2, which plain `auto` never speaks.
-    let http1_only = transport.protocol == Protocol::Http1
-        || (transport.protocol == Protocol::Auto && transport.tls.is_none());
+    let http1_only = transport.speaks_http2() == Some(false);
     if health_check
         .as_ref()
         .is_some_and(|h| h.grpc_service.is_some())

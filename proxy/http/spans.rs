@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use super::classify::Class;
 use super::record::{Flags, Record, TryRecord};
-use crate::config::model::{Protocol, Transport};
+use crate::config::model::Transport;
 use crate::routing::Snapshot;
 use crate::trace::span::ClientSpan;
 
@@ -75,11 +75,13 @@ pub(crate) fn finish(record: &mut Record, snap: Option<&Snapshot>, end: Instant)
 /// The HTTP version a try that got no answer was spoken in, as far as the upstream's
 /// `protocol` says (`auto` over TLS: whatever ALPN would have picked, unknown).
 fn configured(t: &Transport) -> Option<Version> {
-    match t.protocol {
-        Protocol::Http2 => Some(Version::HTTP_2),
-        Protocol::Auto if t.tls.is_some() => None,
-        Protocol::Http1 | Protocol::Auto => Some(Version::HTTP_11),
-    }
+    t.speaks_http2().map(|h2| {
+        if h2 {
+            Version::HTTP_2
+        } else {
+            Version::HTTP_11
+        }
+    })
 }
 
 /// When an earlier try ended: at its response head, or as the `next` one went out.
