@@ -280,6 +280,7 @@ mod tests {
         let again = logs.sink(&spec(&dir.join("a.log"), 1000)).unwrap();
         assert!(same(&first, &again));
         logs.close();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -299,6 +300,7 @@ mod tests {
         let resized = logs.sink(&bigger).unwrap();
         assert!(!same(&first, &resized), "buffer_lines changed, writer kept");
         logs.close();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     fn tempfile_dir() -> std::path::PathBuf {
