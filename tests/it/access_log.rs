@@ -54,6 +54,24 @@ fn flags(l: &Value) -> Vec<&str> {
         .collect()
 }
 
+/// A FIFO in `dir` and its read end, open (so writers do not fail) but never read: a stand-in
+/// for a hung disk or a pipe nobody reads.
+fn fifo_nobody_reads(dir: &TempDir) -> (PathBuf, std::fs::File) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let fifo = dir.0.join("access.fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let reader = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&fifo)
+        .unwrap();
+    (fifo, reader)
+}
+
 async fn get_id(c: &client::TestClient, url: &str, id: &str) -> client::Resp {
     get_with(c, url, &[("x-request-id", id)]).await
 }
@@ -466,22 +484,9 @@ async fn a_full_batch_wakes_the_writer_and_shutdown_writes_the_rest() {
 async fn a_writer_that_cannot_write_drops_lines_and_never_holds_a_request() {
     let b = TestBackend::start("b").await;
     let dir = TempDir::new();
-    // A FIFO whose reader never reads: once its 64 KiB buffer is full the writer blocks in
-    // write(2), as it would on a hung disk, and the queue (8 lines) fills.
-    let fifo = dir.0.join("access.fifo");
-    let made = std::process::Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .unwrap();
-    assert!(made.success());
-    let reader = {
-        use std::os::unix::fs::OpenOptionsExt;
-        std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(&fifo)
-            .unwrap()
-    };
+    // Once the FIFO's 64 KiB buffer is full the writer blocks in write(2), as it would on a
+    // hung disk, and the queue (8 lines) fills.
+    let (fifo, reader) = fifo_nobody_reads(&dir);
     let yaml = format!(
         "listeners: [{{ name: public, bind: \"127.0.0.1:0\", access_log: {{ path: {}, buffer_lines: 8 }} }}]\n\
          admin: {{ bind: \"127.0.0.1:0\" }}\n\
@@ -602,21 +607,8 @@ async fn out_of_descriptors_the_line_says_le() {
 async fn a_writer_stuck_in_write_does_not_hold_the_exit() {
     let b = TestBackend::start("b").await;
     let dir = TempDir::new();
-    let fifo = dir.0.join("access.fifo");
-    let made = std::process::Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .unwrap();
-    assert!(made.success());
     // Held open and never read until the process has exited.
-    let reader = {
-        use std::os::unix::fs::OpenOptionsExt;
-        std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(&fifo)
-            .unwrap()
-    };
+    let (fifo, reader) = fifo_nobody_reads(&dir);
     let config = dir.0.join("switchyard.yaml");
     std::fs::write(
         &config,
