@@ -64,15 +64,7 @@ EOF
 sy_conf 18585 18590 "" > $W/sy-plain.yaml
 sy_conf 18586 18591 ", access_log: { path: $W/switchyard.log, format: json }" > $W/sy-log.yaml
 
-start() { # name cpu cmd...
-  local name=$1 cpu=$2; shift 2
-  taskset -c "$cpu" "$@" > $W/$name.out 2>&1 &
-  PIDS+=($!); echo $! > $W/$name.pidnum
-}
-cpu_ticks() { awk '{print $14+$15}' /proc/$1/stat 2>/dev/null || echo 0; }
-# Every thread of the process is in its own /proc/PID/stat; children (nginx's worker) added.
-tree_ticks() { local t=0; for p in $1 $(pgrep -P $1); do t=$((t + $(cpu_ticks $p))); done; echo $t; }
-HZ=$(getconf CLK_TCK)
+source load-tests/pinned.sh
 
 start backend 0 nginx -c $W/backend.conf
 start nginx-plain 1 nginx -c $W/nginx-plain.conf

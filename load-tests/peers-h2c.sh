@@ -102,18 +102,12 @@ upstreams: { b: { protocol: http2, backends: ['127.0.0.1:$B'] } }
 routes: [{ name: r, split: [{upstream: b, weight: 1}] }]
 EOF
 
-start() { # name cpu cmd...
-  local name=$1 cpu=$2; shift 2
-  taskset -c "$cpu" "$@" >"$W/$name.out" 2>&1 &
-  PIDS+=($!); echo $! >"$W/$name.pid"
-}
+source load-tests/pinned.sh
 start backend 0 nginx -c "$W/backend.conf"
 start nginx 1 nginx -c "$W/nginx.conf"
 start haproxy 1 haproxy -f "$W/haproxy.cfg"
 start switchyard 1 env TOKIO_WORKER_THREADS=1 "$BIN" run -c "$W/switchyard.yaml" --no-watch --workers 1
 
-HZ=$(getconf CLK_TCK)
-ticks() { local t=0 p; for p in $1 $(pgrep -P "$1"); do t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat" 2>/dev/null || echo 0))); done; echo $t; }
 h2() { # port file args...: one h2load run with a per-request log
   local port=$1 out=$2; shift 2
   taskset -c 0 h2load "$@" -d "$W/msg" -H 'content-type: application/grpc' -H 'te: trailers' \
@@ -132,9 +126,9 @@ measure() { # name port pid step args...
   local name=$1 port=$2 pid=$3 step=$4; shift 4
   local out="$W/$name.$step"
   local t0=0 t1=0
-  [ -n "$pid" ] && t0=$(ticks "$pid")
+  [ -n "$pid" ] && t0=$(tree_ticks "$pid")
   h2 "$port" "$out" "$@"
-  [ -n "$pid" ] && t1=$(ticks "$pid")
+  [ -n "$pid" ] && t1=$(tree_ticks "$pid")
   python3 - "$out" "$((t1 - t0))" "$HZ" "$pid" <<'EOF'
 import re, sys
 out, ticks, hz, pid = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
@@ -161,9 +155,9 @@ for run in $(seq "$RUNS"); do
   for t in direct nginx haproxy switchyard; do
     case $t in
       direct) port=$B; pid="" ;;
-      nginx) port=$NG; pid=$(cat "$W/nginx.pid") ;;
-      haproxy) port=$HA; pid=$(cat "$W/haproxy.pid") ;;
-      switchyard) port=$SY; pid=$(cat "$W/switchyard.pid") ;;
+      nginx) port=$NG; pid=$(cat "$W/nginx.pidnum") ;;
+      haproxy) port=$HA; pid=$(cat "$W/haproxy.pidnum") ;;
+      switchyard) port=$SY; pid=$(cat "$W/switchyard.pidnum") ;;
     esac
     h2 "$port" "$W/$t.warm" -c "$C" -m "$M" -D 2   # warm-up: connections, caches, pools
     read -r f_rps f_cpu f_50 f_99 f_err < <(measure $t "$port" "$pid" fixed -c "$C" -m "$M" --rps $((RATE / C)) -D "$D")
