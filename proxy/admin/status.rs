@@ -5,7 +5,7 @@ use tokio::time::Instant;
 
 use super::AdminCtx;
 use crate::backend::state::STATS_WINDOW;
-use crate::config::model::{HostMatch, StickyKey};
+use crate::config::model::{GrpcCodes, HostMatch, StickyKey};
 use crate::routing::UpstreamRuntime;
 use crate::stats::counters::CODE_CLASSES;
 use crate::stats::histogram::new_histogram;
@@ -131,7 +131,7 @@ fn upstream(p: &UpstreamRuntime, now: Instant) -> Value {
             })
         })
         .collect();
-    json!({
+    let mut up = json!({
         "name": &*p.spec.name,
         "in_flight": p.backends.iter().map(|b| b.state.in_flight()).sum::<u64>(),
         "available": p.backends.iter().filter(|b| b.state.available(now)).count(),
@@ -139,7 +139,13 @@ fn upstream(p: &UpstreamRuntime, now: Instant) -> Value {
         "protocol": p.spec.transport.protocol.as_str(),
         "window": window_json(window, &merged),
         "backends": backends,
-    })
+    });
+    // What the upstream adds to the default five, as its `grpc_failures` says it; only where set.
+    let added = p.spec.grpc_failures.without(GrpcCodes::DEFAULT_FAILURES);
+    if added != GrpcCodes::EMPTY {
+        up["grpc_failures"] = json!(added.names());
+    }
+    up
 }
 
 /// Requests, error rate and latency percentiles (µs, to the response head) over the window.

@@ -58,6 +58,12 @@ impl GrpcCodes {
         GrpcCodes(self.0 | other.0)
     }
 
+    /// The codes in `self` and not in `other`.
+    #[must_use]
+    pub const fn without(self, other: GrpcCodes) -> GrpcCodes {
+        GrpcCodes(self.0 & !other.0)
+    }
+
     /// The codes in the set, smallest first.
     pub fn codes(self) -> impl Iterator<Item = u8> {
         (0u8..17).filter(move |c| self.contains(*c))
@@ -124,6 +130,46 @@ pub(super) fn failures(
     set
 }
 
+/// A rollout's gates compare the canary's error rate with stable's: both must count the same
+/// gRPC statuses as failures, or a canary that answers RESOURCE_EXHAUSTED exactly as often as
+/// stable passes (or fails) only because one side counts it. A mismatch is reported at the
+/// canary's list, where the new version's config is being written.
+pub(super) fn rollout_counts_alike(
+    route: &str,
+    rollout: &super::rollout::RolloutFile,
+    upstreams: &[std::sync::Arc<super::model::Upstream>],
+    errs: &mut Errors,
+) {
+    let find = |name: &str| upstreams.iter().find(|u| &*u.name == name);
+    let (Some(stable), Some(canary)) = (find(&rollout.stable), find(&rollout.canary)) else {
+        return;
+    };
+    let (s, c) = (stable.grpc_failures, canary.grpc_failures);
+    if s == c {
+        return;
+    }
+    let only = |name: &str, set: GrpcCodes| match set.names().as_slice() {
+        [] => None,
+        names => Some(format!("only `{name}` counts {}", names.join(", "))),
+    };
+    let differences: Vec<String> = [
+        only(&canary.name, c.without(s)),
+        only(&stable.name, s.without(c)),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    errs.push(
+        format!("upstreams.{}.grpc_failures", canary.name),
+        format!(
+            "{route}.rollout compares canary `{}` with stable `{}`, and they count different gRPC statuses as failures ({}): the gates would compare error rates counted two ways; give both the same `grpc_failures`",
+            canary.name,
+            stable.name,
+            differences.join("; ")
+        ),
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,6 +212,39 @@ mod tests {
         assert!(errs.is_empty());
         assert!(set.contains(8) && set.contains(10) && set.contains(14) && set.contains(2));
         assert_eq!(set.codes().count(), 7);
+    }
+
+    /// A rollout's two sides are compared by the statuses they count, not by how their lists
+    /// are written: a default status listed on one side only is no difference.
+    #[test]
+    fn a_rollout_whose_sides_count_alike_passes_however_their_lists_are_written() {
+        let config = |stable: &str, canary: &str| {
+            format!(
+                "listeners: [{{ bind: \"127.0.0.1:0\" }}]\nupstreams:\n  a: {{ protocol: http2, backends: [\"127.0.0.1:1\"]{stable} }}\n  b: {{ protocol: http2, backends: [\"127.0.0.1:2\"]{canary} }}\n\
+                 routes:\n  - name: r\n    split: [{{ upstream: a, weight: 100 }}, {{ upstream: b, weight: 0 }}]\n    rollout: {{ strategy: canary, stable: a, canary: b }}\n"
+            )
+        };
+        let parse = |s: &str, c: &str| crate::config::load::parse_str(&config(s, c));
+        assert!(parse("", ", grpc_failures: [UNAVAILABLE]").is_ok());
+        assert!(
+            parse(
+                ", grpc_failures: [8, 10]",
+                ", grpc_failures: [ABORTED, resource-exhausted]"
+            )
+            .is_ok()
+        );
+        let errs = parse("", ", grpc_failures: [RESOURCE_EXHAUSTED]")
+            .unwrap_err()
+            .0;
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].path, "upstreams.b.grpc_failures");
+        assert!(
+            errs[0]
+                .message
+                .contains("only `b` counts RESOURCE_EXHAUSTED"),
+            "{}",
+            errs[0]
+        );
     }
 
     #[test]

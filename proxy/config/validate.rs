@@ -74,6 +74,14 @@ pub fn validate(f: file::FileConfig) -> Result<Config, Vec<ConfigError>> {
     }
     for (i, r) in f.routes.iter().enumerate() {
         retried_grpc_statuses_are_failures(&format!("routes[{i}]"), r, &upstreams, &mut errs);
+        if let Some(rollout) = &r.rollout {
+            super::grpc::rollout_counts_alike(
+                &format!("routes[{i}]"),
+                rollout,
+                &upstreams,
+                &mut errs,
+            );
+        }
     }
     if f.routes.is_empty() && !f.broken.contains("routes") {
         errs.push("routes", "no routes: add at least one route with a `split`");

@@ -432,6 +432,22 @@ async fn a_listed_grpc_status_fails_like_the_default_five_and_only_where_listed(
         ),
     ))
     .await;
+    // `/status` shows what each upstream adds to the default five, by name, and only where set.
+    let status = proxy.status().await;
+    let listed = |name: &str| {
+        status["upstreams"]
+            .as_array()
+            .and_then(|ups| ups.iter().find(|u| u["name"] == name))
+            .map(|u| u["grpc_failures"].clone())
+            .unwrap_or_else(|| panic!("no upstream {name} in {status}"))
+    };
+    assert_eq!(listed("counted"), serde_json::json!(["RESOURCE_EXHAUSTED"]));
+    assert_eq!(listed("pool"), serde_json::json!(["RESOURCE_EXHAUSTED"]));
+    assert_eq!(
+        listed("plain"),
+        serde_json::Value::Null,
+        "not set: not shown"
+    );
     let c = h2c_client();
     let base = proxy.url("");
     let base = base.trim_end_matches('/');
