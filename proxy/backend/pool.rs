@@ -40,6 +40,10 @@ type Sender = http1::SendRequest<ReqBody>;
 pub(crate) enum SendError {
     #[error("connect failed: {0}")]
     Connect(#[source] io::Error),
+    /// The HTTP/2 connection this request waited for, opened by another request, failed to
+    /// open: that request's failure is the backend's; this one only moves on.
+    #[error("the connection this request waited for failed to open: {0}")]
+    SharedConnect(#[source] io::Error),
     #[error("connection handshake failed: {0}")]
     Handshake(#[source] hyper::Error),
     #[error(transparent)]
@@ -51,13 +55,16 @@ pub(crate) enum SendError {
 
 impl SendError {
     pub(crate) fn is_connect(&self) -> bool {
-        matches!(self, SendError::Connect(_) | SendError::Handshake(_))
+        matches!(
+            self,
+            SendError::Connect(_) | SendError::SharedConnect(_) | SendError::Handshake(_)
+        )
     }
 
     pub(crate) fn hyper(&self) -> Option<&hyper::Error> {
         match self {
             SendError::Exchange(e) | SendError::Handshake(e) => Some(e),
-            SendError::Connect(_) | SendError::Stranded => None,
+            SendError::Connect(_) | SendError::SharedConnect(_) | SendError::Stranded => None,
         }
     }
 }
@@ -252,10 +259,11 @@ impl ConnPool {
         }
         let opening = match self.h2.opening().await {
             Ok(opening) => opening,
-            // An open this request waited for failed: so does this request, at once.
+            // An open this request waited for failed: so does this request, at once (the
+            // request that opened it counts the failure against the backend, once).
             Err(e) => {
                 return Err(Failed {
-                    error: SendError::Connect(e),
+                    error: SendError::SharedConnect(e),
                     unsent: Some(Box::new(req)),
                     reused: false,
                 });

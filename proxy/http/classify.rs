@@ -35,6 +35,10 @@ pub(crate) enum Class {
     Timeout,
     /// No connection: refused, unreachable, timed out, or its TLS handshake failed.
     ConnectFailure,
+    /// The HTTP/2 connection this try waited for (another try was opening it) failed to open:
+    /// that try's [`Class::ConnectFailure`] is the backend's one failure; this one moves on
+    /// like a connect failure without counting against the backend again.
+    SharedConnectFailure,
     /// The connection broke before the response head, or in the middle of the body.
     Reset,
     /// A kept-alive connection the backend had already closed (as servers do when they reach
@@ -60,7 +64,11 @@ impl Class {
             Class::Timeout => Some(Outcome::Timeout),
             Class::ConnectFailure => Some(Outcome::ConnectFailure),
             Class::Reset => Some(Outcome::Reset),
-            Class::Stale | Class::Refused | Class::Shortage(_) | Class::Client => None,
+            Class::SharedConnectFailure
+            | Class::Stale
+            | Class::Refused
+            | Class::Shortage(_)
+            | Class::Client => None,
         }
     }
 }
@@ -201,6 +209,9 @@ pub(crate) fn failed(f: &SendFailure<'_>, rules: &Rules<'_>) -> Verdict {
         Cause::Client => no(Class::Client),
         Cause::Shortage(s) => no(Class::Shortage(s)),
         Cause::Connect => rules.verdict(Class::ConnectFailure, Failure::Connect, f.unsent),
+        Cause::SharedConnect => {
+            rules.verdict(Class::SharedConnectFailure, Failure::Connect, f.unsent)
+        }
         // Unprocessed (RFC 9113 8.7): safe to send again whatever the method, if it can be.
         Cause::Refused => {
             let again = f.unsent || rules.replayable;
@@ -282,7 +293,7 @@ pub(crate) fn error(f: &SendFailure<'_>, class: Class, upstream: &str, addr: &st
                 }
             ),
         ),
-        Class::ConnectFailure => (
+        Class::ConnectFailure | Class::SharedConnectFailure => (
             ErrorKind::Connect,
             format!("cannot connect to upstream `{upstream}`"),
         ),
@@ -308,6 +319,8 @@ enum Cause {
     Shortage(Shortage),
     /// No connection could be made.
     Connect,
+    /// The connection this request waited for could not be made.
+    SharedConnect,
     /// An HTTP/2 backend refused the stream unprocessed.
     Refused,
     /// The connection was closed or reset before any of a response arrived.
@@ -323,11 +336,14 @@ fn cause(e: &SendError) -> Cause {
     {
         return Cause::Client;
     }
-    if let SendError::Connect(io) = e {
+    if let SendError::Connect(io) | SendError::SharedConnect(io) = e {
         if let Some(s) = Shortage::of(io) {
             return Cause::Shortage(s);
         }
-        return Cause::Connect;
+        return match e {
+            SendError::SharedConnect(_) => Cause::SharedConnect,
+            _ => Cause::Connect,
+        };
     }
     if e.is_connect() {
         return Cause::Connect;
@@ -540,6 +556,45 @@ mod tests {
         assert_eq!(v.class.backend_outcome(), None);
         let streamed = failed(&f, &rules(None, false, false, 0));
         assert_eq!(streamed.retry, Retry::No, "its body is gone");
+    }
+
+    /// Requests that waited for a connection whose open failed move on as the opener does,
+    /// but only the opener's try counts against the backend: one failure per failed open.
+    #[test]
+    fn a_shared_open_failure_moves_on_without_counting_again() {
+        let timed_out = |shared: bool| {
+            let io = std::io::Error::from(std::io::ErrorKind::TimedOut);
+            if shared {
+                SendError::SharedConnect(io)
+            } else {
+                SendError::Connect(io)
+            }
+        };
+        let (opener, waiter) = (timed_out(false), timed_out(true));
+        let f = |error| SendFailure {
+            error,
+            reused: false,
+            unsent: true,
+        };
+        for p in [None, Some(&policy())] {
+            let r = rules(p, false, false, 0);
+            let (o, w) = (failed(&f(&opener), &r), failed(&f(&waiter), &r));
+            assert_eq!(o.retry, Retry::Another(Failure::Connect));
+            assert_eq!(w.retry, o.retry, "moves on the same way");
+            assert_eq!(o.class.backend_outcome(), Some(Outcome::ConnectFailure));
+            assert_eq!(w.class, Class::SharedConnectFailure);
+            assert_eq!(
+                w.class.backend_outcome(),
+                None,
+                "counted once, by the opener"
+            );
+            assert_eq!(error(&f(&waiter), w.class, "u", "a").status(), 502);
+        }
+        let shortage = SendError::SharedConnect(std::io::Error::from_raw_os_error(24));
+        assert!(matches!(
+            failed(&f(&shortage), &rules(None, true, true, 0)).class,
+            Class::Shortage(_)
+        ));
     }
 
     #[test]

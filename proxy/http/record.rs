@@ -96,7 +96,7 @@ impl Flags {
         match class {
             Class::Success | Class::ServerError | Class::Client => Flags::default(),
             Class::Timeout => Flags::UPSTREAM_TIMEOUT,
-            Class::ConnectFailure => Flags::UPSTREAM_CONNECT_FAILURE,
+            Class::ConnectFailure | Class::SharedConnectFailure => Flags::UPSTREAM_CONNECT_FAILURE,
             Class::Reset | Class::Stale | Class::Refused => Flags::UPSTREAM_RESET,
             Class::Shortage(_) => Flags::LOCAL_RESOURCES,
         }

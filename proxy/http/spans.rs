@@ -98,7 +98,8 @@ fn outcome(class: Class) -> &'static str {
         Class::Success => "success",
         Class::ServerError => "server-error",
         Class::Timeout => "timeout",
-        Class::ConnectFailure => "connect-failure",
+        // For the request it is one; only the backend's breaker tells the two apart.
+        Class::ConnectFailure | Class::SharedConnectFailure => "connect-failure",
         Class::Reset => "reset",
         Class::Stale => "stale-connection",
         Class::Refused => "refused",

@@ -155,11 +155,15 @@ async fn a_burst_at_a_backend_that_drops_connects_fails_over_after_one_connect_t
         let r = call.await.unwrap();
         assert_eq!((r.status.as_u16(), r.text()), (200, "h2 /hold\n"));
     }
+    // Several requests of the burst went to the dead backend first (each moved on: a retry),
+    // and its breaker saw one failure per failed open, not one per request.
+    let status = proxy.status().await;
+    let moved_on = status["routes"][0]["split"][0]["retries"].as_u64().unwrap();
     let s = proxy.backend_status("app", dead).await;
     let failed = s["outcomes"]["connect_failure"].as_u64().unwrap_or(0);
     assert!(
-        failed >= 2,
-        "several requests of the burst went to the dead backend first: {s}"
+        failed >= 1 && moved_on > failed,
+        "{moved_on} requests moved on after {failed} failed opens: {s}"
     );
 }
 
@@ -266,4 +270,96 @@ async fn alpn_picks_the_protocol_over_tls() {
             .await;
     }
     assert!(h2.health_checks.load(std::sync::atomic::Ordering::SeqCst) > 0);
+}
+
+/// A listener that accepts connections, counts them, and never says a word: a TLS handshake
+/// to it waits out the connect timeout, so each open of a connection to it is one accept and
+/// fails as a connect failure.
+struct Tarpit {
+    addr: std::net::SocketAddr,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Tarpit {
+    async fn start() -> Tarpit {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let count = std::sync::Arc::clone(&accepted);
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                held.push(stream);
+            }
+        });
+        Tarpit {
+            addr,
+            accepted,
+            task,
+        }
+    }
+
+    fn accepted(&self) -> u64 {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for Tarpit {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Requests that waited for an HTTP/2 connection whose open failed fail over with it at once,
+/// but the backend's breaker and statistics see one connect failure per failed open, not one
+/// per waiting request: a burst does not open a breaker that one failed connect would not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_shared_open_counts_once_against_the_backend() {
+    use crate::support::proxy::TempDir;
+    let dir = TempDir::new();
+    let ca_file = dir.0.join("ca.crt");
+    std::fs::write(&ca_file, crate::support::tls::Ca::new().pem()).unwrap();
+    let ca_file = crate::support::tls::p(&ca_file);
+    let dead = Tarpit::start().await;
+    let good = H2Peer::start().await;
+    // Two upstreams, half the requests aimed at each: those aimed at `dead` wait for its one
+    // connection being opened, then go to `good`.
+    let yaml = format!(
+        "{HEAD}upstreams:\n  dead:\n    protocol: http2\n    connect_timeout: 1s\n    backends: ['https://{}']\n    tls: {{ ca_file: \"{ca_file}\" }}\n    circuit_breaker: {{ consecutive_failures: 3, open_for: 60s }}\n\
+         \x20 good:\n    protocol: http2\n    backends: ['{}']\n\
+         routes:\n  - name: r\n    timeout: 20s\n    split: [{{ upstream: dead, weight: 1 }}, {{ upstream: good, weight: 1 }}]\n",
+        dead.addr, good.addr
+    );
+    let proxy = Proxy::start(&yaml).await;
+    let c = client();
+    const BURST: u64 = 16;
+    let calls: Vec<_> = (0..BURST)
+        .map(|_| {
+            let (c, url) = (c.clone(), proxy.url("/hold"));
+            tokio::spawn(async move { get(&c, &url).await })
+        })
+        .collect();
+    good.wait_holding(BURST).await;
+    good.open_gate();
+    for call in calls {
+        let r = call.await.unwrap();
+        assert_eq!((r.status.as_u16(), r.text()), (200, "h2 /hold\n"));
+    }
+    let status = proxy.status().await;
+    let moved_on = status["routes"][0]["split"][0]["retries"].as_u64().unwrap();
+    let opens = dead.accepted();
+    assert!(
+        opens >= 1 && moved_on >= opens + 2,
+        "requests waited for a shared open ({moved_on} moved on from {opens} opens): {status}"
+    );
+    let s = proxy.backend_status("dead", dead.addr).await;
+    assert_eq!(
+        s["outcomes"]["connect_failure"], opens,
+        "one failure per failed open: {s}"
+    );
+    if opens < 3 {
+        assert_eq!(s["breaker"]["state"], "closed", "{s}");
+    }
 }

@@ -110,6 +110,7 @@ pub(super) async fn run(mut m: Mirror, body: Bytes) {
         Class::ServerError => ShadowResult::ServerError,
         Class::Timeout => ShadowResult::Timeout,
         Class::ConnectFailure
+        | Class::SharedConnectFailure
         | Class::Reset
         | Class::Stale
         | Class::Refused
