@@ -24,6 +24,18 @@ use crate::stats::counters::Shortage;
 /// backend must not cost requests it never saw (as NGINX's `proxy_next_upstream` by default).
 pub(crate) const IMPLICIT_CONNECT_RETRIES: u32 = 2;
 
+/// Times a request is sent again, on yet another new connection to the same backend, after a
+/// connection opened for it refused it unprocessed too. Such a refusal is a race (the new
+/// connection was shared at once, and the backend's GOAWAY for its own per-connection limit or
+/// shutdown excluded this stream) or a backend that refuses everything (draining, or
+/// overloaded and answering `REFUSED_STREAM`). A race rarely strikes twice, so one more new
+/// connection almost always takes the request, and two cover a burst of them; against a
+/// backend that refuses everything no number helps, so it stops there and the request moves
+/// on as one never sent (another backend, or the refusal as the answer). These resends are
+/// not retries: nothing was processed, so they spend neither the retry budget nor `attempts`;
+/// the route's deadline still bounds them.
+pub(crate) const REFUSED_AGAIN_RESENDS: u32 = 2;
+
 /// What one try came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Class {
@@ -117,6 +129,9 @@ pub(crate) struct Rules<'a> {
     pub(crate) replayable: bool,
     /// Retries made so far (fresh-connection resends are not retries).
     pub(crate) retries: u32,
+    /// Resends after a connection opened for the request refused it (see
+    /// [`REFUSED_AGAIN_RESENDS`]).
+    pub(crate) refused_again: u32,
 }
 
 impl Rules<'_> {
@@ -215,18 +230,16 @@ pub(crate) fn failed(f: &SendFailure<'_>, rules: &Rules<'_>) -> Verdict {
         // Unprocessed (RFC 9113 8.7): safe to send again whatever the method, if it can be.
         Cause::Refused => {
             let again = f.unsent || rules.replayable;
-            if f.reused {
+            if !again {
+                no(Class::Refused)
+            } else if f.reused || rules.refused_again < REFUSED_AGAIN_RESENDS {
                 Verdict {
                     class: Class::Refused,
-                    retry: if again { Retry::Fresh } else { Retry::No },
+                    retry: Retry::Fresh,
                 }
             } else {
-                // A fresh connection refused it too: elsewhere, as a request never sent.
-                let mut v = rules.verdict(Class::Refused, Failure::Connect, again);
-                if !again {
-                    v.retry = Retry::No;
-                }
-                v
+                // New connections keep refusing it: elsewhere, as a request never sent.
+                rules.verdict(Class::Refused, Failure::Connect, true)
             }
         }
         Cause::Closed if f.reused => {
@@ -444,6 +457,7 @@ mod tests {
             idempotent,
             replayable,
             retries,
+            refused_again: 0,
         }
     }
 
@@ -595,6 +609,38 @@ mod tests {
             failed(&f(&shortage), &rules(None, true, true, 0)).class,
             Class::Shortage(_)
         ));
+    }
+
+    /// A request refused unprocessed goes again on a new connection to the same backend (not
+    /// a retry), also when a connection opened for it refused it, a bounded number of times;
+    /// then elsewhere as a request never sent.
+    #[test]
+    fn a_request_refused_on_a_new_connection_is_resent_a_bounded_number_of_times() {
+        let stranded = SendError::Stranded;
+        let on = |reused| SendFailure {
+            error: &stranded,
+            reused,
+            unsent: false,
+        };
+        let mut r = rules(None, false, true, 0);
+        assert_eq!(failed(&on(true), &r).retry, Retry::Fresh);
+        for again in 0..REFUSED_AGAIN_RESENDS {
+            r.refused_again = again;
+            let v = failed(&on(false), &r);
+            assert_eq!(v.retry, Retry::Fresh, "resend {again}");
+            assert_eq!(v.class.backend_outcome(), None);
+        }
+        r.refused_again = REFUSED_AGAIN_RESENDS;
+        let v = failed(&on(false), &r);
+        assert_eq!(v.retry, Retry::Another(Failure::Connect), "then elsewhere");
+        assert_eq!(v.class, Class::Refused);
+        assert_eq!(
+            failed(&on(true), &r).retry,
+            Retry::Fresh,
+            "a kept-alive connection's refusal always gets its new connection"
+        );
+        let streamed = rules(None, false, false, 0);
+        assert_eq!(failed(&on(false), &streamed).retry, Retry::No, "body gone");
     }
 
     #[test]

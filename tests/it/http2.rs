@@ -157,14 +157,22 @@ async fn a_burst_at_a_backend_that_drops_connects_fails_over_after_one_connect_t
     }
     // Several requests of the burst went to the dead backend first (each moved on: a retry),
     // and its breaker saw one failure per failed open, not one per request.
-    let status = proxy.status().await;
-    let moved_on = status["routes"][0]["split"][0]["retries"].as_u64().unwrap();
+    let moved_on = moved_on(&proxy).await;
     let s = proxy.backend_status("app", dead).await;
     let failed = s["outcomes"]["connect_failure"].as_u64().unwrap_or(0);
     assert!(
         failed >= 1 && moved_on > failed,
         "{moved_on} requests moved on after {failed} failed opens: {s}"
     );
+}
+
+/// Requests of the route that moved on from its first upstream after a failed try (its
+/// `retries` in `/status`).
+async fn moved_on(proxy: &Proxy) -> u64 {
+    let status = proxy.status().await;
+    status["routes"][0]["split"][0]["retries"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no retries in {status}"))
 }
 
 /// A connection without streams for `idle_timeout` is closed then, not when (or if) the next
@@ -272,6 +280,78 @@ async fn alpn_picks_the_protocol_over_tls() {
     assert!(h2.health_checks.load(std::sync::atomic::Ordering::SeqCst) > 0);
 }
 
+/// `upstreams: app` with the given backends and `routes: r` with `extra` route keys.
+fn one_route(backends: &[std::net::SocketAddr], upstream: &str, route: &str) -> String {
+    let list = backends
+        .iter()
+        .map(|a| format!("'{a}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "{HEAD}upstreams:\n  app:\n    protocol: http2\n    backends: [{list}]\n{upstream}routes:\n  - name: r\n{route}    split: [{{ upstream: app, weight: 1 }}]\n"
+    )
+}
+
+/// A request refused unprocessed (`REFUSED_STREAM`) on the connection opened for it is sent
+/// again on another new connection to the same backend, even when that backend is the only
+/// one, and even a POST: nothing of it was processed. Those resends are not retries (a route
+/// with a retry policy spends none of its attempts or budget on them), and they are bounded:
+/// a backend that refuses everything gets the request three times (the first try and two
+/// resends), then the refusal is the answer, and nothing counts against the backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_refused_again_on_its_new_connection_is_resent_a_bounded_number_of_times() {
+    use crate::support::h2refuser::H2Refuser;
+    let c = client();
+
+    // Refuses the first try and the first resend: the second resend is answered.
+    let twice = H2Refuser::start(2).await;
+    let proxy = Proxy::start(&one_route(&[twice.addr], "", "")).await;
+    let r = get(&c, &proxy.url("/get")).await;
+    assert_eq!((r.status.as_u16(), r.text()), (200, "h2 /get\n"));
+    assert_eq!((twice.requests(), twice.connections()), (3, 3));
+
+    // The same with a POST on a route with a retry policy: no retry was made.
+    let twice = H2Refuser::start(2).await;
+    let route = "    retries: { attempts: 1, on: [connect-failure, 5xx], min_per_second: 100 }\n";
+    let proxy = Proxy::start(&one_route(&[twice.addr], "", route)).await;
+    let req = Request::post(proxy.url("/post"))
+        .body(Full::new(Bytes::from_static(b"payload")))
+        .unwrap();
+    let r = send(&c, req).await;
+    assert_eq!((r.status.as_u16(), r.text()), (200, "h2 /post\n"));
+    assert_eq!(twice.requests(), 3);
+    assert_eq!(moved_on(&proxy).await, 0, "resends are not retries");
+    let m = proxy.metrics().await;
+    let series = format!(
+        "switchyard_upstream_resends_total{{upstream=\"app\",backend=\"{}\",reason=\"refused\"}}",
+        twice.addr
+    );
+    assert_eq!(sample(&m, &series), Some(2.0), "{m}");
+
+    // Refuses everything: three tries, then the refusal is the answer; the backend is not
+    // blamed.
+    let never = H2Refuser::start(u64::MAX).await;
+    let breaker = "    circuit_breaker: { consecutive_failures: 1, open_for: 60s }\n";
+    let proxy = Proxy::start(&one_route(&[never.addr], breaker, "")).await;
+    let r = get(&c, &proxy.url("/never")).await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(
+        r.text().contains("refused the request unprocessed"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(never.requests(), 3, "the first try and two resends");
+    let s = proxy.backend_status("app", never.addr).await;
+    assert_eq!(s["breaker"]["state"], "closed", "{s}");
+    let counted: u64 = s["outcomes"]
+        .as_object()
+        .unwrap()
+        .values()
+        .filter_map(serde_json::Value::as_u64)
+        .sum();
+    assert_eq!(counted, 0, "a refusal says nothing about the backend: {s}");
+}
+
 /// A listener that accepts connections, counts them, and never says a word: a TLS handshake
 /// to it waits out the connect timeout, so each open of a connection to it is one accept and
 /// fails as a connect failure.
@@ -347,12 +427,11 @@ async fn a_failed_shared_open_counts_once_against_the_backend() {
         let r = call.await.unwrap();
         assert_eq!((r.status.as_u16(), r.text()), (200, "h2 /hold\n"));
     }
-    let status = proxy.status().await;
-    let moved_on = status["routes"][0]["split"][0]["retries"].as_u64().unwrap();
+    let moved_on = moved_on(&proxy).await;
     let opens = dead.accepted();
     assert!(
         opens >= 1 && moved_on >= opens + 2,
-        "requests waited for a shared open ({moved_on} moved on from {opens} opens): {status}"
+        "requests waited for a shared open ({moved_on} moved on from {opens} opens)"
     );
     let s = proxy.backend_status("dead", dead.addr).await;
     assert_eq!(

@@ -8,6 +8,7 @@ pub mod dns;
 pub mod etcd;
 pub mod grpc;
 pub mod h2peer;
+pub mod h2refuser;
 pub mod otlp;
 pub mod proxy;
 pub mod raw;

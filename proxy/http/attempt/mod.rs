@@ -52,6 +52,8 @@ pub(crate) struct Attempt<'a> {
     idempotent: bool,
     /// Retries made (fresh-connection resends are not retries).
     retries: u32,
+    /// Resends after a connection opened for this request refused it unprocessed.
+    refused_again: u32,
     tried: Tried,
     /// What sending the request again takes, when it can be.
     replay: Option<Replay>,
@@ -103,6 +105,7 @@ impl<'a> Attempt<'a> {
             policy: route.spec.retries.as_ref(),
             idempotent: classify::is_idempotent(method),
             retries: 0,
+            refused_again: 0,
             tried: Tried::default(),
             replay: None,
             last_error: None,
@@ -131,6 +134,7 @@ impl<'a> Attempt<'a> {
             idempotent: self.idempotent,
             replayable: self.replay.is_some(),
             retries: self.retries,
+            refused_again: self.refused_again,
         }
     }
 
@@ -311,6 +315,8 @@ impl<'a> Attempt<'a> {
                 resent: false,
                 span,
             };
+            // The try failed on a connection opened for it (not one kept alive).
+            let mut on_new = false;
             let (verdict, error, unsent) = match sent {
                 Some(Ok(crate::backend::pool::Sent { resp, conn })) => {
                     let ttfb = sent_at.elapsed();
@@ -345,6 +351,7 @@ impl<'a> Attempt<'a> {
                     continue;
                 }
                 Some(Err(f)) => {
+                    on_new = !f.reused;
                     let sf = SendFailure {
                         error: &f.error,
                         reused: f.reused,
@@ -374,6 +381,9 @@ impl<'a> Attempt<'a> {
                 tried.resent = true;
                 self.record.tried(tried);
                 if verdict.class == Class::Refused {
+                    if on_new {
+                        self.refused_again += 1;
+                    }
                     backend.state.resent_refused();
                 } else {
                     backend.state.resent_stale();

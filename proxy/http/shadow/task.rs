@@ -81,6 +81,7 @@ pub(super) async fn run(mut m: Mirror, body: Bytes) {
         idempotent: false,
         replayable: false,
         retries: u32::MAX,
+        refused_again: u32::MAX,
     };
     let (class, ttfb, answer) = match tokio::time::timeout(spec.timeout, exchange).await {
         Ok(Ok((status, grpc, answer, conn, ttfb))) => {
