@@ -11,11 +11,19 @@
 //! `idle_timeout` without a request: a task per backend, running while it has connections,
 //! closes those that sat idle that long.
 //!
+//! Only the pool holds a connection's sender for long: a request clones it, hands itself over
+//! and drops the clone at once. When the connection's task ends, its entry (the last sender)
+//! is dropped right then. That matters because hyper's request queue outlives the connection
+//! for as long as any sender does: a request queued in the instant the connection's task was
+//! ending lands in a queue nobody reads, and only when the last sender goes is it handed back
+//! (unsent, with its request) to be sent again. No request waits for a timer to find that out.
+//!
 //! hyper does not expose the backend's SETTINGS_MAX_CONCURRENT_STREAMS; a connection whose
 //! backend allows fewer than [`MAX_STREAMS`] queues the excess inside hyper until a stream
 //! frees up (a wait, never a failure).
 
 use std::io;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -30,9 +38,11 @@ pub(crate) const MAX_STREAMS: usize = 100;
 
 pub(crate) type H2Sender = http2::SendRequest<ReqBody>;
 
-/// One HTTP/2 connection and the requests it carries.
+/// What drives one connection (hyper's connection future): it ends when the connection does.
+pub(crate) type Driver = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// One HTTP/2 connection's count of the requests it carries.
 pub(crate) struct Shared {
-    sender: H2Sender,
     streams: AtomicUsize,
     /// When the last request on it ended, in milliseconds after the pool's epoch.
     idle_since_ms: AtomicU64,
@@ -41,52 +51,56 @@ pub(crate) struct Shared {
     epoch: Instant,
 }
 
-impl Shared {
-    fn usable(&self) -> bool {
-        !self.retired.load(Ordering::Relaxed) && !self.sender.is_closed()
-    }
+/// A connection in the pool: its count and the sender that keeps its request queue open.
+struct Entry {
+    conn: Arc<Shared>,
+    sender: H2Sender,
+}
 
+impl Entry {
     /// Still open, and in use or idle for less than `idle_timeout` at `now_ms`.
     fn keep(&self, now_ms: u64, idle_timeout: std::time::Duration) -> bool {
-        self.usable()
-            && (self.streams.load(Ordering::Acquire) > 0
-                || now_ms.saturating_sub(self.idle_since_ms.load(Ordering::Relaxed))
+        let c = &self.conn;
+        !c.retired.load(Ordering::Relaxed)
+            && !self.sender.is_closed()
+            && (c.streams.load(Ordering::Acquire) > 0
+                || now_ms.saturating_sub(c.idle_since_ms.load(Ordering::Relaxed))
                     < idle_timeout.as_millis() as u64)
-    }
-
-    pub(crate) fn retire(&self) {
-        self.retired.store(true, Ordering::Relaxed);
     }
 }
 
-/// A stream on a shared connection, held until the response has been read (or dropped).
+/// A stream on a shared connection: the sender to hand the request to (drop it as soon as the
+/// request is handed over; see the module docs) and the stream's place on the connection.
 pub(crate) struct Lease {
+    pub(crate) sender: H2Sender,
+    pub(crate) stream: Stream,
+}
+
+/// A stream counted on its connection, held until the response has been read (or dropped).
+pub(crate) struct Stream {
     conn: Arc<Shared>,
 }
 
-impl Lease {
-    pub(crate) fn sender(&self) -> H2Sender {
-        self.conn.sender.clone()
-    }
-
+impl Stream {
+    /// The backend refused a request on this connection (GOAWAY): it takes no more.
     pub(crate) fn retire(&self) {
-        self.conn.retire();
+        self.conn.retired.store(true, Ordering::Relaxed);
     }
 }
 
-impl Drop for Lease {
+impl Drop for Stream {
     fn drop(&mut self) {
         let c = &self.conn;
         // Before the count drops: whoever sees no streams must see this idle start, not one
         // from before a busy spell longer than idle_timeout (it would close a connection just
-        // used). A connection still carrying streams ignores it (see Shared::keep).
+        // used). A connection still carrying streams ignores it (see Entry::keep).
         let ms = c.epoch.elapsed().as_millis() as u64;
         c.idle_since_ms.store(ms, Ordering::Relaxed);
         c.streams.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
-type Open = Mutex<Vec<Arc<Shared>>>;
+type Open = Mutex<Vec<Entry>>;
 
 /// The HTTP/2 connections of one backend.
 pub(crate) struct Conns {
@@ -157,15 +171,18 @@ impl Conns {
     pub(crate) fn lease(&self, now: Instant, idle_timeout: std::time::Duration) -> Option<Lease> {
         let mut open = self.open.lock().ok()?;
         let now_ms = now.saturating_duration_since(self.epoch).as_millis() as u64;
-        open.retain(|c| c.keep(now_ms, idle_timeout));
+        open.retain(|e| e.keep(now_ms, idle_timeout));
         // The busiest connection with room: fill one before using the next.
         let best = open
             .iter()
-            .filter(|c| c.streams.load(Ordering::Acquire) < MAX_STREAMS)
-            .max_by_key(|c| c.streams.load(Ordering::Acquire))?;
-        best.streams.fetch_add(1, Ordering::AcqRel);
+            .filter(|e| e.conn.streams.load(Ordering::Acquire) < MAX_STREAMS)
+            .max_by_key(|e| e.conn.streams.load(Ordering::Acquire))?;
+        best.conn.streams.fetch_add(1, Ordering::AcqRel);
         Some(Lease {
-            conn: Arc::clone(best),
+            sender: best.sender.clone(),
+            stream: Stream {
+                conn: Arc::clone(&best.conn),
+            },
         })
     }
 
@@ -189,19 +206,34 @@ impl Conns {
         })
     }
 
-    /// Adds a newly opened connection, with one stream taken for the request that opened it,
-    /// and starts the task that closes idle connections if it is not running.
-    pub(crate) fn add(&self, sender: H2Sender, idle_timeout: std::time::Duration) -> Lease {
+    /// Adds a newly opened connection, with one stream taken for the request that opened it;
+    /// starts its `driver`, which drops the connection from the pool as it ends, and the task
+    /// that closes idle connections if it is not running.
+    pub(crate) fn add(
+        &self,
+        sender: H2Sender,
+        driver: Driver,
+        idle_timeout: std::time::Duration,
+    ) -> Lease {
         let conn = Arc::new(Shared {
-            sender,
             streams: AtomicUsize::new(1),
             idle_since_ms: AtomicU64::new(0),
             retired: std::sync::atomic::AtomicBool::new(false),
             epoch: self.epoch,
         });
+        let lease = Lease {
+            sender: sender.clone(),
+            stream: Stream {
+                conn: Arc::clone(&conn),
+            },
+        };
         if let Ok(mut open) = self.open.lock() {
-            open.push(Arc::clone(&conn));
+            open.push(Entry {
+                conn: Arc::clone(&conn),
+                sender,
+            });
         }
+        tokio::spawn(drive(driver, Arc::downgrade(&self.open), conn));
         // After the push: a task that found the pool empty has cleared the flag under the lock.
         if !self.sweeping.swap(true, Ordering::AcqRel) {
             tokio::spawn(sweep(
@@ -211,7 +243,24 @@ impl Conns {
                 self.epoch,
             ));
         }
-        Lease { conn }
+        lease
+    }
+
+    /// Connections in the pool now (as the last look left them: nothing is dropped here).
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.open.lock().map_or(0, |o| o.len())
+    }
+}
+
+/// Runs a connection; as it ends, drops its entry, and with it the connection's last sender
+/// but those of requests being handed over this instant (see the module docs).
+async fn drive(driver: Driver, open: std::sync::Weak<Open>, conn: Arc<Shared>) {
+    driver.await;
+    if let Some(open) = open.upgrade()
+        && let Ok(mut open) = open.lock()
+    {
+        open.retain(|e| !Arc::ptr_eq(&e.conn, &conn));
     }
 }
 
@@ -234,13 +283,14 @@ async fn sweep(
                 return;
             };
             let now_ms = now.saturating_duration_since(epoch).as_millis() as u64;
-            open.retain(|c| c.keep(now_ms, idle_timeout));
+            open.retain(|e| e.keep(now_ms, idle_timeout));
             if open.is_empty() {
                 sweeping.store(false, Ordering::Release);
                 return;
             }
             // The earliest an idle one can be due; a busy one, not before a full timeout.
             open.iter()
+                .map(|e| &e.conn)
                 .filter(|c| c.streams.load(Ordering::Acquire) == 0)
                 .map(|c| {
                     epoch

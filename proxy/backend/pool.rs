@@ -25,7 +25,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::ClientConfig;
 use tokio::net::TcpStream;
 
-use super::multiplex::{Conns, H2Sender, Lease};
+use super::multiplex::{Conns, Driver, H2Sender, Lease, Stream as H2Stream};
 use crate::body::ReqBody;
 use crate::config::model::{BackendAddr, Protocol, Transport};
 use crate::shard::{self, Padded};
@@ -48,9 +48,10 @@ pub(crate) enum SendError {
     Handshake(#[source] hyper::Error),
     #[error(transparent)]
     Exchange(hyper::Error),
-    /// Queued on an HTTP/2 connection that closed without taking it: never sent.
-    #[error("the HTTP/2 connection closed before taking the request")]
-    Stranded,
+    /// The HTTP/2 backend refused the request unprocessed: `REFUSED_STREAM`, or a GOAWAY that
+    /// excluded its stream (RFC 9113 8.7). Safe to send again, whatever the method.
+    #[error("refused unprocessed: {0}")]
+    Refused(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl SendError {
@@ -64,7 +65,7 @@ impl SendError {
     pub(crate) fn hyper(&self) -> Option<&hyper::Error> {
         match self {
             SendError::Exchange(e) | SendError::Handshake(e) => Some(e),
-            SendError::Connect(_) | SendError::SharedConnect(_) | SendError::Stranded => None,
+            SendError::Connect(_) | SendError::SharedConnect(_) | SendError::Refused(_) => None,
         }
     }
 }
@@ -114,13 +115,13 @@ enum ConnKind {
     /// `None` when the connection closed as its response came.
     Http1(Option<Sender>),
     /// The stream is held (counted on its connection) until this goes.
-    Http2 { _lease: Lease },
+    Http2 { _stream: H2Stream },
 }
 
 /// A new connection, in the protocol it speaks.
 enum Connected {
     Http1(Sender),
-    Http2(H2Sender),
+    Http2(H2Sender, Driver),
 }
 
 impl ConnPool {
@@ -200,8 +201,8 @@ impl ConnPool {
                 None => match Box::pin(self.connect()).await {
                     Ok(Connected::Http1(sender)) => (sender, false),
                     // `auto`: the backend chose HTTP/2.
-                    Ok(Connected::Http2(sender)) => {
-                        let lease = self.h2.add(sender, self.transport.idle_timeout);
+                    Ok(Connected::Http2(sender, driver)) => {
+                        let lease = self.h2.add(sender, driver, self.transport.idle_timeout);
                         return Box::pin(self.exchange_h2(lease, req, false)).await;
                     }
                     Err(e) => {
@@ -280,8 +281,8 @@ impl ConnPool {
             Ok(_) => drop(opening),
         }
         match connected {
-            Ok(Connected::Http2(sender)) => {
-                let lease = self.h2.add(sender, self.transport.idle_timeout);
+            Ok(Connected::Http2(sender, driver)) => {
+                let lease = self.h2.add(sender, driver, self.transport.idle_timeout);
                 self.exchange_h2(lease, req, false).await
             }
             // `auto`: the backend chose HTTP/1.1 this time.
@@ -326,21 +327,16 @@ impl ConnPool {
             http::uri::Scheme::HTTP
         };
         super::h2req::to_h2(&mut req, scheme, &self.addr);
-        let mut sender = lease.sender();
+        let Lease { mut sender, stream } = lease;
         let answer = sender.try_send_request(req);
-        let Some(answer) = answer_h2(&sender, std::pin::pin!(answer)).await else {
-            lease.retire();
-            return Err(Failed {
-                error: SendError::Stranded,
-                unsent: None,
-                reused,
-            });
-        };
-        match answer {
+        // Not held while waiting: a request queued just as the connection's task ended is
+        // handed back once the last sender is gone (see `multiplex`), and this would be one.
+        drop(sender);
+        match answer.await {
             Ok(resp) => Ok(Sent {
                 resp,
                 conn: Conn {
-                    kind: ConnKind::Http2 { _lease: lease },
+                    kind: ConnKind::Http2 { _stream: stream },
                 },
             }),
             Err(mut e) => {
@@ -349,11 +345,14 @@ impl ConnPool {
                     Box::new(r)
                 });
                 let error = e.into_error();
-                if super::h2req::refused(&error) || sender.is_closed() {
-                    lease.retire();
-                }
+                let error = if super::h2req::refused(&error) {
+                    stream.retire();
+                    SendError::Refused(Box::new(error))
+                } else {
+                    SendError::Exchange(error)
+                };
                 Err(Failed {
-                    error: SendError::Exchange(error),
+                    error,
                     unsent,
                     reused,
                 })
@@ -443,8 +442,8 @@ impl ConnPool {
         match (connected, h2) {
             (Stream::Plain(s), false) => handshake(s).await.map(Connected::Http1),
             (Stream::Tls(s), false) => handshake(*s).await.map(Connected::Http1),
-            (Stream::Plain(s), true) => handshake_h2(s).await.map(Connected::Http2),
-            (Stream::Tls(s), true) => handshake_h2(*s).await.map(Connected::Http2),
+            (Stream::Plain(s), true) => handshake_h2(s).await,
+            (Stream::Tls(s), true) => handshake_h2(*s).await,
         }
     }
 
@@ -494,39 +493,6 @@ async fn answer_of<F: Future>(
     .await
 }
 
-/// How often a request waiting on an HTTP/2 connection looks whether the connection closed, and
-/// how long after that its answer may still come (streams the connection had taken get their
-/// errors as it ends: milliseconds).
-const H2_CLOSED_CHECK: std::time::Duration = std::time::Duration::from_millis(250);
-const H2_STRANDED_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// Waits for the answer to a request handed to a shared HTTP/2 connection. A request queued
-/// just as the connection's task ended stays in hyper's queue until every clone of its sender
-/// is gone, and the pool and other leases hold clones: nobody would answer it before the
-/// route's timeout. So while waiting, the connection is looked at; once it has been closed
-/// for [`H2_STRANDED_AFTER`] with no answer, the request was never taken by it (`None`).
-async fn answer_h2<F: Future>(
-    sender: &H2Sender,
-    mut answer: std::pin::Pin<&mut F>,
-) -> Option<F::Output> {
-    let mut closed_since: Option<tokio::time::Instant> = None;
-    loop {
-        tokio::select! {
-            biased;
-            r = answer.as_mut() => return Some(r),
-            () = tokio::time::sleep(H2_CLOSED_CHECK) => {
-                if !sender.is_closed() {
-                    continue;
-                }
-                let since = *closed_since.get_or_insert_with(tokio::time::Instant::now);
-                if since.elapsed() >= H2_STRANDED_AFTER {
-                    return None;
-                }
-            }
-        }
-    }
-}
-
 enum Stream {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
@@ -548,7 +514,8 @@ where
     Ok(sender)
 }
 
-async fn handshake_h2<S>(stream: S) -> Result<H2Sender, SendError>
+/// A new HTTP/2 connection: its sender, and the driver [`Conns::add`] runs.
+async fn handshake_h2<S>(stream: S) -> Result<Connected, SendError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -562,12 +529,12 @@ where
         .handshake(TokioIo::new(super::h2io::ReadsFirst::new(stream)))
         .await
         .map_err(SendError::Handshake)?;
-    tokio::spawn(async move {
+    let driver = Box::pin(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "upstream HTTP/2 connection ended with an error");
         }
     });
-    Ok(sender)
+    Ok(Connected::Http2(sender, driver))
 }
 
 impl std::fmt::Debug for ConnPool {
@@ -578,3 +545,7 @@ impl std::fmt::Debug for ConnPool {
             .finish()
     }
 }
+
+#[cfg(test)]
+#[path = "pool_h2_tests.rs"]
+mod h2_tests;

@@ -361,16 +361,12 @@ fn cause(e: &SendError) -> Cause {
     if e.is_connect() {
         return Cause::Connect;
     }
-    // Never taken by the connection: unprocessed, like a stream the backend refused.
-    if matches!(e, SendError::Stranded) {
+    if matches!(e, SendError::Refused(_)) {
         return Cause::Refused;
     }
     let Some(h) = e.hyper() else {
         return Cause::Broken;
     };
-    if crate::backend::h2req::refused(h) {
-        return Cause::Refused;
-    }
     let closed = h.is_incomplete_message()
         || h.is_canceled()
         || find_in_chain::<std::io::Error>(h).is_some_and(|io| {
@@ -459,6 +455,10 @@ mod tests {
             retries,
             refused_again: 0,
         }
+    }
+
+    fn refused() -> SendError {
+        SendError::Refused(Box::new(std::io::Error::other("REFUSED_STREAM")))
     }
 
     fn io(kind: std::io::ErrorKind) -> SendError {
@@ -555,12 +555,12 @@ mod tests {
         }
     }
 
-    /// Queued on an HTTP/2 connection that closed without taking it: never sent, so a POST
-    /// whose body was kept goes again on a fresh connection, and the backend is not blamed.
+    /// Refused unprocessed by an HTTP/2 backend: a POST whose body was kept goes again on a
+    /// fresh connection, and the backend is not blamed.
     #[test]
-    fn a_request_stranded_on_a_closed_http2_connection_goes_again() {
+    fn a_request_refused_unprocessed_goes_again() {
         let f = SendFailure {
-            error: &SendError::Stranded,
+            error: &refused(),
             reused: true,
             unsent: false,
         };
@@ -616,9 +616,9 @@ mod tests {
     /// then elsewhere as a request never sent.
     #[test]
     fn a_request_refused_on_a_new_connection_is_resent_a_bounded_number_of_times() {
-        let stranded = SendError::Stranded;
+        let refused = refused();
         let on = |reused| SendFailure {
-            error: &stranded,
+            error: &refused,
             reused,
             unsent: false,
         };
