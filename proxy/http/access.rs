@@ -18,8 +18,8 @@ use crate::server::conn::ConnInfo;
 
 /// Starts the line of a request on a listener that logs, and makes sure the request carries
 /// an `x-request-id` (a client's own when [`request_id::acceptable`], else a fresh one), which
-/// the backend then sees. Returns the id to answer with.
-pub(crate) fn begin<B>(conn: &ConnInfo, req: &mut Request<B>) -> Option<Pending> {
+/// the backend then sees. Returns the line and the id to answer with.
+pub(crate) fn begin<B>(conn: &ConnInfo, req: &mut Request<B>) -> Option<(Pending, HeaderValue)> {
     let log = conn.limits.access_log.get()?;
     let request_id = match req.headers().get(&X_REQUEST_ID) {
         Some(v) if request_id::acceptable(v) => v.clone(),
@@ -57,21 +57,12 @@ pub(crate) fn begin<B>(conn: &ConnInfo, req: &mut Request<B>) -> Option<Pending>
             names: &Flags::NAMES,
         },
     });
-    Some(Pending {
-        log,
-        entry,
-        request_id,
-    })
-}
-
-/// The id the response carries back to the client.
-pub(crate) fn request_id(line: &Pending) -> &HeaderValue {
-    &line.request_id
+    Some((Pending { log, entry }, request_id))
 }
 
 /// Fills the line from the finished record and queues it (never waits).
 pub(crate) fn finish(line: Pending, r: &Record, snap: Option<&Snapshot>) {
-    let Pending { log, mut entry, .. } = line;
+    let Pending { log, mut entry } = line;
     let route = snap.zip(r.route).map(|(s, i)| &s.routes[i]);
     let target = route.zip(r.target).map(|(rt, t)| &rt.targets[t]);
     let e = &mut *entry;

@@ -52,11 +52,10 @@ async fn handle(
 ) -> Response<ProxyBody> {
     let mut record = Record::start(Instant::now(), req.method().clone(), req.version());
     record.grpc = grpc::is_grpc(req.headers());
-    let Some(line) = access::begin(conn, &mut req) else {
+    let Some((line, id)) = access::begin(conn, &mut req) else {
         return serve(shared, conn, req, record).await;
     };
     // The id goes back to the client, whoever answered.
-    let id = access::request_id(&line).clone();
     record.access = Some(line);
     let mut resp = serve(shared, conn, req, record).await;
     resp.headers_mut().insert(X_REQUEST_ID.clone(), id);
