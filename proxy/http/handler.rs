@@ -96,9 +96,11 @@ async fn serve(
             return local::answer(None, record, r.status, token, r.why);
         }
     }
+    let names = headers::Names::scan(req.headers());
     let snap = shared.snapshot();
     record.trace = RequestTrace::start(
         &req,
+        names.has(headers::Names::TRACEPARENT),
         conn.peer,
         conn.proto,
         &snap.config.tracing,
@@ -127,15 +129,17 @@ async fn serve(
             .insert(header::RETRY_AFTER, HeaderValue::from(limited.retry_after));
         return resp;
     }
-    proxy(shared, snap, route, req, conn, record).await
+    proxy(shared, snap, route, req, names, conn, record).await
 }
 
-/// Sends a routed request on its way and turns what came of it into the client's response.
+/// Sends a routed request, which carries `names`, on its way and turns what came of it into the
+/// client's response.
 async fn proxy(
     shared: &Shared,
     snap: Arc<Snapshot>,
     route: usize,
     mut req: Request<Incoming>,
+    names: headers::Names,
     conn: &ConnInfo,
     mut record: Box<Record>,
 ) -> Response<ProxyBody> {
@@ -163,12 +167,15 @@ async fn proxy(
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let timer = conn.timer(req.version());
     let (mut head, body) = req.into_parts();
-    headers::prepare(&mut head, conn, upgrade);
+    headers::prepare(&mut head, names, conn, upgrade);
     if let Some(t) = &record.trace {
-        t.propagate(&mut head.headers, rt.shadow.is_some());
+        let stated = names.has(headers::Names::TRACESTATE);
+        t.propagate(&mut head.headers, rt.shadow.is_some(), stated);
     }
     // Only switchyard marks copies: a client must not make a primary skip its side effects.
-    head.headers.remove(&shadow::X_SWITCHYARD_SHADOW);
+    if names.has(headers::Names::SHADOW_MARK) {
+        head.headers.remove(&shadow::X_SWITCHYARD_SHADOW);
+    }
     let mirror = rt
         .shadow
         .as_ref()
