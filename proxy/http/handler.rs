@@ -52,32 +52,59 @@ async fn handle(
 ) -> Response<ProxyBody> {
     let mut record = Record::start(Instant::now(), req.method().clone(), req.version());
     record.grpc = grpc::is_grpc(req.headers());
-    let Some((line, id)) = access::begin(conn, &mut req) else {
-        return serve(shared, conn, req, record).await;
+    let id = access::begin(conn, &mut req).map(|(line, id)| {
+        record.access = Some(line);
+        id
+    });
+    // Admission is synchronous, and only a routed request takes the one await: no future
+    // between this one and `proxy`'s, which would be moved into place for every request.
+    let mut resp = match admit(shared, conn, &mut req, record) {
+        Admitted::Routed(routed) => proxy(shared, routed, req, conn).await,
+        Admitted::Answered(resp) => resp,
     };
     // The id goes back to the client, whoever answered.
-    record.access = Some(line);
-    let mut resp = serve(shared, conn, req, record).await;
-    resp.headers_mut().insert(X_REQUEST_ID.clone(), id);
+    if let Some(id) = id {
+        resp.headers_mut().insert(X_REQUEST_ID.clone(), id);
+    }
     resp
 }
 
-async fn serve(
+/// What admission came to: the request routed, or switchyard's own answer.
+// Lives on the stack for a moment and is matched at once: boxing the response would cost an
+// allocation instead.
+#[allow(clippy::large_enum_variant)]
+enum Admitted {
+    Routed(Routed),
+    Answered(Response<ProxyBody>),
+}
+
+/// A routed request's state besides the request itself.
+struct Routed {
+    snap: Arc<Snapshot>,
+    /// The route's index in `snap`.
+    route: usize,
+    /// The tracked names the request carries.
+    names: headers::Names,
+    record: Box<Record>,
+}
+
+/// Refuses what must not be forwarded, loads the snapshot, routes and rate-limits.
+fn admit(
     shared: &Shared,
     conn: &ConnInfo,
-    mut req: Request<Incoming>,
+    req: &mut Request<Incoming>,
     mut record: Box<Record>,
-) -> Response<ProxyBody> {
+) -> Admitted {
     if req.version() != http::Version::HTTP_2 && conn.heads.next_is_ambiguous() {
         conn.limits.counters.hit(Limit::MalformedRequest);
         record.flags.set(Flags::LIMIT_REJECTED);
-        return local::answer(
+        return Admitted::Answered(local::answer(
             None,
             record,
             StatusCode::BAD_REQUEST,
             "bad-request",
             "ambiguous framing: Content-Length twice, or with Transfer-Encoding",
-        );
+        ));
     }
     match validate::check(req.version(), req.uri(), req.headers(), &conn.limits.spec) {
         Ok(a) if a.drop_underscored => {
@@ -93,13 +120,13 @@ async fn serve(
             } else {
                 "bad-request"
             };
-            return local::answer(None, record, r.status, token, r.why);
+            return Admitted::Answered(local::answer(None, record, r.status, token, r.why));
         }
     }
     let names = headers::Names::scan(req.headers());
     let snap = shared.snapshot();
     record.trace = RequestTrace::start(
-        &req,
+        req,
         names.has(headers::Names::TRACEPARENT),
         conn.peer,
         conn.proto,
@@ -107,10 +134,10 @@ async fn serve(
         &shared.tracer,
         record.started,
     );
-    let host = request_host(&req);
+    let host = request_host(req);
     let Some(route) = snap.router.find(host, req.uri().path(), req.headers()) else {
         shared.counters.unrouted();
-        return local::error(Some(snap), record, &ProxyError::no_route());
+        return Admitted::Answered(local::error(Some(snap), record, &ProxyError::no_route()));
     };
     record.route = Some(route);
     let rt = &snap.routes[route];
@@ -127,22 +154,29 @@ async fn serve(
         );
         resp.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(limited.retry_after));
-        return resp;
+        return Admitted::Answered(resp);
     }
-    proxy(shared, snap, route, req, names, conn, record).await
+    Admitted::Routed(Routed {
+        snap,
+        route,
+        names,
+        record,
+    })
 }
 
-/// Sends a routed request, which carries `names`, on its way and turns what came of it into the
-/// client's response.
+/// Sends a routed request on its way and turns what came of it into the client's response.
 async fn proxy(
     shared: &Shared,
-    snap: Arc<Snapshot>,
-    route: usize,
+    routed: Routed,
     mut req: Request<Incoming>,
-    names: headers::Names,
     conn: &ConnInfo,
-    mut record: Box<Record>,
 ) -> Response<ProxyBody> {
+    let Routed {
+        snap,
+        route,
+        names,
+        mut record,
+    } = routed;
     let rt = &snap.routes[route];
     let aim = Aim::new(rt, req.headers());
     if let Some(status) = fault::inject(rt, &aim, &mut record).await {
