@@ -21,11 +21,17 @@ use crate::server::conn::ConnInfo;
 /// the backend then sees. Returns the line and the id to answer with.
 pub(crate) fn begin<B>(conn: &ConnInfo, req: &mut Request<B>) -> Option<(Pending, HeaderValue)> {
     let log = conn.limits.access_log.get()?;
-    let request_id = match req.headers().get(&X_REQUEST_ID) {
-        Some(v) if request_id::acceptable(v) => v.clone(),
-        _ => {
+    // One lookup to read the client's id and, when it is not kept, to set a fresh one.
+    let request_id = match req.headers_mut().entry(&X_REQUEST_ID) {
+        header::Entry::Occupied(o) if request_id::acceptable(o.get()) => o.get().clone(),
+        header::Entry::Occupied(mut o) => {
             let id = request_id::generate();
-            req.headers_mut().insert(X_REQUEST_ID.clone(), id.clone());
+            o.insert(id.clone());
+            id
+        }
+        header::Entry::Vacant(v) => {
+            let id = request_id::generate();
+            v.insert(id.clone());
             id
         }
     };
