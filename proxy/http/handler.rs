@@ -50,15 +50,16 @@ async fn handle(
     conn: &ConnInfo,
     mut req: Request<Incoming>,
 ) -> Response<ProxyBody> {
+    let names = headers::Names::scan(req.headers());
     let mut record = Record::start(Instant::now(), req.method().clone(), req.version());
-    record.grpc = grpc::is_grpc(req.headers());
-    let id = access::begin(conn, &mut req).map(|(line, id)| {
+    record.grpc = names.has(headers::Names::CONTENT_TYPE) && grpc::is_grpc(req.headers());
+    let id = access::begin(conn, &mut req, names).map(|(line, id)| {
         record.access = Some(line);
         id
     });
     // Admission is synchronous, and only a routed request takes the one await: no future
     // between this one and `proxy`'s, which would be moved into place for every request.
-    let mut resp = match admit(shared, conn, &mut req, record) {
+    let mut resp = match admit(shared, conn, &mut req, names, record) {
         Admitted::Routed(routed) => proxy(shared, routed, req, conn).await,
         Admitted::Answered(resp) => resp,
     };
@@ -88,11 +89,13 @@ struct Routed {
     record: Box<Record>,
 }
 
-/// Refuses what must not be forwarded, loads the snapshot, routes and rate-limits.
+/// Refuses what must not be forwarded, loads the snapshot, routes and rate-limits a request
+/// that carries `names`.
 fn admit(
     shared: &Shared,
     conn: &ConnInfo,
     req: &mut Request<Incoming>,
+    names: headers::Names,
     mut record: Box<Record>,
 ) -> Admitted {
     if req.version() != http::Version::HTTP_2 && conn.heads.next_is_ambiguous() {
@@ -123,7 +126,6 @@ fn admit(
             return Admitted::Answered(local::answer(None, record, r.status, token, r.why));
         }
     }
-    let names = headers::Names::scan(req.headers());
     let snap = shared.snapshot();
     record.trace = RequestTrace::start(
         req,
@@ -197,7 +199,8 @@ async fn proxy(
     } else {
         record.started
     };
-    let upgrade = headers::is_upgrade_request(req.version(), req.headers());
+    let upgrade = names.has(headers::Names::CONNECTION)
+        && headers::is_upgrade_request(req.version(), req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let timer = conn.timer(req.version());
     let (mut head, body) = req.into_parts();

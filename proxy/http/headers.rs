@@ -56,13 +56,21 @@ pub(crate) fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> 
 pub(crate) struct Names(u16);
 
 impl Names {
+    pub(crate) const CONNECTION: Names = Names(1);
+    pub(crate) const TRANSFER_ENCODING: Names = Names(1 << 5);
     pub(crate) const TRACEPARENT: Names = Names(1 << 7);
     pub(crate) const TRACESTATE: Names = Names(1 << 8);
     pub(crate) const SHADOW_MARK: Names = Names(1 << 9);
+    pub(crate) const CONTENT_LENGTH: Names = Names(1 << 10);
+    pub(crate) const CONTENT_TYPE: Names = Names(1 << 11);
 
     /// The names `headers` carries, of those tracked.
     pub(crate) fn scan(headers: &HeaderMap) -> Names {
-        Names(headers.keys().fold(0, |seen, name| seen | bit(name.as_str())))
+        let mut seen = 0;
+        for name in headers.keys() {
+            seen |= bit(name.as_str());
+        }
+        Names(seen)
     }
 
     pub(crate) fn has(self, n: Names) -> bool {
@@ -90,6 +98,8 @@ fn bit(name: &str) -> u16 {
         "traceparent" => Names::TRACEPARENT.0,
         "tracestate" => Names::TRACESTATE.0,
         "x-switchyard-shadow" => Names::SHADOW_MARK.0,
+        "content-length" => Names::CONTENT_LENGTH.0,
+        "content-type" => Names::CONTENT_TYPE.0,
         _ => 0,
     }
 }
@@ -294,13 +304,19 @@ mod tests {
 
     #[test]
     fn one_scan_finds_each_tracked_name() {
+        use crate::http::shadow::X_SWITCHYARD_SHADOW;
+        use crate::trace::context;
         for (i, name) in fixed_hop_by_hop().iter().enumerate() {
             assert_eq!(bit(name.as_str()), 1 << i, "{name}");
         }
         let tracked = [
-            (&crate::trace::context::TRACEPARENT, Names::TRACEPARENT),
-            (&crate::trace::context::TRACESTATE, Names::TRACESTATE),
-            (&crate::http::shadow::X_SWITCHYARD_SHADOW, Names::SHADOW_MARK),
+            (&header::CONNECTION, Names::CONNECTION),
+            (&header::TRANSFER_ENCODING, Names::TRANSFER_ENCODING),
+            (&header::CONTENT_LENGTH, Names::CONTENT_LENGTH),
+            (&header::CONTENT_TYPE, Names::CONTENT_TYPE),
+            (&context::TRACEPARENT, Names::TRACEPARENT),
+            (&context::TRACESTATE, Names::TRACESTATE),
+            (&X_SWITCHYARD_SHADOW, Names::SHADOW_MARK),
         ];
         for (name, n) in tracked {
             assert_eq!(Names(bit(name.as_str())), n, "{name}");
