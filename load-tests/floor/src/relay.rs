@@ -1,8 +1,10 @@
 //! Moving one message from one socket to the other: its head, then its body as the body's
 //! framing delimits it, bytes passing through unchanged.
 
-use std::future::Future;
+use std::future::{Future, poll_fn};
 use std::io::{self, IoSlice};
+use std::pin::pin;
+use std::task::Poll;
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
@@ -73,15 +75,21 @@ async fn write_two(s: &mut TcpStream, a: &[u8], b: &[u8]) -> io::Result<()> {
 }
 
 /// `f` bounded by `limit` (nginx's client_header, proxy_read and send timeouts are 60 s
-/// each); `None` runs it unbounded, to measure what the timers cost.
+/// each); `None` runs it unbounded, to measure what the timers cost. The timer is armed only
+/// when `f` has to wait: a write the socket takes at once, or a read of bytes already there,
+/// reads no clock and touches no timer wheel.
 pub(crate) async fn timed<T>(
     limit: Option<Duration>,
     f: impl Future<Output = io::Result<T>>,
 ) -> io::Result<T> {
-    match limit {
-        Some(d) => tokio::time::timeout(d, f)
-            .await
-            .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into())),
-        None => f.await,
+    let mut f = pin!(f);
+    let Some(d) = limit else {
+        return f.await;
+    };
+    if let Poll::Ready(r) = poll_fn(|cx| Poll::Ready(f.as_mut().poll(cx))).await {
+        return r;
     }
+    tokio::time::timeout(d, f)
+        .await
+        .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
 }
