@@ -3,11 +3,14 @@
 # load-tests/floor/ (not part of switchyard; its own package), checks it end to end
 # (smoke.py), then measures it beside switchyard and nginx:
 #   - callgrind instructions per request on load-tests/callgrind.sh's harness (Python keep-alive
-#     backend and client, the proxy alone under valgrind, FEW vs MANY requests): floor with its
-#     timers, floor without them (FLOOR_TIMEOUTS=off), switchyard, and nginx with upstream
+#     backend and client, the proxy alone under valgrind, FEW vs MANY requests): floor with a
+#     tokio timeout per blocking wait (its default), with coarse timeouts (FLOOR_TIMEOUTS=coarse:
+#     a per-second sweeper thread, no tokio time driver), without any (FLOOR_TIMEOUTS=off),
+#     switchyard, and nginx with upstream
 #     keep-alive on the same backend and client (read from callgrind.sh, so they cannot drift);
 #     then where floor's and switchyard's instructions go, by crate (by_crate.py);
-#   - ../shared/bench/ab.sh (CPU us per request, user and kernel, against nginx), RUNS times.
+#   - ../shared/bench/ab.sh (CPU us per request, user and kernel, against nginx), RUNS times
+#     (floor's timer mode as FLOOR_TIMEOUTS says, tokio if unset).
 # Loopback only; bounded by the request counts and ab.sh's windows.
 #
 #   load-tests/floor.sh                    # everything
@@ -66,10 +69,12 @@ EOF
 
 if [ "$WHAT" = all ] || [ "$WHAT" = callgrind ]; then
   echo "== load average: $(cut -d' ' -f1-3 /proc/loadavg)"
-  echo "== callgrind: floor (timers on)"
+  echo "== callgrind: floor (a tokio timeout per blocking wait)"
   KEEP=$KEEP/floor BIN=$FLOOR FEW=$FEW MANY=$MANY load-tests/callgrind.sh
-  echo "== callgrind: floor, FLOOR_TIMEOUTS=off"
-  FLOOR_TIMEOUTS=off KEEP=$KEEP/floor-notimers BIN=$FLOOR FEW=$FEW MANY=$MANY load-tests/callgrind.sh
+  for mode in coarse off; do
+    echo "== callgrind: floor, FLOOR_TIMEOUTS=$mode"
+    FLOOR_TIMEOUTS=$mode KEEP=$KEEP/floor-$mode BIN=$FLOOR FEW=$FEW MANY=$MANY load-tests/callgrind.sh
+  done
   if [ -x "$SWITCHYARD" ]; then
     echo "== callgrind: switchyard ($SWITCHYARD)"
     KEEP=$KEEP/switchyard BIN=$SWITCHYARD FEW=$FEW MANY=$MANY load-tests/callgrind.sh
@@ -78,7 +83,7 @@ if [ "$WHAT" = all ] || [ "$WHAT" = callgrind ]; then
   fi
   echo "== callgrind: nginx"
   nginx_callgrind
-  for who in floor floor-notimers switchyard; do
+  for who in floor floor-coarse floor-off switchyard; do
     [ -f "$KEEP/$who/cg.$MANY" ] || continue
     echo "== $who, by crate"
     python3 load-tests/floor/by_crate.py "$KEEP/$who" "$FEW" "$MANY" 15

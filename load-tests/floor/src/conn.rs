@@ -2,7 +2,6 @@
 //! connection from the worker's idle pool, its response relayed back.
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -11,7 +10,8 @@ use crate::buf::Buf;
 use crate::framing::Framing;
 use crate::head::{self, Reject, Request, Response};
 use crate::pool;
-use crate::relay::{self, Side, timed};
+use crate::relay::{self, Side};
+use crate::timer::Timer;
 
 /// Per connection and direction; also the largest head accepted (nginx's
 /// large_client_header_buffers is 8 KiB per line; hyper's default buffer 400 KiB).
@@ -27,8 +27,7 @@ const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 pub(crate) struct Config {
     pub(crate) upstream: SocketAddr,
-    /// Bounds every wait on a socket; `None` for the timer-free variant.
-    pub(crate) limit: Option<Duration>,
+    pub(crate) timers: crate::timer::Mode,
 }
 
 /// How a client connection ends.
@@ -50,6 +49,7 @@ enum Fail {
 
 struct Conn {
     cfg: &'static Config,
+    timer: Timer,
     client_ip: Vec<u8>,
     from_client: Buf,
     from_backend: Buf,
@@ -57,9 +57,15 @@ struct Conn {
     response_head: Vec<u8>,
 }
 
-pub(crate) async fn serve(mut client: TcpStream, peer: SocketAddr, cfg: &'static Config) {
+pub(crate) async fn serve(
+    mut client: TcpStream,
+    peer: SocketAddr,
+    cfg: &'static Config,
+    timer: Timer,
+) {
     let mut c = Conn {
         cfg,
+        timer,
         client_ip: peer.ip().to_string().into_bytes(),
         from_client: Buf::new(BUF),
         from_backend: Buf::new(BUF),
@@ -71,7 +77,7 @@ pub(crate) async fn serve(mut client: TcpStream, peer: SocketAddr, cfg: &'static
             Ok(true) => {}
             Ok(false) | Err(Stop::Close) => return,
             Err(Stop::Reply(answer)) => {
-                let _ = timed(cfg.limit, client.write_all(answer)).await;
+                let _ = c.timer.timed(client.write_all(answer)).await;
                 let _ = client.shutdown().await;
                 return;
             }
@@ -88,7 +94,8 @@ impl Conn {
         };
         self.from_client.consume(req.len);
         if req.expect_continue && self.from_client.is_empty() {
-            timed(self.cfg.limit, client.write_all(CONTINUE))
+            self.timer
+                .timed(client.write_all(CONTINUE))
                 .await
                 .map_err(|_| Stop::Close)?;
         }
@@ -118,7 +125,7 @@ impl Conn {
             client,
             &self.response_head,
             &mut body,
-            self.cfg.limit,
+            &self.timer,
         )
         .await
         // The head may be out already: all that is left is to close.
@@ -148,7 +155,9 @@ impl Conn {
                     Err(Reject::TooLarge) => return Err(Stop::Reply(TOO_LARGE)),
                 }
             }
-            let n = timed(self.cfg.limit, self.from_client.read_from(client))
+            let n = self
+                .timer
+                .timed(self.from_client.read_from(client))
                 .await
                 .map_err(|_| Stop::Close)?;
             if n == 0 {
@@ -169,7 +178,6 @@ impl Conn {
         req: &Request,
         body: &mut Framing,
     ) -> Result<Response, Fail> {
-        let limit = self.cfg.limit;
         self.from_backend.clear();
         relay::message(
             client,
@@ -177,7 +185,7 @@ impl Conn {
             backend,
             &self.request_head,
             body,
-            limit,
+            &self.timer,
         )
         .await
         .map_err(|side| match side {
@@ -189,7 +197,8 @@ impl Conn {
             if !self.from_backend.is_empty() {
                 match head::response(self.from_backend.filled(), req, &mut self.response_head) {
                     Ok(Some(resp)) if resp.interim => {
-                        timed(limit, client.write_all(&self.response_head))
+                        self.timer
+                            .timed(client.write_all(&self.response_head))
                             .await
                             .map_err(|_| Fail::Client)?;
                         self.from_backend.consume(resp.len);
@@ -200,7 +209,7 @@ impl Conn {
                     Ok(None) | Err(_) => return Err(Fail::Backend { early: false }),
                 }
             }
-            let n = match timed(limit, self.from_backend.read_from(backend)).await {
+            let n = match self.timer.timed(self.from_backend.read_from(backend)).await {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
                     return Err(Fail::Backend { early: false });
@@ -215,7 +224,9 @@ impl Conn {
     }
 
     async fn connect(&self) -> Option<TcpStream> {
-        let s = timed(self.cfg.limit, TcpStream::connect(self.cfg.upstream))
+        let s = self
+            .timer
+            .timed(TcpStream::connect(self.cfg.upstream))
             .await
             .ok()?;
         s.set_nodelay(true).ok()?;

@@ -6,7 +6,7 @@
 //!   floor run -c CONFIG.yaml [ignored]    the first listener's bind and the first backend of
 //!                                         a switchyard config, so load-tests/callgrind.sh can
 //!                                         start it with BIN=
-//!   FLOOR_TIMEOUTS=off                    no timers (measures what they cost)
+//!   FLOOR_TIMEOUTS=tokio|coarse|off       how waits are bounded (timer.rs); default tokio
 #![forbid(unsafe_code)]
 
 mod buf;
@@ -15,13 +15,14 @@ mod framing;
 mod head;
 mod pool;
 mod relay;
+mod timer;
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use tokio::net::TcpListener;
 
 use conn::Config;
+use timer::{Mode, Timer};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -32,13 +33,14 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let limit = match std::env::var("FLOOR_TIMEOUTS").as_deref() {
-        Ok("off") => None,
-        _ => Some(Duration::from_secs(60)),
+    let timers = match std::env::var("FLOOR_TIMEOUTS").as_deref() {
+        Ok("off") => Mode::Off,
+        Ok("coarse") => Mode::Coarse,
+        _ => Mode::Tokio,
     };
     let mut rt = tokio::runtime::Builder::new_current_thread();
     rt.enable_io();
-    if limit.is_some() {
+    if timers == Mode::Tokio {
         rt.enable_time();
     }
     let rt = match rt.build() {
@@ -48,7 +50,7 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let cfg: &'static Config = Box::leak(Box::new(Config { upstream, limit }));
+    let cfg: &'static Config = Box::leak(Box::new(Config { upstream, timers }));
     if let Err(e) = rt.block_on(accept(listen, cfg)) {
         eprintln!("floor: {listen}: {e}");
         std::process::exit(1);
@@ -57,11 +59,16 @@ fn main() {
 
 async fn accept(listen: SocketAddr, cfg: &'static Config) -> std::io::Result<()> {
     let listener = TcpListener::bind(listen).await?;
+    if cfg.timers == Mode::Coarse {
+        timer::start_sweeper()?;
+    }
     loop {
         match listener.accept().await {
             Ok((s, peer)) => {
                 let _ = s.set_nodelay(true);
-                tokio::spawn(conn::serve(s, peer, cfg));
+                let timer = Timer::new(cfg.timers);
+                let task = tokio::spawn(conn::serve(s, peer, cfg, timer.clone()));
+                timer.watch(task.abort_handle());
             }
             // Out of descriptors and the like: the listener stays, the next accept may work.
             Err(e) => eprintln!("floor: accept: {e}"),
