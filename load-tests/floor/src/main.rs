@@ -1,6 +1,7 @@
-//! floor: the smallest correct HTTP/1.1 keep-alive reverse proxy on tokio with its own codec
-//! (httparse), to measure what the protocol work and the runtime cost per request. Not part of
-//! switchyard. See load-tests/floor.sh.
+//! floor: a minimal HTTP/1.1 keep-alive reverse proxy on tokio with its own codec (httparse),
+//! correct for plain proxied traffic, to measure what the protocol work and the runtime cost
+//! per request. Not part of switchyard; it leaves out Upgrade, HTTP/1.0 keep-alive, routing and
+//! everything else a product needs. See load-tests/floor.sh.
 //!
 //!   floor LISTEN UPSTREAM                 e.g. floor 127.0.0.1:18085 127.0.0.1:18081
 //!   floor run -c CONFIG.yaml [ignored]    the first listener's bind and the first backend of
