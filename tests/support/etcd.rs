@@ -82,7 +82,10 @@ impl Etcd {
         let path = self.log();
         let log = || std::fs::read_to_string(&path).unwrap_or_default();
         for _ in 0..600 {
-            let exited = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
             let text = log();
             if exited.is_none() && text.contains("ready to serve client requests") {
                 return true;
