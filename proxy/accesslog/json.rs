@@ -84,20 +84,35 @@ fn protocol(v: Version) -> &'static str {
 }
 
 /// `n` in decimal. By hand rather than through `core::fmt`, which costs several times more
-/// per number and the writer formats a dozen numbers a line.
+/// per number and the writer formats a dozen numbers a line; two digits per division.
 fn uint(out: &mut Vec<u8>, mut n: u64) {
     let mut digits = [0u8; 20];
     let mut at = digits.len();
-    loop {
+    while n >= 100 {
+        at -= 2;
+        digits[at..at + 2].copy_from_slice(&DIGIT_PAIRS[(n % 100) as usize]);
+        n /= 100;
+    }
+    if n >= 10 {
+        at -= 2;
+        digits[at..at + 2].copy_from_slice(&DIGIT_PAIRS[n as usize]);
+    } else {
         at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
+        digits[at] = b'0' + n as u8;
     }
     out.extend_from_slice(&digits[at..]);
 }
+
+/// `00` to `99`.
+const DIGIT_PAIRS: [[u8; 2]; 100] = {
+    let mut t = [[0u8; 2]; 100];
+    let mut i = 0;
+    while i < 100 {
+        t[i] = [b'0' + (i / 10) as u8, b'0' + (i % 10) as u8];
+        i += 1;
+    }
+    t
+};
 
 /// `n` as exactly `width` digits (zero-padded; `n` must fit).
 fn padded(out: &mut Vec<u8>, mut n: u64, width: usize) {
@@ -162,8 +177,8 @@ const ESCAPE: [bool; 256] = {
 /// `s` as a JSON string, quotes included.
 pub(crate) fn string(out: &mut Vec<u8>, s: &[u8]) {
     out.push(b'"');
-    if s.is_ascii() {
-        escape(out, s);
+    if is_plain(s) {
+        out.extend_from_slice(s);
     } else {
         for chunk in s.utf8_chunks() {
             escape(out, chunk.valid().as_bytes());
@@ -175,26 +190,30 @@ pub(crate) fn string(out: &mut Vec<u8>, s: &[u8]) {
     out.push(b'"');
 }
 
-/// Valid UTF-8 `s` with [`ESCAPE`]'s bytes escaped; runs of other bytes are copied whole,
-/// skipped over eight at a time.
+/// Whether `s` is ASCII without any of [`ESCAPE`]'s bytes, so that it stands for itself: most
+/// strings are, and one pass over eight bytes at a time says so (the last few are padded with
+/// spaces, which are plain).
+fn is_plain(s: &[u8]) -> bool {
+    let mut words = s.chunks_exact(8);
+    let plain = words
+        .by_ref()
+        .all(|w| <[u8; 8]>::try_from(w).is_ok_and(|w| is_plain_word(u64::from_le_bytes(w))));
+    let rest = words.remainder();
+    let mut last = [b' '; 8];
+    last[..rest.len()].copy_from_slice(rest);
+    plain && is_plain_word(u64::from_le_bytes(last))
+}
+
+/// Valid UTF-8 `s` with [`ESCAPE`]'s bytes escaped; runs of other bytes are copied whole.
 fn escape(out: &mut Vec<u8>, s: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut run = 0;
-    let mut i = 0;
-    while i < s.len() {
-        if let Some(word) = s[i..].first_chunk::<8>()
-            && !any_to_escape(u64::from_le_bytes(*word))
-        {
-            i += 8;
-            continue;
-        }
-        let b = s[i];
-        i += 1;
+    for (i, &b) in s.iter().enumerate() {
         if !ESCAPE[usize::from(b)] {
             continue;
         }
-        out.extend_from_slice(&s[run..i - 1]);
-        run = i;
+        out.extend_from_slice(&s[run..i]);
+        run = i + 1;
         match b {
             b'"' => out.extend_from_slice(b"\\\""),
             b'\\' => out.extend_from_slice(b"\\\\"),
@@ -211,9 +230,9 @@ fn escape(out: &mut Vec<u8>, s: &[u8]) {
     out.extend_from_slice(&s[run..]);
 }
 
-/// Whether any of the eight bytes in `w` is one of [`ESCAPE`]'s (exact as a yes or no; the
-/// classic has-zero-byte and has-byte-less-than tricks).
-fn any_to_escape(w: u64) -> bool {
+/// Whether none of the eight bytes in `w` is one of [`ESCAPE`]'s or above ASCII (exact as a yes
+/// or no; the classic has-zero-byte and has-byte-less-than tricks).
+fn is_plain_word(w: u64) -> bool {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
     let below_space = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
@@ -221,7 +240,7 @@ fn any_to_escape(w: u64) -> bool {
         let x = w ^ (ONES * u64::from(c));
         x.wrapping_sub(ONES) & !x & HIGH
     };
-    below_space | equal(b'"') | equal(b'\\') | equal(0x7f) != 0
+    below_space | equal(b'"') | equal(b'\\') | equal(0x7f) | (w & HIGH) == 0
 }
 
 /// `2026-12-02T02:00:51.123Z`.

@@ -7,7 +7,10 @@
 use std::cell::Cell;
 use std::hash::{BuildHasher, Hasher};
 
+use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
+
+use crate::trace::context::hex_into;
 
 pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -36,10 +39,13 @@ pub(crate) fn generate() -> HeaderValue {
         (prefix, n)
     });
     let mut buf = [0u8; 32];
-    hex(&mut buf[..16], prefix);
-    hex(&mut buf[16..], mix(n));
-    // 32 hex digits are always a valid header value.
-    HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    hex_into(&prefix.to_be_bytes(), &mut buf[..16]);
+    hex_into(&mix(n).to_be_bytes(), &mut buf[16..]);
+    // The digits are kept where they are written (one allocation, no copy), and the request's
+    // and the response's copies share them without another. 32 hex digits are always a valid
+    // header value.
+    HeaderValue::from_maybe_shared(Bytes::from_owner(buf))
+        .unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 /// This thread's random prefix and counter start, from the standard library's randomly keyed
@@ -66,13 +72,6 @@ fn mix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
-}
-
-fn hex(out: &mut [u8], v: u64) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = HEX[((v >> (60 - 4 * i)) & 0xf) as usize];
-    }
 }
 
 #[cfg(test)]

@@ -50,35 +50,64 @@ async fn handle(
     conn: &ConnInfo,
     mut req: Request<Incoming>,
 ) -> Response<ProxyBody> {
+    let names = headers::Names::scan(req.headers());
     let mut record = Record::start(Instant::now(), req.method().clone(), req.version());
-    record.grpc = grpc::is_grpc(req.headers());
-    let Some(line) = access::begin(conn, &mut req) else {
-        return serve(shared, conn, req, record).await;
+    record.grpc = names.has(headers::Names::CONTENT_TYPE) && grpc::is_grpc(req.headers());
+    let id = access::begin(conn, &mut req, names).map(|(line, id)| {
+        record.access = Some(line);
+        id
+    });
+    // Admission is synchronous, and only a routed request takes the one await: no future
+    // between this one and `proxy`'s, which would be moved into place for every request.
+    let mut resp = match admit(shared, conn, &mut req, names, record) {
+        Admitted::Routed(routed) => proxy(shared, routed, req, conn).await,
+        Admitted::Answered(resp) => resp,
     };
     // The id goes back to the client, whoever answered.
-    let id = access::request_id(&line).clone();
-    record.access = Some(line);
-    let mut resp = serve(shared, conn, req, record).await;
-    resp.headers_mut().insert(X_REQUEST_ID.clone(), id);
+    if let Some(id) = id {
+        resp.headers_mut().insert(X_REQUEST_ID.clone(), id);
+    }
     resp
 }
 
-async fn serve(
+/// What admission came to: the request routed, or switchyard's own answer.
+// Lives on the stack for a moment and is matched at once: boxing the response would cost an
+// allocation instead.
+#[allow(clippy::large_enum_variant)]
+enum Admitted {
+    Routed(Routed),
+    Answered(Response<ProxyBody>),
+}
+
+/// A routed request's state besides the request itself.
+struct Routed {
+    snap: Arc<Snapshot>,
+    /// The route's index in `snap`.
+    route: usize,
+    /// The tracked names the request carries.
+    names: headers::Names,
+    record: Box<Record>,
+}
+
+/// Refuses what must not be forwarded, loads the snapshot, routes and rate-limits a request
+/// that carries `names`.
+fn admit(
     shared: &Shared,
     conn: &ConnInfo,
-    mut req: Request<Incoming>,
+    req: &mut Request<Incoming>,
+    names: headers::Names,
     mut record: Box<Record>,
-) -> Response<ProxyBody> {
+) -> Admitted {
     if req.version() != http::Version::HTTP_2 && conn.heads.next_is_ambiguous() {
         conn.limits.counters.hit(Limit::MalformedRequest);
         record.flags.set(Flags::LIMIT_REJECTED);
-        return local::answer(
+        return Admitted::Answered(local::answer(
             None,
             record,
             StatusCode::BAD_REQUEST,
             "bad-request",
             "ambiguous framing: Content-Length twice, or with Transfer-Encoding",
-        );
+        ));
     }
     match validate::check(req.version(), req.uri(), req.headers(), &conn.limits.spec) {
         Ok(a) if a.drop_underscored => {
@@ -94,22 +123,23 @@ async fn serve(
             } else {
                 "bad-request"
             };
-            return local::answer(None, record, r.status, token, r.why);
+            return Admitted::Answered(local::answer(None, record, r.status, token, r.why));
         }
     }
     let snap = shared.snapshot();
     record.trace = RequestTrace::start(
-        &req,
+        req,
+        names.has(headers::Names::TRACEPARENT),
         conn.peer,
         conn.proto,
         &snap.config.tracing,
         &shared.tracer,
         record.started,
     );
-    let host = request_host(&req);
+    let host = request_host(req);
     let Some(route) = snap.router.find(host, req.uri().path(), req.headers()) else {
         shared.counters.unrouted();
-        return local::error(Some(snap), record, &ProxyError::no_route());
+        return Admitted::Answered(local::error(Some(snap), record, &ProxyError::no_route()));
     };
     record.route = Some(route);
     let rt = &snap.routes[route];
@@ -126,20 +156,29 @@ async fn serve(
         );
         resp.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(limited.retry_after));
-        return resp;
+        return Admitted::Answered(resp);
     }
-    proxy(shared, snap, route, req, conn, record).await
+    Admitted::Routed(Routed {
+        snap,
+        route,
+        names,
+        record,
+    })
 }
 
 /// Sends a routed request on its way and turns what came of it into the client's response.
 async fn proxy(
     shared: &Shared,
-    snap: Arc<Snapshot>,
-    route: usize,
+    routed: Routed,
     mut req: Request<Incoming>,
     conn: &ConnInfo,
-    mut record: Box<Record>,
 ) -> Response<ProxyBody> {
+    let Routed {
+        snap,
+        route,
+        names,
+        mut record,
+    } = routed;
     let rt = &snap.routes[route];
     let aim = Aim::new(rt, req.headers());
     if let Some(status) = fault::inject(rt, &aim, &mut record).await {
@@ -160,16 +199,20 @@ async fn proxy(
     } else {
         record.started
     };
-    let upgrade = headers::is_upgrade_request(req.version(), req.headers());
+    let upgrade = names.has(headers::Names::CONNECTION)
+        && headers::is_upgrade_request(req.version(), req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let timer = conn.timer(req.version());
     let (mut head, body) = req.into_parts();
-    headers::prepare(&mut head, conn, upgrade);
+    headers::prepare(&mut head, names, conn, upgrade);
     if let Some(t) = &record.trace {
-        t.propagate(&mut head.headers, rt.shadow.is_some());
+        let stated = names.has(headers::Names::TRACESTATE);
+        t.propagate(&mut head.headers, rt.shadow.is_some(), stated);
     }
     // Only switchyard marks copies: a client must not make a primary skip its side effects.
-    head.headers.remove(&shadow::X_SWITCHYARD_SHADOW);
+    if names.has(headers::Names::SHADOW_MARK) {
+        head.headers.remove(&shadow::X_SWITCHYARD_SHADOW);
+    }
     let mirror = rt
         .shadow
         .as_ref()

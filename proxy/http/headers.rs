@@ -48,21 +48,73 @@ pub(crate) fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> 
     })
 }
 
+/// Which of the fields the proxy removes or reads a request carries, from one pass over its
+/// names. A lookup hashes its name (byte by byte for a non-standard one), and most requests
+/// carry none of these: a name known absent needs no lookup. A bit may stay set after its field
+/// was removed (a miss then costs a lookup); a field is never there without its bit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Names(u16);
+
+impl Names {
+    pub(crate) const CONNECTION: Names = Names(1);
+    pub(crate) const TRANSFER_ENCODING: Names = Names(1 << 5);
+    pub(crate) const TRACEPARENT: Names = Names(1 << 7);
+    pub(crate) const TRACESTATE: Names = Names(1 << 8);
+    pub(crate) const SHADOW_MARK: Names = Names(1 << 9);
+    pub(crate) const CONTENT_LENGTH: Names = Names(1 << 10);
+    pub(crate) const CONTENT_TYPE: Names = Names(1 << 11);
+
+    /// The names `headers` carries, of those tracked.
+    pub(crate) fn scan(headers: &HeaderMap) -> Names {
+        let mut seen = 0;
+        for name in headers.keys() {
+            seen |= bit(name.as_str());
+        }
+        Names(seen)
+    }
+
+    pub(crate) fn has(self, n: Names) -> bool {
+        self.0 & n.0 != 0
+    }
+
+    /// Whether the `i`th of [`fixed_hop_by_hop`] is there.
+    fn hop_by_hop(self, i: usize) -> bool {
+        self.0 & (1 << i) != 0
+    }
+}
+
+/// A tracked name's bit in [`Names`] (0 for any other): the hop-by-hop names in
+/// [`fixed_hop_by_hop`]'s order, then the ones the proxy removes or reads. One `match` on the
+/// name's text is cheaper per field than comparing it with each tracked name.
+fn bit(name: &str) -> u16 {
+    match name {
+        "connection" => 1,
+        "keep-alive" => 1 << 1,
+        "proxy-connection" => 1 << 2,
+        "te" => 1 << 3,
+        "trailer" => 1 << 4,
+        "transfer-encoding" => 1 << 5,
+        "upgrade" => 1 << 6,
+        "traceparent" => Names::TRACEPARENT.0,
+        "tracestate" => Names::TRACESTATE.0,
+        "x-switchyard-shadow" => Names::SHADOW_MARK.0,
+        "content-length" => Names::CONTENT_LENGTH.0,
+        "content-type" => Names::CONTENT_TYPE.0,
+        _ => 0,
+    }
+}
+
 /// Removes hop-by-hop headers, including any the `Connection` header names. With
 /// `keep_upgrade`, `Upgrade` survives and `Connection: upgrade` is set again.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // One pass over the names present is far cheaper than a removal per candidate name, and
-    // most messages carry one hop-by-hop header or none.
+    strip_named(headers, Names::scan(headers), keep_upgrade);
+}
+
+/// [`strip_hop_by_hop`] for `headers` that carry `names`: most messages carry one hop-by-hop
+/// header or none, and only those present are removed.
+pub(crate) fn strip_named(headers: &mut HeaderMap, names: Names, keep_upgrade: bool) {
     let hop = fixed_hop_by_hop();
-    let mut present = [false; 7];
-    let mut any = false;
-    for name in headers.keys() {
-        if let Some(i) = hop.iter().position(|h| *h == name) {
-            present[i] = true;
-            any = true;
-        }
-    }
-    if any {
+    if (0..hop.len()).any(|i| names.hop_by_hop(i)) {
         // Connection is removed with all its values in one lookup, then read for the names it
         // lists (beyond the common bare `close` / `keep-alive`).
         if let Entry::Occupied(conn) = headers.entry(header::CONNECTION) {
@@ -83,13 +135,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
                 }
             }
         }
-        for (name, _) in hop
-            .iter()
-            .zip(present)
-            .filter(|(_, p)| *p)
-            .skip_while(|(n, _)| **n == header::CONNECTION)
-        {
-            if !(keep_upgrade && **name == header::UPGRADE) {
+        // Connection (the first) is gone already.
+        for (i, name) in hop.iter().enumerate().skip(1) {
+            if names.hop_by_hop(i) && !(keep_upgrade && **name == header::UPGRADE) {
                 headers.remove(*name);
             }
         }
@@ -161,8 +209,9 @@ pub(crate) fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h [u8]>
         })
 }
 
-/// Rewrites the client's request head for the backends (once, whatever the number of tries).
-pub(crate) fn prepare(parts: &mut Parts, conn: &ConnInfo, upgrade: bool) {
+/// Rewrites the client's request head, which carries `names`, for the backends (once, whatever
+/// the number of tries).
+pub(crate) fn prepare(parts: &mut Parts, names: Names, conn: &ConnInfo, upgrade: bool) {
     let from_h2 = parts.version == Version::HTTP_2;
     let host = match parts.headers.get(header::HOST) {
         Some(h) => Some(h.clone()),
@@ -171,7 +220,7 @@ pub(crate) fn prepare(parts: &mut Parts, conn: &ConnInfo, upgrade: bool) {
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
     };
-    strip_hop_by_hop(&mut parts.headers, upgrade);
+    strip_named(&mut parts.headers, names, upgrade);
     add_forwarded(
         &mut parts.headers,
         &conn.peer_value,
@@ -251,6 +300,37 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(left, ["x-keep"]);
+    }
+
+    #[test]
+    fn one_scan_finds_each_tracked_name() {
+        use crate::http::shadow::X_SWITCHYARD_SHADOW;
+        use crate::trace::context;
+        for (i, name) in fixed_hop_by_hop().iter().enumerate() {
+            assert_eq!(bit(name.as_str()), 1 << i, "{name}");
+        }
+        let tracked = [
+            (&header::CONNECTION, Names::CONNECTION),
+            (&header::TRANSFER_ENCODING, Names::TRANSFER_ENCODING),
+            (&header::CONTENT_LENGTH, Names::CONTENT_LENGTH),
+            (&header::CONTENT_TYPE, Names::CONTENT_TYPE),
+            (&context::TRACEPARENT, Names::TRACEPARENT),
+            (&context::TRACESTATE, Names::TRACESTATE),
+            (&X_SWITCHYARD_SHADOW, Names::SHADOW_MARK),
+        ];
+        for (name, n) in tracked {
+            assert_eq!(Names(bit(name.as_str())), n, "{name}");
+        }
+        let h = map(&[
+            ("host", "a"),
+            ("Tracestate", "k=v"),
+            ("te", "trailers"),
+            ("x-other", "1"),
+        ]);
+        let names = Names::scan(&h);
+        assert!(names.has(Names::TRACESTATE) && names.hop_by_hop(3));
+        assert!(!names.has(Names::TRACEPARENT) && !names.has(Names::SHADOW_MARK));
+        assert_eq!(Names::scan(&HeaderMap::new()), Names::default());
     }
 
     #[test]

@@ -165,8 +165,6 @@ pub(crate) struct TryRecord {
 pub(crate) struct Pending {
     pub(crate) log: Arc<ListenerLog>,
     pub(crate) entry: Box<Entry>,
-    /// The `x-request-id` the response carries (the entry has its own copy).
-    pub(crate) request_id: http::HeaderValue,
 }
 
 /// One request, start to end.

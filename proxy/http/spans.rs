@@ -157,7 +157,8 @@ tracing: { otlp: { endpoint: 'http://127.0.0.1:4318' } }
             .unwrap();
         let mut record = Record::start(t0, Method::GET, Version::HTTP_11);
         let peer = "192.0.2.1:4000".parse().unwrap();
-        record.trace = RequestTrace::start(&req, peer, "http", &snap.config.tracing, &tracer, t0);
+        record.trace =
+            RequestTrace::start(&req, true, peer, "http", &snap.config.tracing, &tracer, t0);
         record.route = Some(0);
         let ms = Duration::from_millis;
         let first = TryRecord {
@@ -253,7 +254,7 @@ tracing: { otlp: { endpoint: 'http://127.0.0.1:4318' } }
         settings.sample_threshold = None;
         let mut record = Record::start(t0, Method::GET, Version::HTTP_11);
         let peer = "192.0.2.1:4000".parse().unwrap();
-        record.trace = RequestTrace::start(&req, peer, "http", &settings, &tracer, t0);
+        record.trace = RequestTrace::start(&req, true, peer, "http", &settings, &tracer, t0);
         assert!(record.trace_ids().is_some(), "ids without export");
         finish(&mut record, Some(&snap), t0);
         assert_eq!(tracer.queued(), 0);

@@ -45,9 +45,10 @@ impl UpstreamRuntime {
         }
         let in_flight = |i: usize| backends[i].state.in_flight();
         let ok = |i: usize| !excluded(i) && backends[i].state.available(now);
-        // The common case: both candidates are fine; no need to look at the rest.
+        // The common case: both candidates are fine; no need to look at the rest. With one
+        // backend they are the same, asked once.
         let (a, b) = pick::two_choices(n, self.next_rr(), pick::fast_random());
-        if ok(a) && ok(b) {
+        if ok(a) && (a == b || ok(b)) {
             let i = pick::less_loaded(a, b, in_flight);
             let ticket = backends[i].state.admit(now);
             if !ticket.is_refused() {

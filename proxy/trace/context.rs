@@ -279,7 +279,8 @@ const HEX_PAIRS: [[u8; 2]; 256] = {
     t
 };
 
-fn hex_into(bytes: &[u8], out: &mut [u8]) {
+/// `bytes` as lower-case hex into `out` (twice as long), most significant digit first.
+pub(crate) fn hex_into(bytes: &[u8], out: &mut [u8]) {
     for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
         pair.copy_from_slice(&HEX_PAIRS[usize::from(*b)]);
     }

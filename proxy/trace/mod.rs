@@ -70,9 +70,11 @@ pub(crate) struct Recording {
 impl RequestTrace {
     /// The request's trace: the caller's, or a new one; `None` when `tracing.propagate` is off
     /// (the request's trace headers then pass as they came). It is recorded for export when it
-    /// is sampled and `tracing.otlp` is set; `started` is when the request arrived.
+    /// is sampled and `tracing.otlp` is set; `started` is when the request arrived. Without
+    /// `carried` (the request has no `traceparent` field at all), no lookup is made for one.
     pub(crate) fn start<B>(
         req: &Request<B>,
+        carried: bool,
         peer: SocketAddr,
         scheme: &'static str,
         settings: &Tracing,
@@ -83,7 +85,7 @@ impl RequestTrace {
             return None;
         }
         let headers = req.headers();
-        let incoming = match settings.restart_incoming {
+        let incoming = match settings.restart_incoming || !carried {
             true => None,
             false => context::parent(headers),
         };
@@ -166,13 +168,17 @@ impl RequestTrace {
     /// switchyard: the caller's, checked, when its trace continues; none when the trace
     /// restarted. Each try writes its own `traceparent` ([`RequestTrace::try_started`]); when
     /// the head may also be `copied` (a shadow copy), it gets one naming switchyard's server
-    /// span as the parent now, which is what the copy carries.
-    pub(crate) fn propagate(&self, headers: &mut HeaderMap, copied: bool) {
+    /// span as the parent now, which is what the copy carries. Without `stated` (the head has
+    /// no `tracestate` field at all), there is none to check or remove.
+    pub(crate) fn propagate(&self, headers: &mut HeaderMap, copied: bool, stated: bool) {
         if copied {
             headers.insert(
                 &context::TRACEPARENT,
                 context::traceparent(&self.ids.trace_id, &self.ids.span_id, self.sampled),
             );
+        }
+        if !stated {
+            return;
         }
         if self.parent.is_some() {
             context::settle_tracestate(headers);

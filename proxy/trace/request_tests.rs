@@ -42,6 +42,7 @@ const INCOMING: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 fn start(req: &Request<()>, s: &Tracing, tracer: &Arc<Tracer>) -> RequestTrace {
     RequestTrace::start(
         req,
+        true,
         PEER.parse().unwrap(),
         "http",
         s,
@@ -68,7 +69,7 @@ fn an_incoming_trace_is_continued_with_a_new_span_per_try() {
     assert!(!t.recording(), "nothing is recorded with export off");
 
     let mut head = req.headers().clone();
-    t.propagate(&mut head, true);
+    t.propagate(&mut head, true, true);
     let tp = context::parent(&head).unwrap();
     assert_eq!(
         tp.span_id,
@@ -96,7 +97,7 @@ fn a_request_without_a_trace_starts_one_sampled_at_the_ratio() {
     let off = start(&req, &settings(0.0, true), &tracer);
     assert!(off.parent().is_none() && !off.sampled() && !off.recording());
     let mut head = req.headers().clone();
-    off.propagate(&mut head, false);
+    off.propagate(&mut head, false, true);
     assert!(
         head.get("tracestate").is_none(),
         "a new trace carries no tracestate"
@@ -105,7 +106,7 @@ fn a_request_without_a_trace_starts_one_sampled_at_the_ratio() {
         head.get("traceparent").is_none(),
         "written per try, or for a copy"
     );
-    off.propagate(&mut head, true);
+    off.propagate(&mut head, true, true);
     assert!(head["traceparent"].to_str().unwrap().ends_with("-00"));
 
     let on = start(&req, &settings(1.0, true), &tracer);
@@ -143,7 +144,7 @@ fn an_unsampled_caller_is_not_recorded_and_an_invalid_one_is_restarted() {
         "0af7651916cd43dd8448eb211c80319c"
     );
     let mut head = HeaderMap::new();
-    t.propagate(&mut head, true);
+    t.propagate(&mut head, true, true);
     assert!(head.get("tracestate").is_none());
 }
 
@@ -191,6 +192,7 @@ fn propagate_off_takes_no_part() {
     assert!(
         RequestTrace::start(
             &req,
+            true,
             PEER.parse().unwrap(),
             "http",
             &s,

@@ -186,6 +186,7 @@ async fn attempt(
     let head = Request::get("/").body(()).unwrap();
     record.trace = RequestTrace::start(
         &head,
+        true,
         "192.0.2.1:1".parse().unwrap(),
         "http",
         &snap.config.tracing,
