@@ -54,9 +54,13 @@ fn flags(l: &Value) -> Vec<&str> {
         .collect()
 }
 
-/// A FIFO in `dir` and its read end, open (so writers do not fail) but never read: a stand-in
-/// for a hung disk or a pipe nobody reads.
+/// A FIFO in `dir` and its read end, open (so writers do not fail) but never read, its buffer
+/// already full: a stand-in for a hung disk or a pipe nobody reads, where a writer blocks in
+/// write(2) from its first line on. Filled here rather than by switchyard's own lines: lines
+/// dropped only show that the queue was full, which on a loaded box is as often a writer not
+/// yet scheduled as one stuck in write(2).
 fn fifo_nobody_reads(dir: &TempDir) -> (PathBuf, std::fs::File) {
+    use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let fifo = dir.0.join("access.fifo");
     let made = std::process::Command::new("mkfifo")
@@ -69,6 +73,23 @@ fn fifo_nobody_reads(dir: &TempDir) -> (PathBuf, std::fs::File) {
         .custom_flags(libc::O_NONBLOCK)
         .open(&fifo)
         .unwrap();
+    let mut filler = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&fifo)
+        .unwrap();
+    // Pages, then single bytes: a write of at most PIPE_BUF bytes goes in whole or not at all,
+    // so once even one byte does not, no writer can add anything.
+    for chunk in [4096, 1] {
+        let bytes = vec![b'\n'; chunk];
+        loop {
+            match filler.write(&bytes) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("cannot fill the FIFO: {e}"),
+            }
+        }
+    }
     (fifo, reader)
 }
 
@@ -484,8 +505,8 @@ async fn a_full_batch_wakes_the_writer_and_shutdown_writes_the_rest() {
 async fn a_writer_that_cannot_write_drops_lines_and_never_holds_a_request() {
     let b = TestBackend::start("b").await;
     let dir = TempDir::new();
-    // Once the FIFO's 64 KiB buffer is full the writer blocks in write(2), as it would on a
-    // hung disk, and the queue (8 lines) fills.
+    // The FIFO's buffer is full: the writer blocks in write(2), as it would on a hung disk,
+    // and the queue (8 lines) fills.
     let (fifo, reader) = fifo_nobody_reads(&dir);
     let yaml = format!(
         "listeners: [{{ name: public, bind: \"127.0.0.1:0\", access_log: {{ path: {}, buffer_lines: 8 }} }}]\n\
@@ -629,7 +650,8 @@ async fn a_writer_stuck_in_write_does_not_hold_the_exit() {
         "switchyard_access_log_dropped_total{{path=\"{}\"}}",
         fifo.display()
     );
-    // Until lines are dropped: the FIFO's buffer is full and the writer is blocked in write(2).
+    // Until lines are dropped: the writer is blocked in write(2) on the full FIFO, and the
+    // queue behind it is full.
     for round in 0.. {
         for _ in 0..100 {
             assert_eq!(get(&c, &url).await.status, 200);

@@ -162,7 +162,11 @@ async fn plain_http_to_a_tls_listener_is_a_counted_handshake_error() {
         .expect("connection not closed")
         .ok();
     assert!(!buf.starts_with(b"HTTP/"), "answered plain HTTP");
-    let m = proxy.metrics().await;
+    // tokio-rustls closes the socket inside the failed handshake, before switchyard counts
+    // it: the client can see the close first, so the count is awaited, not read once.
+    let m = proxy
+        .wait_metric("switchyard_tls_handshake_errors_total", 1.0)
+        .await;
     assert_eq!(
         sample(&m, "switchyard_tls_handshake_errors_total"),
         Some(1.0),

@@ -127,16 +127,18 @@ impl Process {
         assert!(ok, "kill -{sig} failed");
     }
 
-    /// Waits for a log line containing `needle`; panics after 30 s.
+    /// Waits for a log line containing `needle`; panics after 30 s without a line, with the
+    /// lines seen meanwhile.
     pub fn wait_log(&self, needle: &str) -> String {
+        let mut seen = Vec::new();
         loop {
-            let line = self
-                .lines
-                .recv_timeout(Duration::from_secs(30))
-                .unwrap_or_else(|_| panic!("no log line containing {needle:?}"));
+            let Ok(line) = self.lines.recv_timeout(Duration::from_secs(30)) else {
+                panic!("no log line containing {needle:?}; seen meanwhile: {seen:#?}");
+            };
             if line.contains(needle) {
                 return line;
             }
+            seen.push(line);
         }
     }
 

@@ -38,26 +38,75 @@ impl Etcd {
         Self::start_with(Vec::new(), "http").await
     }
 
-    /// With extra flags (e.g. TLS: then `scheme` is "https" and the caller checks health).
+    /// With extra flags (e.g. TLS: then `scheme` is "https").
     pub async fn start_with(extra: Vec<String>, scheme: &'static str) -> Etcd {
-        Self::start_on(free_port(), extra, scheme).await
+        Self::start_until_bound(free_port, extra, scheme).await
     }
 
     /// On a given client address (one a replica was told about before etcd ran).
     pub async fn start_on(client: SocketAddr, extra: Vec<String>, scheme: &'static str) -> Etcd {
-        let mut e = Etcd {
-            child: None,
-            client,
-            peer: free_port(),
-            dir: TempDir::new(),
-            extra,
-            scheme,
-        };
-        e.spawn();
-        if scheme == "http" {
-            e.wait_healthy().await;
+        Self::start_until_bound(|| client, extra, scheme).await
+    }
+
+    /// A port [`free_port`] saw free may be taken before etcd binds it (by another test's
+    /// listener or outgoing connection): etcd then exits, and starts again on other ports (the
+    /// peer port, and the client port where `client` picks a new one).
+    async fn start_until_bound(
+        client: impl Fn() -> SocketAddr,
+        extra: Vec<String>,
+        scheme: &'static str,
+    ) -> Etcd {
+        for _ in 0..5 {
+            let mut e = Etcd {
+                child: None,
+                client: client(),
+                peer: free_port(),
+                dir: TempDir::new(),
+                extra: extra.clone(),
+                scheme,
+            };
+            e.spawn();
+            if e.wait_ready().await {
+                if scheme == "http" {
+                    e.wait_healthy().await;
+                }
+                return e;
+            }
         }
-        e
+        panic!("etcd found its ports taken 5 times");
+    }
+
+    /// Waits (bounded: 30 s) until etcd says it serves clients: true then, false if it exited
+    /// because a port was taken; panics with its log otherwise.
+    async fn wait_ready(&mut self) -> bool {
+        let path = self.log();
+        let log = || std::fs::read_to_string(&path).unwrap_or_default();
+        for _ in 0..600 {
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            let text = log();
+            if exited.is_none() && text.contains("ready to serve client requests") {
+                return true;
+            }
+            if exited.is_some() {
+                self.child = None;
+                if text.contains("address already in use") {
+                    return false;
+                }
+                panic!(
+                    "etcd exited ({exited:?}): {}",
+                    &text[text.len().saturating_sub(3000)..]
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let text = log();
+        panic!(
+            "etcd did not say it serves clients: {}",
+            &text[text.len().saturating_sub(3000)..]
+        );
     }
 
     pub fn url(&self) -> String {
@@ -88,6 +137,10 @@ impl Etcd {
             ])
             .arg("--initial-cluster")
             .arg(format!("test={peer}"))
+            // Passwords hashed at bcrypt's lowest cost: a login then costs etcd about 2 ms of
+            // CPU instead of 70 ms, which on a loaded box became a second and ran out the
+            // 1 s bound switchyard puts on a call, its login included (lease_ttl 2 s).
+            .arg("--bcrypt-cost=4")
             .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(log)
@@ -129,6 +182,10 @@ impl Etcd {
     pub async fn restart(&mut self) {
         self.stop();
         self.spawn();
+        assert!(
+            self.wait_ready().await,
+            "etcd's ports were taken during its outage"
+        );
         self.wait_healthy().await;
     }
 
