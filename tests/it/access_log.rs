@@ -16,6 +16,21 @@ use crate::support::proxy::{TempDir, sample, write_atomic};
 use crate::support::raw::exchange;
 use crate::support::*;
 
+/// Writes `dir`'s `switchyard.yaml`: one listener logging to `log` with `extra` access-log
+/// settings (`", buffer_lines: 8"`, or empty), one route to `backend`. Returns its path.
+fn log_config(dir: &TempDir, log: &Path, extra: &str, backend: std::net::SocketAddr) -> PathBuf {
+    let path = dir.0.join("switchyard.yaml");
+    let yaml = format!(
+        "listeners: [{{ name: public, bind: \"127.0.0.1:0\", access_log: {{ path: {}{extra} }} }}]\n\
+         admin: {{ bind: \"127.0.0.1:0\" }}\n\
+         upstreams:\n  app: {{ backends: [\"{backend}\"] }}\n\
+         routes:\n  - {{ name: r, split: [{{ upstream: app, weight: 1 }}] }}\n",
+        log.display()
+    );
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
 /// Every line of the log at `path`, parsed (each must be one JSON object).
 fn lines(path: &Path) -> Vec<Value> {
     let text = std::fs::read(path).unwrap_or_default();
@@ -418,19 +433,7 @@ async fn sigusr1_reopens_the_file_after_logrotate_moved_it() {
     let dir = TempDir::new();
     let log = dir.0.join("access.log");
     let rotated = dir.0.join("access.log.1");
-    let config = dir.0.join("switchyard.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "listeners: [{{ name: public, bind: \"127.0.0.1:0\", access_log: {{ path: {} }} }}]\n\
-             admin: {{ bind: \"127.0.0.1:0\" }}\n\
-             upstreams:\n  app: {{ backends: [\"{}\"] }}\n\
-             routes:\n  - {{ name: r, split: [{{ upstream: app, weight: 1 }}] }}\n",
-            log.display(),
-            b.addr
-        ),
-    )
-    .unwrap();
+    let config = log_config(&dir, &log, "", b.addr);
     let p = Process::run(&config, &["--no-watch"]);
     let c = client();
     let url = format!("http://{}/", p.proxy);
@@ -455,19 +458,7 @@ async fn a_full_batch_wakes_the_writer_and_shutdown_writes_the_rest() {
     let b = TestBackend::start("b").await;
     let dir = TempDir::new();
     let log = dir.0.join("access.log");
-    let config = dir.0.join("switchyard.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "listeners: [{{ name: public, bind: \"127.0.0.1:0\", access_log: {{ path: {}, flush_interval: 60s }} }}]\n\
-             admin: {{ bind: \"127.0.0.1:0\" }}\n\
-             upstreams:\n  app: {{ backends: [\"{}\"] }}\n\
-             routes:\n  - {{ name: r, split: [{{ upstream: app, weight: 1 }}] }}\n",
-            log.display(),
-            b.addr
-        ),
-    )
-    .unwrap();
+    let config = log_config(&dir, &log, ", flush_interval: 60s", b.addr);
     let mut p = Process::run(&config, &["--no-watch"]);
     let c = client();
     let url = format!("http://{}/", p.proxy);
@@ -508,16 +499,7 @@ async fn a_writer_that_cannot_write_drops_lines_and_never_holds_a_request() {
     // The FIFO's buffer is full: the writer blocks in write(2), as it would on a hung disk,
     // and the queue (8 lines) fills.
     let (fifo, reader) = fifo_nobody_reads(&dir);
-    let yaml = format!(
-        "listeners: [{{ name: public, bind: \"127.0.0.1:0\", access_log: {{ path: {}, buffer_lines: 8 }} }}]\n\
-         admin: {{ bind: \"127.0.0.1:0\" }}\n\
-         upstreams:\n  app: {{ backends: [\"{}\"] }}\n\
-         routes:\n  - {{ name: r, split: [{{ upstream: app, weight: 1 }}] }}\n",
-        fifo.display(),
-        b.addr
-    );
-    let path = dir.0.join("switchyard.yaml");
-    std::fs::write(&path, yaml).unwrap();
+    let path = log_config(&dir, &fifo, ", buffer_lines: 8", b.addr);
     let proxy = Proxy::start_at(dir, path, false).await;
     let c = client();
     let series = format!(
@@ -582,19 +564,7 @@ async fn out_of_descriptors_the_line_says_le() {
     let b = TestBackend::start("b").await;
     let dir = TempDir::new();
     let log = dir.0.join("access.log");
-    let path = dir.0.join("switchyard.yaml");
-    std::fs::write(
-        &path,
-        format!(
-            "listeners: [{{ name: public, bind: \"127.0.0.1:0\", access_log: {{ path: {} }} }}]\n\
-             admin: {{ bind: \"127.0.0.1:0\" }}\n\
-             upstreams: {{ app: {{ backends: [\"{}\"] }} }}\n\
-             routes: [{{ name: r, split: [{{ upstream: app, weight: 1 }}] }}]\n",
-            log.display(),
-            b.addr
-        ),
-    )
-    .unwrap();
+    let path = log_config(&dir, &log, "", b.addr);
     let sy = Process::run_with_fd_limit(&path, &["--workers", "1", "--no-watch"], 64);
     // Connected first, so accepted while descriptors are left (the backlog is first in, first
     // out); then more connections than descriptors, held open, until accepting fails.
@@ -630,19 +600,12 @@ async fn a_writer_stuck_in_write_does_not_hold_the_exit() {
     let dir = TempDir::new();
     // Held open and never read until the process has exited.
     let (fifo, reader) = fifo_nobody_reads(&dir);
-    let config = dir.0.join("switchyard.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "listeners: [{{ name: public, bind: \"127.0.0.1:0\", access_log: {{ path: {}, buffer_lines: 8, flush_interval: 1ms }} }}]\n\
-             admin: {{ bind: \"127.0.0.1:0\" }}\n\
-             upstreams:\n  app: {{ backends: [\"{}\"] }}\n\
-             routes:\n  - {{ name: r, split: [{{ upstream: app, weight: 1 }}] }}\n",
-            fifo.display(),
-            b.addr
-        ),
-    )
-    .unwrap();
+    let config = log_config(
+        &dir,
+        &fifo,
+        ", buffer_lines: 8, flush_interval: 1ms",
+        b.addr,
+    );
     let mut p = Process::run(&config, &["--no-watch"]);
     let c = client();
     let url = format!("http://{}/", p.proxy);

@@ -139,22 +139,9 @@ async fn a_burst_at_a_backend_that_drops_connects_fails_over_after_one_connect_t
         good.addr
     );
     let proxy = Proxy::start(&yaml).await;
-    let c = client();
-    const BURST: u64 = 24;
-    let calls: Vec<_> = (0..BURST)
-        .map(|_| {
-            let (c, url) = (c.clone(), proxy.url("/hold"));
-            tokio::spawn(async move { get(&c, &url).await })
-        })
-        .collect();
     // Every request reaches the good backend, those first sent to the dead one too: none ran out
     // of time waiting for its turn to connect.
-    good.wait_holding(BURST).await;
-    good.open_gate();
-    for call in calls {
-        let r = call.await.unwrap();
-        assert_eq!((r.status.as_u16(), r.text()), (200, "h2 /hold\n"));
-    }
+    all_reach_the_good_one(&proxy, &good, 24).await;
     // Several requests of the burst went to the dead backend first (each moved on: a retry),
     // and its breaker saw one failure per failed open, not one per request.
     let moved_on = moved_on(&proxy).await;
@@ -164,6 +151,24 @@ async fn a_burst_at_a_backend_that_drops_connects_fails_over_after_one_connect_t
         failed >= 1 && moved_on > failed,
         "{moved_on} requests moved on after {failed} failed opens: {s}"
     );
+}
+
+/// Sends `burst` GETs of `/hold` at once; `good` holds them until all `burst` arrived, then
+/// answers: every one must end there with 200.
+async fn all_reach_the_good_one(proxy: &Proxy, good: &H2Peer, burst: u64) {
+    let c = client();
+    let calls: Vec<_> = (0..burst)
+        .map(|_| {
+            let (c, url) = (c.clone(), proxy.url("/hold"));
+            tokio::spawn(async move { get(&c, &url).await })
+        })
+        .collect();
+    good.wait_holding(burst).await;
+    good.open_gate();
+    for call in calls {
+        let r = call.await.unwrap();
+        assert_eq!((r.status.as_u16(), r.text()), (200, "h2 /hold\n"));
+    }
 }
 
 /// Requests of the route that moved on from its first upstream after a failed try (its
@@ -413,20 +418,7 @@ async fn a_failed_shared_open_counts_once_against_the_backend() {
         dead.addr, good.addr
     );
     let proxy = Proxy::start(&yaml).await;
-    let c = client();
-    const BURST: u64 = 16;
-    let calls: Vec<_> = (0..BURST)
-        .map(|_| {
-            let (c, url) = (c.clone(), proxy.url("/hold"));
-            tokio::spawn(async move { get(&c, &url).await })
-        })
-        .collect();
-    good.wait_holding(BURST).await;
-    good.open_gate();
-    for call in calls {
-        let r = call.await.unwrap();
-        assert_eq!((r.status.as_u16(), r.text()), (200, "h2 /hold\n"));
-    }
+    all_reach_the_good_one(&proxy, &good, 16).await;
     let moved_on = moved_on(&proxy).await;
     let opens = dead.accepted();
     assert!(
